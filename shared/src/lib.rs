@@ -1,0 +1,25 @@
+//! chainsync: the replication core shared by `hq-server` and `store-agent`.
+//!
+//! # Layout
+//! - [`ids`]: identifiers of the domain and of streams (`S017/sales`).
+//! - [`hlc`]: the hybrid logical clock.
+//! - [`model`]: the retail model (stores, products, prices, promotions, members, ledger, stock,
+//!   receipts).
+//! - [`changeset`]: change sets, signing and the per-stream hash chain; snapshots.
+//! - [`validate`]: the one gate every change set and snapshot passes before it is applied.
+//! - [`merge`]: the merge rules as pure functions.
+//! - [`replica`]: the SQLite replica (log, cursors, outbox, materialized tables).
+//! - [`protocol`]: the wire frames, the frame codec and the sans-IO session state machines.
+//!
+//! Nothing in this crate opens a socket, reads the wall clock or draws OS randomness: callers pass
+//! time (`now_ms`) and nonces in. That is what lets the simulation run a whole chain in one
+//! process, deterministically from a seed.
+
+pub mod changeset;
+pub mod hlc;
+pub mod ids;
+pub mod merge;
+pub mod model;
+pub mod protocol;
+pub mod replica;
+pub mod validate;

@@ -1,0 +1,323 @@
+//! Wire frames and their codec: a 4-byte big-endian length, then postcard of an [`Envelope`]
+//! (protocol version + frame).
+//!
+//! Wire types are not domain types: frames carry change sets as opaque signed bytes and streams as
+//! text, and convert by hand, so the retail model can change without breaking deployed agents.
+//!
+//! Invariants: the length prefix is checked against [`FRAME_BYTES_MAX`] before anything is
+//! allocated for the payload; a decoder never holds more than one frame's worth past the limit;
+//! any malformed input is an error naming the problem, never a panic.
+//!
+//! ```
+//! use chainsync::protocol::frame::{Frame, FrameDecoder, encode_frame};
+//! let bytes = encode_frame(&Frame::Challenge { nonce: [1; 32] }).unwrap();
+//! let mut decoder = FrameDecoder::default();
+//! decoder.push(&bytes[..3]).unwrap();
+//! assert!(decoder.next_frame().unwrap().is_none()); // not all there yet
+//! decoder.push(&bytes[3..]).unwrap();
+//! assert_eq!(decoder.next_frame().unwrap(), Some(Frame::Challenge { nonce: [1; 32] }));
+//! ```
+
+use crate::changeset::SignedChangeSet;
+use crate::ids::StreamId;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame payload. Holds a full batch ([`BATCH_BYTES_MAX`]) plus the largest single
+/// change set with room for framing, and bounds what a peer can make us buffer.
+pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Most change sets per batch: keeps one apply transaction short.
+pub const BATCH_CHANGE_SETS_MAX: usize = 512;
+/// Target bytes of change-set bodies per batch (a single larger change set still goes alone).
+pub const BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Most cursors in one frame: a store follows a few HQ streams and one members stream per node,
+/// so this allows chains of tens of thousands of stores.
+pub const CURSORS_MAX: usize = 65_536;
+const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// A frame with the protocol version it was written in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u16,
+    pub frame: Frame,
+}
+
+/// A stream position on the wire: `S017/sales` at seq 42.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireCursor {
+    pub stream: String,
+    pub seq: u64,
+}
+
+/// A signed change set on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChangeSet {
+    pub body: Vec<u8>,
+    pub sig: Vec<u8>,
+}
+
+/// Why a session was ended, sent to the peer before closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    VersionMismatch,
+    NotEnrolled,
+    Revoked,
+    AuthFailed,
+    BadFrame,
+    Unexpected,
+    Internal,
+}
+
+/// Everything two nodes say to each other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Store -> HQ: who I am and how far I hold the streams I follow.
+    Hello { node: String, cursors: Vec<WireCursor> },
+    /// HQ -> store: sign this to prove you hold your key.
+    Challenge { nonce: [u8; 32] },
+    /// Store -> HQ: ed25519 over `"chainsync/auth/v1" || nonce || tls binding`.
+    Auth { signature: Vec<u8> },
+    /// HQ -> store: authenticated; here is how far I hold your own streams.
+    Welcome { own_heads: Vec<WireCursor> },
+    /// Store -> HQ: my change sets you lack.
+    Push { change_sets: Vec<WireChangeSet> },
+    /// HQ -> store, after a durable commit: how far I now hold your streams, and what I refused.
+    PushAck { heads: Vec<WireCursor>, rejected: Vec<String> },
+    /// Store -> HQ: how far I hold the streams I follow; send what I lack.
+    Pull { cursors: Vec<WireCursor> },
+    /// HQ -> store: change sets you lack, in priority order; `more` if there are more.
+    Batch { change_sets: Vec<WireChangeSet>, more: bool },
+    /// HQ -> store: these streams moved.
+    Notify { heads: Vec<WireCursor> },
+    /// Either way: the session ends, and why.
+    Error { code: ErrorCode, message: String },
+}
+
+impl Frame {
+    /// The frame's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Challenge { .. } => "Challenge",
+            Frame::Auth { .. } => "Auth",
+            Frame::Welcome { .. } => "Welcome",
+            Frame::Push { .. } => "Push",
+            Frame::PushAck { .. } => "PushAck",
+            Frame::Pull { .. } => "Pull",
+            Frame::Batch { .. } => "Batch",
+            Frame::Notify { .. } => "Notify",
+            Frame::Error { .. } => "Error",
+        }
+    }
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than the limit.
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    /// The input ended inside a frame.
+    #[error("truncated frame: {have} of {need} bytes")]
+    Truncated { have: usize, need: usize },
+    /// The payload does not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The peer speaks another protocol version.
+    #[error("protocol version {got} (this build speaks {supported})")]
+    Version { got: u16, supported: u16 },
+}
+
+/// Encodes a frame with its length prefix.
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    let envelope = Envelope { version: PROTOCOL_VERSION, frame: frame.clone() };
+    let payload = postcard::to_allocvec(&envelope).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if payload.len() > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge { len: payload.len(), max: FRAME_BYTES_MAX });
+    }
+    let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Decodes one payload (without its length prefix).
+pub fn decode_payload(payload: &[u8]) -> Result<Frame, FrameError> {
+    if payload.len() > FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge { len: payload.len(), max: FRAME_BYTES_MAX });
+    }
+    // The version comes first so that a peer of another version gets a version error rather
+    // than a confusing decode error.
+    let (version, _) =
+        postcard::take_from_bytes::<u16>(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if version != PROTOCOL_VERSION {
+        return Err(FrameError::Version { got: version, supported: PROTOCOL_VERSION });
+    }
+    let (envelope, rest) =
+        postcard::take_from_bytes::<Envelope>(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(envelope.frame)
+}
+
+/// Reassembles frames from a byte stream.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// Adds received bytes. Fails at once if a length prefix announces an oversized frame.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
+        self.buf.extend_from_slice(bytes);
+        self.announced_len().map(|_| ())
+    }
+
+    fn announced_len(&self) -> Result<Option<usize>, FrameError> {
+        let Some(prefix) = self.buf.get(..LENGTH_PREFIX_BYTES) else {
+            return Ok(None);
+        };
+        let mut len_bytes = [0u8; LENGTH_PREFIX_BYTES];
+        len_bytes.copy_from_slice(prefix);
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        if len > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge { len, max: FRAME_BYTES_MAX });
+        }
+        Ok(Some(len))
+    }
+
+    /// The next complete frame, if one is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let Some(len) = self.announced_len()? else {
+            return Ok(None);
+        };
+        let end = LENGTH_PREFIX_BYTES + len;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let frame = decode_payload(&self.buf[LENGTH_PREFIX_BYTES..end]);
+        self.buf.drain(..end);
+        frame.map(Some)
+    }
+
+    /// Call at end of input: an unfinished frame is an error.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let need = match self.announced_len()? {
+            Some(len) => LENGTH_PREFIX_BYTES + len,
+            None => LENGTH_PREFIX_BYTES,
+        };
+        Err(FrameError::Truncated { have: self.buf.len(), need })
+    }
+}
+
+impl WireChangeSet {
+    /// The wire form of a signed change set.
+    pub fn from_signed(signed: &SignedChangeSet) -> Self {
+        Self { body: signed.body.clone(), sig: signed.sig.to_vec() }
+    }
+
+    /// Back to a signed change set; only the signature's length is checked here (the gate checks
+    /// everything else).
+    pub fn into_signed(self) -> Result<SignedChangeSet, FrameError> {
+        let sig: [u8; 64] = self.sig.try_into().map_err(|s: Vec<u8>| {
+            FrameError::Malformed(format!("signature of {} bytes (expected 64)", s.len()))
+        })?;
+        Ok(SignedChangeSet { body: self.body, sig })
+    }
+}
+
+/// Cursors to their wire form.
+pub fn to_wire_cursors(cursors: &[(StreamId, u64)]) -> Vec<WireCursor> {
+    cursors.iter().map(|(s, seq)| WireCursor { stream: s.to_string(), seq: *seq }).collect()
+}
+
+/// Cursors from their wire form, refusing bad stream names and oversized lists.
+pub fn from_wire_cursors(cursors: Vec<WireCursor>) -> Result<Vec<(StreamId, u64)>, FrameError> {
+    if cursors.len() > CURSORS_MAX {
+        return Err(FrameError::Malformed(format!("{} cursors (at most {CURSORS_MAX})", cursors.len())));
+    }
+    cursors
+        .into_iter()
+        .map(|c| {
+            let stream = c.stream.parse().map_err(|e| FrameError::Malformed(format!("cursor: {e}")))?;
+            Ok((stream, c.seq))
+        })
+        .collect()
+}
+
+/// Change sets from their wire form.
+pub fn from_wire_change_sets(change_sets: Vec<WireChangeSet>) -> Result<Vec<SignedChangeSet>, FrameError> {
+    if change_sets.len() > BATCH_CHANGE_SETS_MAX {
+        return Err(FrameError::Malformed(format!(
+            "{} change sets in one frame (at most {BATCH_CHANGE_SETS_MAX})",
+            change_sets.len()
+        )));
+    }
+    change_sets.into_iter().map(WireChangeSet::into_signed).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_through_a_byte_stream_in_any_chunking() {
+        let frames = vec![
+            Frame::Hello { node: "S1".into(), cursors: vec![WireCursor { stream: "hq/catalog".into(), seq: 3 }] },
+            Frame::Push { change_sets: vec![WireChangeSet { body: vec![1, 2, 3], sig: vec![9; 64] }] },
+            Frame::Error { code: ErrorCode::BadFrame, message: "x".into() },
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| encode_frame(f).unwrap()).collect();
+        for chunk in [1, 2, 7, 64, bytes.len()] {
+            let mut decoder = FrameDecoder::default();
+            let mut got = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                decoder.push(piece).unwrap();
+                while let Some(f) = decoder.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            decoder.finish().unwrap();
+            assert_eq!(got, frames, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_prefix_is_refused_before_buffering_the_payload() {
+        let mut decoder = FrameDecoder::default();
+        let err = decoder.push(&((FRAME_BYTES_MAX as u32) + 1).to_be_bytes()).unwrap_err();
+        assert_eq!(err, FrameError::TooLarge { len: FRAME_BYTES_MAX + 1, max: FRAME_BYTES_MAX });
+    }
+
+    #[test]
+    fn a_truncated_frame_is_reported_at_end_of_input() {
+        let bytes = encode_frame(&Frame::Challenge { nonce: [0; 32] }).unwrap();
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&bytes[..bytes.len() - 1]).unwrap();
+        assert_eq!(decoder.next_frame().unwrap(), None);
+        assert_eq!(decoder.finish(), Err(FrameError::Truncated { have: bytes.len() - 1, need: bytes.len() }));
+    }
+
+    #[test]
+    fn garbage_and_other_versions_are_named() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&[0, 0, 0, 3, 1, 0xff, 0xff]).unwrap();
+        assert!(matches!(decoder.next_frame(), Err(FrameError::Version { got: 1 | 2.., .. }) | Err(FrameError::Malformed(_))));
+        let mut payload = postcard::to_allocvec(&Envelope { version: 9, frame: Frame::Pull { cursors: vec![] } }).unwrap();
+        assert_eq!(decode_payload(&payload), Err(FrameError::Version { got: 9, supported: PROTOCOL_VERSION }));
+        payload[0] = PROTOCOL_VERSION as u8;
+        payload.push(0);
+        assert!(matches!(decode_payload(&payload), Err(FrameError::Malformed(m)) if m.contains("trailing")));
+    }
+
+    #[test]
+    fn a_short_signature_is_malformed() {
+        let err = WireChangeSet { body: vec![], sig: vec![0; 10] }.into_signed().unwrap_err();
+        assert!(matches!(err, FrameError::Malformed(m) if m.contains("10 bytes")));
+    }
+}

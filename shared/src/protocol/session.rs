@@ -1,0 +1,470 @@
+//! The sync session as two sans-IO state machines: [`HubSession`] at HQ (one per connected
+//! store) and [`LeafSession`] at the store.
+//!
+//! ```text
+//! store                                   HQ
+//! Hello {node, cursors}        ->
+//!                              <-         Challenge {nonce}
+//! Auth {sig(nonce || binding)} ->
+//!                              <-         Welcome {own_heads}
+//! Push {change sets}           ->         (validate, apply, commit)
+//!                              <-         PushAck {heads, rejected}
+//! Pull {cursors}               ->
+//!                              <-         Batch {change sets, more}   (store applies, commits,
+//! Pull {cursors} ...           ->                                       pulls again if more)
+//!                              <-         Notify {heads}              (realtime: new data)
+//! ```
+//!
+//! Sessions take frames and time and return frames; storage is reached through [`HubStore`] and
+//! [`LeafStore`], which the SQLite replica implements. No socket, clock or randomness inside:
+//! the nonce and the TLS binding are passed in.
+//!
+//! Invariants:
+//! - nothing but `Hello`/`Auth` is accepted before authentication;
+//! - HQ acknowledges a push only after the store's change sets are committed, and the store
+//!   drops nothing from its outbox until that acknowledgement;
+//! - the exchange is cursor-driven and idempotent: a lost, duplicated or reordered frame at worst
+//!   costs a retry after [`RETRY_MS`] (a duplicate change set is a no-op, a gap is asked again);
+//! - a store whose frame is malformed or out of turn gets an `Error` frame and the session ends;
+//!   a bad change set inside a good frame is refused alone and reported in the `PushAck`.
+
+use super::frame::{
+    BATCH_BYTES_MAX, BATCH_CHANGE_SETS_MAX, ErrorCode, Frame, FrameError, WireChangeSet,
+    from_wire_change_sets, from_wire_cursors, to_wire_cursors,
+};
+use crate::changeset::{SignedChangeSet, signing_input};
+use crate::ids::{NodeId, RegionId, StreamId, Topic};
+use crate::replica::BatchReport;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use std::collections::BTreeMap;
+
+/// Domain-separation prefix of the authentication signature.
+pub const AUTH_SIG_PREFIX: &[u8] = b"chainsync/auth/v1";
+/// How long a store waits for an answer to a push or pull before asking again. Over QUIC nothing
+/// is lost, so this only matters when a frame was (a lost connection ends the session anyway).
+pub const RETRY_MS: u64 = 2_000;
+/// How long a handshake may take before the store gives up and reconnects.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// What HQ knows about a connecting store.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub node: NodeId,
+    pub region: RegionId,
+    pub key: VerifyingKey,
+    pub revoked: bool,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("{0} is not enrolled at HQ")]
+    NotEnrolled(String),
+    #[error("store {0} has been revoked")]
+    Revoked(NodeId),
+    #[error("authentication failed for {0}: the signature does not match the enrolled key")]
+    AuthFailed(NodeId),
+    #[error("unexpected {frame} frame while {state}")]
+    Unexpected { frame: &'static str, state: &'static str },
+    #[error("peer ended the session: {code:?}: {message}")]
+    Peer { code: ErrorCode, message: String },
+    #[error("no answer to the handshake within {0} ms")]
+    Timeout(u64),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl SessionError {
+    /// The frame that tells the peer why the session ends.
+    pub fn to_frame(&self) -> Frame {
+        let code = match self {
+            SessionError::Frame(FrameError::Version { .. }) => ErrorCode::VersionMismatch,
+            SessionError::Frame(_) => ErrorCode::BadFrame,
+            SessionError::NotEnrolled(_) => ErrorCode::NotEnrolled,
+            SessionError::Revoked(_) => ErrorCode::Revoked,
+            SessionError::AuthFailed(_) => ErrorCode::AuthFailed,
+            SessionError::Unexpected { .. } | SessionError::Peer { .. } | SessionError::Timeout(_) => {
+                ErrorCode::Unexpected
+            }
+            SessionError::Storage(_) => ErrorCode::Internal,
+        };
+        Frame::Error { code, message: self.to_string() }
+    }
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> SessionError {
+    SessionError::Storage(e.to_string())
+}
+
+/// The bytes a store signs to authenticate.
+pub fn auth_message(nonce: &[u8; 32], tls_binding: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(32 + tls_binding.len());
+    body.extend_from_slice(nonce);
+    body.extend_from_slice(tls_binding);
+    signing_input(AUTH_SIG_PREFIX, &body)
+}
+
+/// Whether a store follows a stream: HQ's directory, catalog and members, the prices and
+/// promotions of its scopes, and every other node's members. Never its own streams.
+pub fn subscribes(node: &NodeId, region: &RegionId, stream: &StreamId) -> bool {
+    if &stream.origin == node {
+        return false;
+    }
+    match &stream.topic {
+        Topic::Members => true,
+        Topic::Directory | Topic::Catalog => stream.origin.is_hq(),
+        Topic::Prices(scope) | Topic::Promotions(scope) => stream.origin.is_hq() && scope.covers(node, region),
+        Topic::Inventory | Topic::Sales => false,
+    }
+}
+
+/// HQ's storage as a session needs it. The SQLite replica implements it; a PostgreSQL backend
+/// would too.
+pub trait HubStore {
+    type Error: std::fmt::Display;
+    /// The directory entry of a connecting node.
+    fn peer(&self, node: &NodeId) -> Result<Option<PeerInfo>, Self::Error>;
+    /// How far HQ holds each stream `node` originates.
+    fn own_heads(&self, node: &NodeId) -> Result<Vec<(StreamId, u64)>, Self::Error>;
+    /// Validates and durably applies change sets pushed by `peer`.
+    fn apply_push(&mut self, peer: &NodeId, batch: &[SignedChangeSet], now_ms: u64)
+    -> Result<BatchReport, Self::Error>;
+    /// Change sets `peer` lacks given its cursors, highest priority first, within the limits;
+    /// `true` if more remain.
+    fn changes_for(
+        &self,
+        peer: &PeerInfo,
+        cursors: &BTreeMap<StreamId, u64>,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<SignedChangeSet>, bool), Self::Error>;
+    /// Remembers how far `peer` holds what it follows.
+    fn record_cursors(&mut self, peer: &NodeId, cursors: &[(StreamId, u64)], now_ms: u64)
+    -> Result<(), Self::Error>;
+}
+
+/// A store's storage as a session needs it.
+pub trait LeafStore {
+    type Error: std::fmt::Display;
+    /// How far this store holds the streams it follows (not its own).
+    fn cursors(&self) -> Result<Vec<(StreamId, u64)>, Self::Error>;
+    /// Own change sets the hub has not acknowledged, within the limits.
+    fn outbox(&self, max_count: usize, max_bytes: usize) -> Result<Vec<SignedChangeSet>, Self::Error>;
+    /// Records what the hub holds of the store's own streams.
+    fn set_hub_acked(&mut self, heads: &[(StreamId, u64)]) -> Result<(), Self::Error>;
+    /// Validates and durably applies change sets received from the hub.
+    fn apply_from_hub(&mut self, batch: &[SignedChangeSet], now_ms: u64) -> Result<BatchReport, Self::Error>;
+}
+
+/// What a hub session wants done after a frame.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HubOutput {
+    /// Frames to send to this store.
+    pub frames: Vec<Frame>,
+    /// Streams that moved because of this store's push: the driver tells the other sessions
+    /// ([`HubSession::notify`]).
+    pub moved: Vec<(StreamId, u64)>,
+    /// What was refused from this store's push, for the log.
+    pub rejected: Vec<String>,
+}
+
+enum HubState {
+    AwaitHello,
+    AwaitAuth { peer: PeerInfo, cursors: Vec<(StreamId, u64)> },
+    Open { peer: PeerInfo },
+}
+
+/// HQ's side of one store's session.
+pub struct HubSession {
+    state: HubState,
+    nonce: [u8; 32],
+    tls_binding: Vec<u8>,
+}
+
+impl HubSession {
+    /// A session for a new connection. `nonce` must be fresh random bytes; `tls_binding` ties the
+    /// authentication to this TLS session (keying material exported by the adapter).
+    pub fn new(nonce: [u8; 32], tls_binding: Vec<u8>) -> Self {
+        Self { state: HubState::AwaitHello, nonce, tls_binding }
+    }
+
+    /// The authenticated store, once there is one.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        match &self.state {
+            HubState::Open { peer } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// Handles one frame from the store. `Err` ends the session: send
+    /// [`SessionError::to_frame`] and close.
+    pub fn handle<S: HubStore>(&mut self, now_ms: u64, frame: Frame, store: &mut S) -> Result<HubOutput, SessionError> {
+        let mut out = HubOutput::default();
+        match (&self.state, frame) {
+            (_, Frame::Error { code, message }) => return Err(SessionError::Peer { code, message }),
+            (HubState::AwaitHello, Frame::Hello { node, cursors }) => {
+                let node = NodeId::new(node).map_err(|e| SessionError::NotEnrolled(e.to_string()))?;
+                let peer = store.peer(&node).map_err(storage)?.ok_or_else(|| SessionError::NotEnrolled(node.to_string()))?;
+                if peer.revoked {
+                    return Err(SessionError::Revoked(node));
+                }
+                let cursors = from_wire_cursors(cursors)?;
+                self.state = HubState::AwaitAuth { peer, cursors };
+                out.frames.push(Frame::Challenge { nonce: self.nonce });
+            }
+            (HubState::AwaitAuth { peer, cursors }, Frame::Auth { signature }) => {
+                let sig: [u8; 64] = signature
+                    .try_into()
+                    .map_err(|_| SessionError::AuthFailed(peer.node.clone()))?;
+                let message = auth_message(&self.nonce, &self.tls_binding);
+                peer.key
+                    .verify(&message, &Signature::from_bytes(&sig))
+                    .map_err(|_| SessionError::AuthFailed(peer.node.clone()))?;
+                let (peer, cursors) = (peer.clone(), cursors.clone());
+                store.record_cursors(&peer.node, &cursors, now_ms).map_err(storage)?;
+                let own_heads = store.own_heads(&peer.node).map_err(storage)?;
+                out.frames.push(Frame::Welcome { own_heads: to_wire_cursors(&own_heads) });
+                self.state = HubState::Open { peer };
+            }
+            (HubState::Open { peer }, Frame::Push { change_sets }) => {
+                let batch = from_wire_change_sets(change_sets)?;
+                let report = store.apply_push(&peer.node, &batch, now_ms).map_err(storage)?;
+                let heads = store.own_heads(&peer.node).map_err(storage)?;
+                out.moved = report.applied.clone();
+                out.rejected = report.rejected.iter().map(ToString::to_string).collect();
+                out.frames.push(Frame::PushAck { heads: to_wire_cursors(&heads), rejected: out.rejected.clone() });
+            }
+            (HubState::Open { peer }, Frame::Pull { cursors }) => {
+                let cursors = from_wire_cursors(cursors)?;
+                store.record_cursors(&peer.node, &cursors, now_ms).map_err(storage)?;
+                let cursors: BTreeMap<StreamId, u64> = cursors.into_iter().collect();
+                let (change_sets, more) = store
+                    .changes_for(peer, &cursors, BATCH_CHANGE_SETS_MAX, BATCH_BYTES_MAX)
+                    .map_err(storage)?;
+                let change_sets = change_sets.iter().map(WireChangeSet::from_signed).collect();
+                out.frames.push(Frame::Batch { change_sets, more });
+            }
+            (state, frame) => {
+                let state = match state {
+                    HubState::AwaitHello => "waiting for Hello",
+                    HubState::AwaitAuth { .. } => "waiting for Auth",
+                    HubState::Open { .. } => "open",
+                };
+                return Err(SessionError::Unexpected { frame: frame.name(), state });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A `Notify` for the streams among `moved` that this store follows, if any.
+    pub fn notify(&self, moved: &[(StreamId, u64)]) -> Option<Frame> {
+        let peer = self.peer()?;
+        let heads: Vec<(StreamId, u64)> =
+            moved.iter().filter(|(s, _)| subscribes(&peer.node, &peer.region, s)).cloned().collect();
+        (!heads.is_empty()).then(|| Frame::Notify { heads: to_wire_cursors(&heads) })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeafState {
+    New,
+    AwaitChallenge { since_ms: u64 },
+    AwaitWelcome { since_ms: u64 },
+    Open,
+}
+
+/// What a store's session has done so far, for status pages and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LeafCounters {
+    pub pushed_change_sets: u64,
+    pub pulled_change_sets: u64,
+    pub rejected_change_sets: u64,
+}
+
+/// The store's side of a session.
+pub struct LeafSession {
+    node: NodeId,
+    key: SigningKey,
+    tls_binding: Vec<u8>,
+    state: LeafState,
+    /// When the unanswered push was sent.
+    push_sent_ms: Option<u64>,
+    /// When the unanswered pull was sent.
+    pull_sent_ms: Option<u64>,
+    /// Pull at least this often even without a Notify (0 = only on Notify).
+    poll_interval_ms: u64,
+    last_pull_ms: u64,
+    counters: LeafCounters,
+}
+
+impl LeafSession {
+    /// A session for a new connection. `poll_interval_ms` is how often to pull without being
+    /// notified (a safety net in realtime mode).
+    pub fn new(node: NodeId, key: SigningKey, tls_binding: Vec<u8>, poll_interval_ms: u64) -> Self {
+        Self {
+            node,
+            key,
+            tls_binding,
+            state: LeafState::New,
+            push_sent_ms: None,
+            pull_sent_ms: None,
+            poll_interval_ms,
+            last_pull_ms: 0,
+            counters: LeafCounters::default(),
+        }
+    }
+
+    /// Whether authentication finished.
+    pub fn is_open(&self) -> bool {
+        self.state == LeafState::Open
+    }
+
+    /// Whether nothing is waiting for an answer (open, no push or pull in flight).
+    pub fn is_idle(&self) -> bool {
+        self.is_open() && self.push_sent_ms.is_none() && self.pull_sent_ms.is_none()
+    }
+
+    /// Counters of what went through this session.
+    pub fn counters(&self) -> LeafCounters {
+        self.counters
+    }
+
+    /// The first frame: Hello with this store's cursors.
+    pub fn start<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
+        let cursors = store.cursors().map_err(storage)?;
+        self.state = LeafState::AwaitChallenge { since_ms: now_ms };
+        Ok(vec![Frame::Hello { node: self.node.to_string(), cursors: to_wire_cursors(&cursors) }])
+    }
+
+    /// Handles one frame from HQ. `Err` ends the session.
+    pub fn handle<S: LeafStore>(&mut self, now_ms: u64, frame: Frame, store: &mut S) -> Result<Vec<Frame>, SessionError> {
+        let mut out = Vec::new();
+        match (self.state, frame) {
+            (_, Frame::Error { code, message }) => return Err(SessionError::Peer { code, message }),
+            (LeafState::AwaitChallenge { .. }, Frame::Challenge { nonce }) => {
+                let signature = self.key.sign(&auth_message(&nonce, &self.tls_binding)).to_bytes().to_vec();
+                out.push(Frame::Auth { signature });
+                self.state = LeafState::AwaitWelcome { since_ms: now_ms };
+            }
+            (LeafState::AwaitWelcome { .. }, Frame::Welcome { own_heads }) => {
+                store.set_hub_acked(&from_wire_cursors(own_heads)?).map_err(storage)?;
+                self.state = LeafState::Open;
+                out.extend(self.push_next(now_ms, store)?);
+                out.extend(self.pull(now_ms, store)?);
+            }
+            (LeafState::Open, Frame::PushAck { heads, rejected }) => {
+                store.set_hub_acked(&from_wire_cursors(heads)?).map_err(storage)?;
+                self.counters.rejected_change_sets += rejected.len() as u64;
+                self.push_sent_ms = None;
+                if rejected.is_empty() {
+                    out.extend(self.push_next(now_ms, store)?);
+                } else {
+                    // Wait for the retry timer rather than resending at once what HQ just refused
+                    // (a gap heals on the retry; a halted stream must not become a busy loop).
+                    self.push_sent_ms = Some(now_ms);
+                }
+            }
+            (LeafState::Open, Frame::Batch { change_sets, more }) => {
+                let batch = from_wire_change_sets(change_sets)?;
+                let report = store.apply_from_hub(&batch, now_ms).map_err(storage)?;
+                self.counters.pulled_change_sets += report.applied.len() as u64;
+                self.counters.rejected_change_sets += report.rejected.len() as u64;
+                self.pull_sent_ms = None;
+                if more && !report.applied.is_empty() {
+                    out.extend(self.pull(now_ms, store)?);
+                } else if !report.rejected.is_empty() {
+                    // A gap or a bad change set: ask again after the retry delay.
+                    self.pull_sent_ms = Some(now_ms);
+                }
+            }
+            (LeafState::Open, Frame::Notify { heads }) => {
+                let heads = from_wire_cursors(heads)?;
+                let mine: BTreeMap<StreamId, u64> = store.cursors().map_err(storage)?.into_iter().collect();
+                let behind = heads.iter().any(|(s, seq)| mine.get(s).copied().unwrap_or(0) < *seq);
+                if behind && self.pull_sent_ms.is_none() {
+                    out.extend(self.pull(now_ms, store)?);
+                }
+            }
+            (state, frame) => {
+                let state = match state {
+                    LeafState::New => "not started",
+                    LeafState::AwaitChallenge { .. } => "waiting for Challenge",
+                    LeafState::AwaitWelcome { .. } => "waiting for Welcome",
+                    LeafState::Open => "open",
+                };
+                return Err(SessionError::Unexpected { frame: frame.name(), state });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Call after a local commit: pushes at once if nothing is in flight.
+    pub fn local_commit<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
+        if self.is_open() && self.push_sent_ms.is_none() {
+            return self.push_next(now_ms, store);
+        }
+        Ok(Vec::new())
+    }
+
+    /// When [`LeafSession::handle_timeout`] next has something to do.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.state {
+            LeafState::New => None,
+            LeafState::AwaitChallenge { since_ms } | LeafState::AwaitWelcome { since_ms } => {
+                Some(since_ms + HANDSHAKE_TIMEOUT_MS)
+            }
+            LeafState::Open => {
+                let retries = [self.push_sent_ms, self.pull_sent_ms].into_iter().flatten().map(|t| t + RETRY_MS);
+                let poll = (self.poll_interval_ms > 0).then_some(self.last_pull_ms + self.poll_interval_ms);
+                retries.chain(poll).min()
+            }
+        }
+    }
+
+    /// Retries what went unanswered and polls on schedule. `Err` when the handshake timed out.
+    pub fn handle_timeout<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
+        let mut out = Vec::new();
+        match self.state {
+            LeafState::New => {}
+            LeafState::AwaitChallenge { since_ms } | LeafState::AwaitWelcome { since_ms } => {
+                if now_ms >= since_ms + HANDSHAKE_TIMEOUT_MS {
+                    return Err(SessionError::Timeout(HANDSHAKE_TIMEOUT_MS));
+                }
+            }
+            LeafState::Open => {
+                if self.push_sent_ms.is_some_and(|t| now_ms >= t + RETRY_MS) {
+                    out.extend(self.push_next(now_ms, store)?);
+                }
+                let retry_pull = self.pull_sent_ms.is_some_and(|t| now_ms >= t + RETRY_MS);
+                let poll_due = self.poll_interval_ms > 0
+                    && self.pull_sent_ms.is_none()
+                    && now_ms >= self.last_pull_ms + self.poll_interval_ms;
+                if retry_pull || poll_due {
+                    out.extend(self.pull(now_ms, store)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn push_next<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
+        let outbox = store.outbox(BATCH_CHANGE_SETS_MAX, BATCH_BYTES_MAX).map_err(storage)?;
+        if outbox.is_empty() {
+            self.push_sent_ms = None;
+            return Ok(Vec::new());
+        }
+        self.counters.pushed_change_sets += outbox.len() as u64;
+        self.push_sent_ms = Some(now_ms);
+        let change_sets = outbox.iter().map(WireChangeSet::from_signed).collect();
+        Ok(vec![Frame::Push { change_sets }])
+    }
+
+    fn pull<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
+        let cursors = store.cursors().map_err(storage)?;
+        self.pull_sent_ms = Some(now_ms);
+        self.last_pull_ms = now_ms;
+        Ok(vec![Frame::Pull { cursors: to_wire_cursors(&cursors) }])
+    }
+}

@@ -1,0 +1,298 @@
+//! Materializing ops into the retail tables.
+//!
+//! [`apply_op`] runs inside the caller's transaction and never fails for domain reasons: a receipt
+//! for an unknown sku, a ledger entry for a member not signed up yet, a return whose original is
+//! elsewhere are all stored as they are and line up once the rest arrives. It fails only when
+//! SQLite does, and then the caller's whole transaction rolls back.
+//!
+//! Invariants (each is what makes applying commutative and idempotent):
+//! - immutable records (receipts, returns, voids, ledger entries, stock movements) are inserted
+//!   once by id; their stock effect is applied only when the insert happened, so a record seen
+//!   twice (in a replayed change set or a snapshot over a partial replica) counts once;
+//! - keyed records (regions, stores, products, price entries, promotions) are replaced whole;
+//!   price entries and promotions are keyed by (scope, id), so a removal in one scope's stream can
+//!   never touch another scope's entry;
+//! - a member field is overwritten only by a write with a greater `(hlc, node)`;
+//! - a void of a receipt this node does not hold yet is kept; the receipt's stock effect is then
+//!   skipped when it arrives (a store's sales stream always carries the receipt first, so this
+//!   only happens when someone else's void stands in a snapshot before its receipt).
+
+use crate::changeset::Op;
+use crate::hlc::Hlc;
+use crate::ids::{NodeId, StreamId, Topic};
+use crate::model::{LedgerAccount, LedgerKind, MovementKind, PriceKind, Receipt, ReceiptLine};
+use rusqlite::{Connection, params};
+
+/// Applies one op of `stream`, stamped `hlc`, inside the caller's transaction.
+pub(crate) fn apply_op(
+    tx: &Connection,
+    stream: &StreamId,
+    hlc: Hlc,
+    op: &Op,
+) -> rusqlite::Result<()> {
+    match op {
+        Op::RegionUpsert(r) => {
+            tx.prepare_cached("INSERT OR REPLACE INTO regions (id, name) VALUES (?1, ?2)")?
+                .execute(params![r.id.as_str(), r.name])?;
+        }
+        Op::StoreUpsert(s) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO stores
+                 (id, name, region, mode, public_key, may_set_own_prices, revoked)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                s.id.as_str(),
+                s.name,
+                s.region.as_str(),
+                s.mode.as_str(),
+                &s.public_key[..],
+                s.may_set_own_prices,
+                s.revoked
+            ])?;
+        }
+        Op::ProductUpsert(p) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO products (sku, name, category, unit_cost_cents, active, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                p.sku.as_str(),
+                p.name,
+                p.category,
+                p.unit_cost_cents,
+                p.active,
+                encode(p)
+            ])?;
+        }
+        Op::PriceUpsert(e) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO price_entries
+                 (scope, id, sku, kind, price_cents, effective_from_ms, effective_to_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                e.scope.to_string(),
+                e.id.as_str(),
+                e.sku.as_str(),
+                price_kind_code(e.kind),
+                e.price_cents,
+                e.effective_from_ms,
+                e.effective_to_ms,
+                encode(e)
+            ])?;
+        }
+        Op::PriceRemove { id } => {
+            if let Topic::Prices(scope) = &stream.topic {
+                tx.prepare_cached("DELETE FROM price_entries WHERE scope = ?1 AND id = ?2")?
+                    .execute(params![scope.to_string(), id.as_str()])?;
+            }
+        }
+        Op::PromotionUpsert(p) => {
+            tx.prepare_cached("INSERT OR REPLACE INTO promotions (scope, id, body) VALUES (?1, ?2, ?3)")?
+                .execute(params![p.scope.to_string(), p.id.as_str(), encode(p)])?;
+        }
+        Op::PromotionRemove { id } => {
+            if let Topic::Promotions(scope) = &stream.topic {
+                tx.prepare_cached("DELETE FROM promotions WHERE scope = ?1 AND id = ?2")?
+                    .execute(params![scope.to_string(), id.as_str()])?;
+            }
+        }
+        Op::MemberEdit(edit) => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO member_fields (member, field, value, hlc_wall, hlc_logical, node)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (member, field) DO UPDATE SET
+                   value = excluded.value, hlc_wall = excluded.hlc_wall,
+                   hlc_logical = excluded.hlc_logical, node = excluded.node
+                 WHERE (excluded.hlc_wall, excluded.hlc_logical, excluded.node)
+                     > (member_fields.hlc_wall, member_fields.hlc_logical, member_fields.node)",
+            )?;
+            // The edit's own stamp, or the change set's if the writer left it empty.
+            let stamp = if edit.hlc == Hlc::default() { hlc } else { edit.hlc };
+            for (field, value) in &edit.fields {
+                stmt.execute(params![
+                    edit.member.as_str(),
+                    field.code(),
+                    value,
+                    stamp.wall_ms as i64,
+                    stamp.logical,
+                    stream.origin.as_str()
+                ])?;
+            }
+        }
+        Op::Ledger(e) => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO ledger (id, member, account, kind, amount, receipt, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                e.id.as_str(),
+                e.member.as_str(),
+                account_code(e.account),
+                ledger_kind_code(e.kind),
+                e.amount,
+                e.receipt.as_ref().map(|r| r.as_str()),
+                e.at_ms
+            ])?;
+        }
+        Op::Stock(m) => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO stock_movements
+                     (id, store, sku, kind, qty_delta, reference, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    m.id.as_str(),
+                    m.store.as_str(),
+                    m.sku.as_str(),
+                    movement_kind_code(m.kind),
+                    m.qty_delta,
+                    m.reference,
+                    m.at_ms
+                ])?;
+            if inserted == 1 {
+                add_stock(tx, &m.store, m.sku.as_str(), m.qty_delta)?;
+            }
+        }
+        Op::Receipt(r) => apply_receipt(tx, r)?,
+        Op::Return(r) => {
+            let refund: i64 = r.refunds.iter().map(|p| p.amount_cents).fold(0, i64::saturating_add);
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO returns (id, store, original, at_ms, refund_cents, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    r.id.as_str(),
+                    r.store.as_str(),
+                    r.original.as_str(),
+                    r.at_ms,
+                    refund,
+                    encode(r)
+                ])?;
+            if inserted == 1 {
+                for line in &r.lines {
+                    add_stock(tx, &r.store, line.sku.as_str(), line.qty)?;
+                }
+            }
+        }
+        Op::Void(v) => {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO voids (id, store, original, at_ms, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![v.id.as_str(), v.store.as_str(), v.original.as_str(), v.at_ms, v.reason])?;
+            if inserted == 1 {
+                let newly_voided = tx
+                    .prepare_cached("UPDATE receipts SET voided = 1 WHERE id = ?1 AND voided = 0")?
+                    .execute(params![v.original.as_str()])?;
+                if newly_voided == 1 {
+                    for line in receipt_lines(tx, v.original.as_str())? {
+                        add_stock(tx, &v.store, line.0.as_str(), line.1)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_receipt(tx: &Connection, r: &Receipt) -> rusqlite::Result<()> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO receipts (id, store, sold_at_ms, member, total_cents)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            r.id.as_str(),
+            r.store.as_str(),
+            r.sold_at_ms,
+            r.member.as_ref().map(|m| m.as_str()),
+            r.total_cents()
+        ])?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    let already_voided: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM voids WHERE original = ?1)")?
+        .query_row(params![r.id.as_str()], |row| row.get(0))?;
+    if already_voided {
+        tx.prepare_cached("UPDATE receipts SET voided = 1 WHERE id = ?1")?
+            .execute(params![r.id.as_str()])?;
+    }
+    let mut line_stmt = tx.prepare_cached(
+        "INSERT INTO receipt_lines (receipt, line_no, sku, qty, unit_price_cents, discount_cents)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (line_no, line) in r.lines.iter().enumerate() {
+        insert_line(&mut line_stmt, r, line_no, line)?;
+        if !already_voided {
+            add_stock(tx, &r.store, line.sku.as_str(), -line.qty)?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_line(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    r: &Receipt,
+    line_no: usize,
+    line: &ReceiptLine,
+) -> rusqlite::Result<()> {
+    stmt.execute(params![
+        r.id.as_str(),
+        line_no as i64,
+        line.sku.as_str(),
+        line.qty,
+        line.unit_price_cents,
+        line.discount_cents
+    ])?;
+    Ok(())
+}
+
+fn receipt_lines(tx: &Connection, receipt: &str) -> rusqlite::Result<Vec<(String, i64)>> {
+    let mut stmt = tx.prepare_cached("SELECT sku, qty FROM receipt_lines WHERE receipt = ?1")?;
+    let rows = stmt.query_map(params![receipt], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    rows.collect()
+}
+
+fn add_stock(tx: &Connection, store: &NodeId, sku: &str, delta: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO stock (store, sku, qty) VALUES (?1, ?2, ?3)
+         ON CONFLICT (store, sku) DO UPDATE SET qty = qty + excluded.qty",
+    )?
+    .execute(params![store.as_str(), sku, delta])?;
+    Ok(())
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Model values always serialize (no maps with non-string keys, no failing Serialize impls);
+    // an empty body would be caught when read back.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+pub(crate) fn price_kind_code(kind: PriceKind) -> u8 {
+    match kind {
+        PriceKind::Retail => 0,
+        PriceKind::Member => 1,
+        PriceKind::Wholesale => 2,
+    }
+}
+
+pub(crate) fn account_code(account: LedgerAccount) -> u8 {
+    match account {
+        LedgerAccount::Points => 0,
+        LedgerAccount::StoredValue => 1,
+    }
+}
+
+fn ledger_kind_code(kind: LedgerKind) -> u8 {
+    kind as u8
+}
+
+fn movement_kind_code(kind: MovementKind) -> u8 {
+    kind as u8
+}

@@ -1,0 +1,148 @@
+-- chainsync replica schema, version 1. Applied once by Replica::open.
+-- Replication state: the log of every stream this node keeps, and where each stands.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE streams (
+    id               INTEGER PRIMARY KEY,
+    name             TEXT    NOT NULL UNIQUE,  -- origin/topic, e.g. S017/sales
+    origin           TEXT    NOT NULL,
+    priority         INTEGER NOT NULL,         -- Topic::priority: delivery order
+    head_seq         INTEGER NOT NULL DEFAULT 0,
+    head_hash        BLOB    NOT NULL,
+    base_seq         INTEGER NOT NULL DEFAULT 0, -- the log holds seq > base_seq (a snapshot covers the rest)
+    hub_acked_seq    INTEGER NOT NULL DEFAULT 0, -- own streams: what the hub has made durable
+    last_applied_ms  INTEGER,                  -- local time the head last moved (freshness)
+    halted_reason    TEXT,                     -- last integrity failure, cleared by the next good change set
+    halted_at_ms     INTEGER
+);
+CREATE TABLE log (
+    stream INTEGER NOT NULL REFERENCES streams(id),
+    seq    INTEGER NOT NULL,
+    body   BLOB    NOT NULL,
+    sig    BLOB    NOT NULL,
+    PRIMARY KEY (stream, seq)
+) WITHOUT ROWID;
+CREATE TABLE snapshot_base (          -- the snapshot a stream was seeded from, to serve it onward
+    stream INTEGER PRIMARY KEY REFERENCES streams(id),
+    seq    INTEGER NOT NULL,
+    body   BLOB    NOT NULL,
+    sig    BLOB    NOT NULL
+);
+CREATE TABLE peer_cursors (           -- hub only: how far each node holds each stream
+    node    TEXT    NOT NULL,
+    stream  INTEGER NOT NULL REFERENCES streams(id),
+    seq     INTEGER NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (node, stream)
+) WITHOUT ROWID;
+
+-- Materialized retail state, rebuilt by applying the log (see replica/apply.rs).
+CREATE TABLE regions (
+    id   TEXT PRIMARY KEY,
+    name TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE stores (
+    id                 TEXT PRIMARY KEY,
+    name               TEXT    NOT NULL,
+    region             TEXT    NOT NULL,
+    mode               TEXT    NOT NULL,
+    public_key         BLOB    NOT NULL,
+    may_set_own_prices INTEGER NOT NULL,
+    revoked            INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE products (
+    sku             TEXT PRIMARY KEY,
+    name            TEXT    NOT NULL,
+    category        TEXT    NOT NULL,
+    unit_cost_cents INTEGER NOT NULL,
+    active          INTEGER NOT NULL,
+    body            BLOB    NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE price_entries (
+    scope             TEXT    NOT NULL,
+    id                TEXT    NOT NULL,
+    sku               TEXT    NOT NULL,
+    kind              INTEGER NOT NULL,
+    price_cents       INTEGER NOT NULL,
+    effective_from_ms INTEGER NOT NULL,
+    effective_to_ms   INTEGER,
+    body              BLOB    NOT NULL,
+    PRIMARY KEY (scope, id)
+) WITHOUT ROWID;
+CREATE INDEX price_entries_by_sku ON price_entries (sku);
+CREATE TABLE promotions (
+    scope TEXT NOT NULL,
+    id    TEXT NOT NULL,
+    body  BLOB NOT NULL,
+    PRIMARY KEY (scope, id)
+) WITHOUT ROWID;
+CREATE TABLE member_fields (
+    member      TEXT    NOT NULL,
+    field       INTEGER NOT NULL,
+    value       TEXT    NOT NULL,
+    hlc_wall    INTEGER NOT NULL,
+    hlc_logical INTEGER NOT NULL,
+    node        TEXT    NOT NULL,
+    PRIMARY KEY (member, field)
+) WITHOUT ROWID;
+CREATE TABLE ledger (
+    id      TEXT PRIMARY KEY,
+    member  TEXT    NOT NULL,
+    account INTEGER NOT NULL,
+    kind    INTEGER NOT NULL,
+    amount  INTEGER NOT NULL,
+    receipt TEXT,
+    at_ms   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX ledger_by_member ON ledger (member, account);
+CREATE TABLE stock (
+    store TEXT    NOT NULL,
+    sku   TEXT    NOT NULL,
+    qty   INTEGER NOT NULL,
+    PRIMARY KEY (store, sku)
+) WITHOUT ROWID;
+CREATE TABLE stock_movements (
+    id        TEXT PRIMARY KEY,
+    store     TEXT    NOT NULL,
+    sku       TEXT    NOT NULL,
+    kind      INTEGER NOT NULL,
+    qty_delta INTEGER NOT NULL,
+    reference TEXT    NOT NULL,
+    at_ms     INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE receipts (
+    id          TEXT PRIMARY KEY,
+    store       TEXT    NOT NULL,
+    sold_at_ms  INTEGER NOT NULL,
+    member      TEXT,
+    total_cents INTEGER NOT NULL,
+    voided      INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX receipts_by_store_time ON receipts (store, sold_at_ms);
+CREATE TABLE receipt_lines (
+    receipt          TEXT    NOT NULL,
+    line_no          INTEGER NOT NULL,
+    sku              TEXT    NOT NULL,
+    qty              INTEGER NOT NULL,
+    unit_price_cents INTEGER NOT NULL,
+    discount_cents   INTEGER NOT NULL,
+    PRIMARY KEY (receipt, line_no)
+) WITHOUT ROWID;
+CREATE TABLE returns (
+    id           TEXT PRIMARY KEY,
+    store        TEXT    NOT NULL,
+    original     TEXT    NOT NULL,
+    at_ms        INTEGER NOT NULL,
+    refund_cents INTEGER NOT NULL,
+    body         BLOB    NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX returns_by_original ON returns (original);
+CREATE TABLE voids (
+    id       TEXT PRIMARY KEY,
+    store    TEXT    NOT NULL,
+    original TEXT    NOT NULL,
+    at_ms    INTEGER NOT NULL,
+    reason   TEXT    NOT NULL
+) WITHOUT ROWID;
