@@ -116,9 +116,14 @@ impl SignedChangeSet {
     pub fn sign(change_set: &ChangeSet, key: &SigningKey) -> Result<Self, EncodeError> {
         let body = postcard::to_allocvec(change_set)?;
         if body.len() > CHANGE_SET_BYTES_MAX {
-            return Err(EncodeError::TooLarge { bytes: body.len(), max: CHANGE_SET_BYTES_MAX });
+            return Err(EncodeError::TooLarge {
+                bytes: body.len(),
+                max: CHANGE_SET_BYTES_MAX,
+            });
         }
-        let sig = key.sign(&signing_input(CHANGE_SET_SIG_PREFIX, &body)).to_bytes();
+        let sig = key
+            .sign(&signing_input(CHANGE_SET_SIG_PREFIX, &body))
+            .to_bytes();
         Ok(Self { body, sig })
     }
 
@@ -128,7 +133,10 @@ impl SignedChangeSet {
     }
 
     /// Checks the signature against the origin's key.
-    pub fn verify_signature(&self, key: &VerifyingKey) -> Result<(), ed25519_dalek::SignatureError> {
+    pub fn verify_signature(
+        &self,
+        key: &VerifyingKey,
+    ) -> Result<(), ed25519_dalek::SignatureError> {
         key.verify(
             &signing_input(CHANGE_SET_SIG_PREFIX, &self.body),
             &Signature::from_bytes(&self.sig),
@@ -176,9 +184,14 @@ impl SignedSnapshot {
     pub fn sign(snapshot: &Snapshot, hq_key: &SigningKey) -> Result<Self, EncodeError> {
         let body = postcard::to_allocvec(snapshot)?;
         if body.len() > SNAPSHOT_BYTES_MAX {
-            return Err(EncodeError::TooLarge { bytes: body.len(), max: SNAPSHOT_BYTES_MAX });
+            return Err(EncodeError::TooLarge {
+                bytes: body.len(),
+                max: SNAPSHOT_BYTES_MAX,
+            });
         }
-        let sig = hq_key.sign(&signing_input(SNAPSHOT_SIG_PREFIX, &body)).to_bytes();
+        let sig = hq_key
+            .sign(&signing_input(SNAPSHOT_SIG_PREFIX, &body))
+            .to_bytes();
         Ok(Self { body, sig })
     }
 }

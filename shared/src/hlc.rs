@@ -50,7 +50,10 @@ impl Clock {
     /// A new timestamp for a local event at wall time `now_ms`.
     pub fn tick(&mut self, now_ms: u64) -> Hlc {
         self.last = if now_ms > self.last.wall_ms {
-            Hlc { wall_ms: now_ms, logical: 0 }
+            Hlc {
+                wall_ms: now_ms,
+                logical: 0,
+            }
         } else {
             self.after(self.last)
         };
@@ -66,10 +69,16 @@ impl Clock {
 
     fn after(&self, h: Hlc) -> Hlc {
         match h.logical.checked_add(1) {
-            Some(logical) => Hlc { wall_ms: h.wall_ms, logical },
+            Some(logical) => Hlc {
+                wall_ms: h.wall_ms,
+                logical,
+            },
             // 4 billion events in one millisecond cannot happen; moving to the next millisecond
             // keeps the order strict anyway.
-            None => Hlc { wall_ms: h.wall_ms.saturating_add(1), logical: 0 },
+            None => Hlc {
+                wall_ms: h.wall_ms.saturating_add(1),
+                logical: 0,
+            },
         }
     }
 }
@@ -93,7 +102,10 @@ mod tests {
     fn observed_time_orders_later_ticks() {
         let mut c = Clock::default();
         c.tick(1_000);
-        let remote = Hlc { wall_ms: 9_000_000, logical: 3 };
+        let remote = Hlc {
+            wall_ms: 9_000_000,
+            logical: 3,
+        };
         c.observe(remote);
         assert!(c.tick(1_001) > remote);
     }

@@ -27,7 +27,11 @@ pub enum IdError {
     Empty { kind: &'static str },
     /// The id was longer than its limit.
     #[error("{kind} id `{id}` is longer than {max} characters")]
-    TooLong { kind: &'static str, id: String, max: usize },
+    TooLong {
+        kind: &'static str,
+        id: String,
+        max: usize,
+    },
     /// The id held a character outside the allowed set.
     #[error("{kind} id `{id}` holds a character other than letters, digits, `-`, `_`, `.` or `:`")]
     BadCharacter { kind: &'static str, id: String },
@@ -41,13 +45,20 @@ fn check(kind: &'static str, id: &str, max: usize, extra: &[char]) -> Result<(),
         return Err(IdError::Empty { kind });
     }
     if id.chars().count() > max {
-        return Err(IdError::TooLong { kind, id: id.to_owned(), max });
+        return Err(IdError::TooLong {
+            kind,
+            id: id.to_owned(),
+            max,
+        });
     }
     let ok = id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || extra.contains(&c));
     if !ok {
-        return Err(IdError::BadCharacter { kind, id: id.to_owned() });
+        return Err(IdError::BadCharacter {
+            kind,
+            id: id.to_owned(),
+        });
     }
     Ok(())
 }
@@ -296,8 +307,13 @@ impl fmt::Display for StreamId {
 impl std::str::FromStr for StreamId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let (origin, topic) = s.split_once('/').ok_or_else(|| IdError::BadStream(s.to_owned()))?;
-        Ok(StreamId { origin: origin.parse()?, topic: topic.parse()? })
+        let (origin, topic) = s
+            .split_once('/')
+            .ok_or_else(|| IdError::BadStream(s.to_owned()))?;
+        Ok(StreamId {
+            origin: origin.parse()?,
+            topic: topic.parse()?,
+        })
     }
 }
 
@@ -325,10 +341,22 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused_with_the_reason() {
-        assert!(matches!("S017".parse::<StreamId>(), Err(IdError::BadStream(_))));
-        assert!(matches!("S 17/sales".parse::<StreamId>(), Err(IdError::BadCharacter { .. })));
-        assert!(matches!("/sales".parse::<StreamId>(), Err(IdError::Empty { .. })));
-        assert!(matches!("S1/prices@planet:x".parse::<StreamId>(), Err(IdError::BadStream(_))));
+        assert!(matches!(
+            "S017".parse::<StreamId>(),
+            Err(IdError::BadStream(_))
+        ));
+        assert!(matches!(
+            "S 17/sales".parse::<StreamId>(),
+            Err(IdError::BadCharacter { .. })
+        ));
+        assert!(matches!(
+            "/sales".parse::<StreamId>(),
+            Err(IdError::Empty { .. })
+        ));
+        assert!(matches!(
+            "S1/prices@planet:x".parse::<StreamId>(),
+            Err(IdError::BadStream(_))
+        ));
         let long = "x".repeat(NODE_ID_CHARS_MAX + 1);
         assert!(matches!(NodeId::new(long), Err(IdError::TooLong { .. })));
     }

@@ -89,7 +89,10 @@ pub fn merge_field(
 }
 
 /// A member's balance of one account: the sum of its ledger entries.
-pub fn balance<'a>(entries: impl IntoIterator<Item = &'a LedgerEntry>, account: LedgerAccount) -> i64 {
+pub fn balance<'a>(
+    entries: impl IntoIterator<Item = &'a LedgerEntry>,
+    account: LedgerAccount,
+) -> i64 {
     entries
         .into_iter()
         .filter(|e| e.account == account)
@@ -174,22 +177,41 @@ mod tests {
             entry("hq-5", Scope::Region(region("south")), 20, 0, None),
         ];
         let at = |t| {
-            effective_price(&entries, &sku(), PriceKind::Retail, &s1, &north, t).map(|e| e.price_cents)
+            effective_price(&entries, &sku(), PriceKind::Retail, &s1, &north, t)
+                .map(|e| e.price_cents)
         };
         assert_eq!(at(500), Some(90), "region beats chain");
         assert_eq!(at(1_500), Some(80), "store beats region while in effect");
         assert_eq!(at(2_000), Some(90), "effective_to is exclusive");
-        let other = effective_price(&entries, &sku(), PriceKind::Retail, &node("S9"), &region("west"), 0);
-        assert_eq!(other.map(|e| e.price_cents), Some(100), "chain price for everyone else");
-        assert_eq!(effective_price(&entries, &sku(), PriceKind::Member, &s1, &north, 0), None);
+        let other = effective_price(
+            &entries,
+            &sku(),
+            PriceKind::Retail,
+            &node("S9"),
+            &region("west"),
+            0,
+        );
+        assert_eq!(
+            other.map(|e| e.price_cents),
+            Some(100),
+            "chain price for everyone else"
+        );
+        assert_eq!(
+            effective_price(&entries, &sku(), PriceKind::Member, &s1, &north, 0),
+            None
+        );
     }
 
     #[test]
     fn a_future_price_takes_over_at_its_date() {
         let (s, r) = (node("S1"), region("north"));
-        let entries =
-            vec![entry("hq-1", Scope::Chain, 100, 0, None), entry("hq-2", Scope::Chain, 120, 5_000, None)];
-        let at = |t| effective_price(&entries, &sku(), PriceKind::Retail, &s, &r, t).map(|e| e.price_cents);
+        let entries = vec![
+            entry("hq-1", Scope::Chain, 100, 0, None),
+            entry("hq-2", Scope::Chain, 120, 5_000, None),
+        ];
+        let at = |t| {
+            effective_price(&entries, &sku(), PriceKind::Retail, &s, &r, t).map(|e| e.price_cents)
+        };
         assert_eq!(at(4_999), Some(100));
         assert_eq!(at(5_000), Some(120));
     }
@@ -200,16 +222,33 @@ mod tests {
         let mut member = entry("hq-2", Scope::Chain, 85, 0, None);
         member.kind = PriceKind::Member;
         let entries = vec![entry("hq-1", Scope::Chain, 100, 0, None), member];
-        assert_eq!(shelf_price_cents(&entries, &sku(), &s, &r, 0, true), Some(85));
-        assert_eq!(shelf_price_cents(&entries, &sku(), &s, &r, 0, false), Some(100));
+        assert_eq!(
+            shelf_price_cents(&entries, &sku(), &s, &r, 0, true),
+            Some(85)
+        );
+        assert_eq!(
+            shelf_price_cents(&entries, &sku(), &s, &r, 0, false),
+            Some(100)
+        );
     }
 
     #[test]
     fn lww_breaks_clock_ties_by_node_id() {
-        let h = Hlc { wall_ms: 10, logical: 0 };
+        let h = Hlc {
+            wall_ms: 10,
+            logical: 0,
+        };
         assert!(lww_wins(h, &node("S2"), h, &node("S1")));
         assert!(!lww_wins(h, &node("S1"), h, &node("S2")));
-        assert!(lww_wins(Hlc { wall_ms: 11, logical: 0 }, &node("S1"), h, &node("S2")));
+        assert!(lww_wins(
+            Hlc {
+                wall_ms: 11,
+                logical: 0
+            },
+            &node("S1"),
+            h,
+            &node("S2")
+        ));
     }
 
     #[test]
@@ -240,7 +279,9 @@ mod tests {
             id: id("hq-p1"),
             name: "happy hour".into(),
             scope: Scope::Region(r.clone()),
-            rule: PromotionRule::PercentOff { basis_points: 1_000 },
+            rule: PromotionRule::PercentOff {
+                basis_points: 1_000,
+            },
             skus: vec![sku()],
             member_only: true,
             birthday_only: false,
@@ -258,13 +299,48 @@ mod tests {
             birthday_month: false,
         };
         assert!(promotion_applies(&promo, &sku(), &ctx));
-        assert!(promotion_applies(&promo, &sku(), &PromotionContext { local_hour: 1, ..ctx.clone() }));
-        assert!(!promotion_applies(&promo, &sku(), &PromotionContext { local_hour: 12, ..ctx.clone() }));
-        assert!(!promotion_applies(&promo, &sku(), &PromotionContext { is_member: false, ..ctx.clone() }));
-        assert!(!promotion_applies(&promo, &sku(), &PromotionContext { t_ms: 200, ..ctx.clone() }));
+        assert!(promotion_applies(
+            &promo,
+            &sku(),
+            &PromotionContext {
+                local_hour: 1,
+                ..ctx.clone()
+            }
+        ));
+        assert!(!promotion_applies(
+            &promo,
+            &sku(),
+            &PromotionContext {
+                local_hour: 12,
+                ..ctx.clone()
+            }
+        ));
+        assert!(!promotion_applies(
+            &promo,
+            &sku(),
+            &PromotionContext {
+                is_member: false,
+                ..ctx.clone()
+            }
+        ));
+        assert!(!promotion_applies(
+            &promo,
+            &sku(),
+            &PromotionContext {
+                t_ms: 200,
+                ..ctx.clone()
+            }
+        ));
         assert!(!promotion_applies(&promo, &Sku::new("tea").unwrap(), &ctx));
         let south = region("south");
-        assert!(!promotion_applies(&promo, &sku(), &PromotionContext { region: &south, ..ctx }));
+        assert!(!promotion_applies(
+            &promo,
+            &sku(),
+            &PromotionContext {
+                region: &south,
+                ..ctx
+            }
+        ));
     }
 
     fn arb_write() -> impl Strategy<Value = (u8, u64, u32, u8, String)> {

@@ -253,7 +253,9 @@ pub struct ReceiptLine {
 impl ReceiptLine {
     /// What the line costs the customer.
     pub fn amount_cents(&self) -> i64 {
-        self.qty.saturating_mul(self.unit_price_cents).saturating_sub(self.discount_cents)
+        self.qty
+            .saturating_mul(self.unit_price_cents)
+            .saturating_sub(self.discount_cents)
     }
 }
 
@@ -290,7 +292,10 @@ pub struct Receipt {
 impl Receipt {
     /// Sum of the line amounts.
     pub fn total_cents(&self) -> i64 {
-        self.lines.iter().map(ReceiptLine::amount_cents).fold(0, i64::saturating_add)
+        self.lines
+            .iter()
+            .map(ReceiptLine::amount_cents)
+            .fold(0, i64::saturating_add)
     }
 }
 

@@ -49,7 +49,10 @@ pub struct StreamHead {
 
 impl StreamHead {
     /// The head of a stream nothing has been applied to.
-    pub const EMPTY: StreamHead = StreamHead { seq: 0, hash: ZERO_HASH };
+    pub const EMPTY: StreamHead = StreamHead {
+        seq: 0,
+        hash: ZERO_HASH,
+    };
 }
 
 /// What the gate reads from the replica. `Err` is a storage failure, not a verdict.
@@ -98,10 +101,19 @@ pub enum ChangeSetError {
     TopicNotAllowed { origin: NodeId, topic: Topic },
     /// An op does not belong in the topic or names what the origin does not own.
     #[error("{stream} seq {seq} op {index}: {reason}")]
-    OpNotAllowed { stream: StreamId, seq: u64, index: usize, reason: String },
+    OpNotAllowed {
+        stream: StreamId,
+        seq: u64,
+        index: usize,
+        reason: String,
+    },
     /// The seq skips ahead of the stream's head.
     #[error("seq gap on {stream}: expected {expected}, got {got}")]
-    SeqGap { stream: StreamId, expected: u64, got: u64 },
+    SeqGap {
+        stream: StreamId,
+        expected: u64,
+        got: u64,
+    },
     /// `prev` does not name the head's hash.
     #[error("prev-hash mismatch on {stream} at seq {seq}")]
     PrevHashMismatch { stream: StreamId, seq: u64 },
@@ -176,7 +188,10 @@ pub fn validate<F: Facts>(
     if let Some(peer) = peer
         && *peer != stream.origin
     {
-        return Ok(Err(ChangeSetError::NotPeersStream { peer: peer.clone(), stream: stream.clone() }));
+        return Ok(Err(ChangeSetError::NotPeersStream {
+            peer: peer.clone(),
+            stream: stream.clone(),
+        }));
     }
     let Some(origin) = facts.origin(&stream.origin)? else {
         return Ok(Err(ChangeSetError::UnknownOrigin(stream.origin.clone())));
@@ -187,7 +202,10 @@ pub fn validate<F: Facts>(
     let sig = Signature::from_bytes(&signed.sig);
     let input = signing_input(crate::changeset::CHANGE_SET_SIG_PREFIX, &signed.body);
     if origin.key.verify(&input, &sig).is_err() {
-        return Ok(Err(ChangeSetError::BadSignature { stream: stream.clone(), seq: change_set.seq }));
+        return Ok(Err(ChangeSetError::BadSignature {
+            stream: stream.clone(),
+            seq: change_set.seq,
+        }));
     }
     if let Err(e) = check_ownership(&change_set, &origin) {
         return Ok(Err(e));
@@ -201,10 +219,14 @@ pub fn validate<F: Facts>(
             facts.hash_at(stream, change_set.seq)?
         };
         return Ok(match stored {
-            Some(h) if h != hash => {
-                Err(ChangeSetError::Fork { stream: stream.clone(), seq: change_set.seq })
-            }
-            _ => Ok(Verdict::Duplicate { stream: stream.clone(), seq: change_set.seq }),
+            Some(h) if h != hash => Err(ChangeSetError::Fork {
+                stream: stream.clone(),
+                seq: change_set.seq,
+            }),
+            _ => Ok(Verdict::Duplicate {
+                stream: stream.clone(),
+                seq: change_set.seq,
+            }),
         });
     }
     if change_set.seq > head.seq + 1 {
@@ -227,7 +249,10 @@ pub fn validate<F: Facts>(
 /// stream (for routing and logs); never enough to apply it.
 pub fn open(signed: &SignedChangeSet) -> Result<ChangeSet, ChangeSetError> {
     if signed.body.len() > CHANGE_SET_BYTES_MAX {
-        return Err(ChangeSetError::TooLarge { bytes: signed.body.len(), max: CHANGE_SET_BYTES_MAX });
+        return Err(ChangeSetError::TooLarge {
+            bytes: signed.body.len(),
+            max: CHANGE_SET_BYTES_MAX,
+        });
     }
     let change_set: ChangeSet = decode_exact(&signed.body).map_err(ChangeSetError::Malformed)?;
     if change_set.format != CHANGE_SET_FORMAT {
@@ -237,7 +262,9 @@ pub fn open(signed: &SignedChangeSet) -> Result<ChangeSet, ChangeSetError> {
         )));
     }
     if change_set.seq == 0 {
-        return Err(ChangeSetError::Malformed("seq 0 (streams start at 1)".into()));
+        return Err(ChangeSetError::Malformed(
+            "seq 0 (streams start at 1)".into(),
+        ));
     }
     if change_set.ops.is_empty() || change_set.ops.len() > CHANGE_SET_OPS_MAX {
         return Err(ChangeSetError::Malformed(format!(
@@ -302,7 +329,9 @@ fn same_scope(scope: &Scope, topic_scope: &Scope, what: &str) -> Result<(), Stri
     if scope == topic_scope {
         Ok(())
     } else {
-        Err(format!("{what} for scope {scope} in a stream of scope {topic_scope}"))
+        Err(format!(
+            "{what} for scope {scope} in a stream of scope {topic_scope}"
+        ))
     }
 }
 
@@ -310,10 +339,15 @@ fn same_scope(scope: &Scope, topic_scope: &Scope, what: &str) -> Result<(), Stri
 fn op_allowed(origin: &NodeId, topic: &Topic, op: &Op) -> Result<(), String> {
     match (topic, op) {
         (Topic::Directory, Op::RegionUpsert(_)) => Ok(()),
-        (Topic::Directory, Op::StoreUpsert(store)) => match VerifyingKey::from_bytes(&store.public_key) {
-            Ok(_) => Ok(()),
-            Err(_) => Err(format!("store {} has a public key that is not an ed25519 point", store.id)),
-        },
+        (Topic::Directory, Op::StoreUpsert(store)) => {
+            match VerifyingKey::from_bytes(&store.public_key) {
+                Ok(_) => Ok(()),
+                Err(_) => Err(format!(
+                    "store {} has a public key that is not an ed25519 point",
+                    store.id
+                )),
+            }
+        }
         (Topic::Catalog, Op::ProductUpsert(_)) => Ok(()),
         (Topic::Prices(scope), Op::PriceUpsert(entry)) => {
             owned(&entry.id, origin, "price entry")?;
@@ -326,8 +360,10 @@ fn op_allowed(origin: &NodeId, topic: &Topic, op: &Op) -> Result<(), String> {
         }
         (Topic::Promotions(_), Op::PromotionRemove { id }) => owned(id, origin, "promotion"),
         (Topic::Members, Op::MemberEdit(edit)) => {
-            let sets_allowance =
-                edit.fields.iter().any(|(f, _)| *f == ProfileField::OfflineAllowanceCents);
+            let sets_allowance = edit
+                .fields
+                .iter()
+                .any(|(f, _)| *f == ProfileField::OfflineAllowanceCents);
             if sets_allowance && !origin.is_hq() {
                 return Err("only HQ sets a member's offline allowance".into());
             }
@@ -382,20 +418,32 @@ pub fn validate_snapshot(
     hq_key: &VerifyingKey,
 ) -> Result<Snapshot, SnapshotError> {
     if signed.body.len() > SNAPSHOT_BYTES_MAX {
-        return Err(SnapshotError::TooLarge { bytes: signed.body.len(), max: SNAPSHOT_BYTES_MAX });
+        return Err(SnapshotError::TooLarge {
+            bytes: signed.body.len(),
+            max: SNAPSHOT_BYTES_MAX,
+        });
     }
     let snapshot: Snapshot = decode_exact(&signed.body).map_err(SnapshotError::Malformed)?;
     if snapshot.format != CHANGE_SET_FORMAT {
-        return Err(SnapshotError::Malformed(format!("format {}", snapshot.format)));
+        return Err(SnapshotError::Malformed(format!(
+            "format {}",
+            snapshot.format
+        )));
     }
     let input = signing_input(SNAPSHOT_SIG_PREFIX, &signed.body);
-    if hq_key.verify(&input, &Signature::from_bytes(&signed.sig)).is_err() {
+    if hq_key
+        .verify(&input, &Signature::from_bytes(&signed.sig))
+        .is_err()
+    {
         return Err(SnapshotError::BadSignature(snapshot.stream));
     }
     let stream = &snapshot.stream;
     for op in &snapshot.ops {
         if let Err(reason) = op_allowed(&stream.origin, &stream.topic, op) {
-            return Err(SnapshotError::OpNotAllowed { stream: stream.clone(), reason });
+            return Err(SnapshotError::OpNotAllowed {
+                stream: stream.clone(),
+                reason,
+            });
         }
     }
     Ok(snapshot)

@@ -73,7 +73,10 @@ pub enum ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
     /// Store -> HQ: who I am and how far I hold the streams I follow.
-    Hello { node: String, cursors: Vec<WireCursor> },
+    Hello {
+        node: String,
+        cursors: Vec<WireCursor>,
+    },
     /// HQ -> store: sign this to prove you hold your key.
     Challenge { nonce: [u8; 32] },
     /// Store -> HQ: ed25519 over `"chainsync/auth/v1" || nonce || tls binding`.
@@ -83,11 +86,17 @@ pub enum Frame {
     /// Store -> HQ: my change sets you lack.
     Push { change_sets: Vec<WireChangeSet> },
     /// HQ -> store, after a durable commit: how far I now hold your streams, and what I refused.
-    PushAck { heads: Vec<WireCursor>, rejected: Vec<String> },
+    PushAck {
+        heads: Vec<WireCursor>,
+        rejected: Vec<String>,
+    },
     /// Store -> HQ: how far I hold the streams I follow; send what I lack.
     Pull { cursors: Vec<WireCursor> },
     /// HQ -> store: change sets you lack, in priority order; `more` if there are more.
-    Batch { change_sets: Vec<WireChangeSet>, more: bool },
+    Batch {
+        change_sets: Vec<WireChangeSet>,
+        more: bool,
+    },
     /// HQ -> store: these streams moved.
     Notify { heads: Vec<WireCursor> },
     /// Either way: the session ends, and why.
@@ -131,10 +140,17 @@ pub enum FrameError {
 
 /// Encodes a frame with its length prefix.
 pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, FrameError> {
-    let envelope = Envelope { version: PROTOCOL_VERSION, frame: frame.clone() };
-    let payload = postcard::to_allocvec(&envelope).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let envelope = Envelope {
+        version: PROTOCOL_VERSION,
+        frame: frame.clone(),
+    };
+    let payload =
+        postcard::to_allocvec(&envelope).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if payload.len() > FRAME_BYTES_MAX {
-        return Err(FrameError::TooLarge { len: payload.len(), max: FRAME_BYTES_MAX });
+        return Err(FrameError::TooLarge {
+            len: payload.len(),
+            max: FRAME_BYTES_MAX,
+        });
     }
     let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -145,19 +161,28 @@ pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, FrameError> {
 /// Decodes one payload (without its length prefix).
 pub fn decode_payload(payload: &[u8]) -> Result<Frame, FrameError> {
     if payload.len() > FRAME_BYTES_MAX {
-        return Err(FrameError::TooLarge { len: payload.len(), max: FRAME_BYTES_MAX });
+        return Err(FrameError::TooLarge {
+            len: payload.len(),
+            max: FRAME_BYTES_MAX,
+        });
     }
     // The version comes first so that a peer of another version gets a version error rather
     // than a confusing decode error.
-    let (version, _) =
-        postcard::take_from_bytes::<u16>(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (version, _) = postcard::take_from_bytes::<u16>(payload)
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if version != PROTOCOL_VERSION {
-        return Err(FrameError::Version { got: version, supported: PROTOCOL_VERSION });
+        return Err(FrameError::Version {
+            got: version,
+            supported: PROTOCOL_VERSION,
+        });
     }
-    let (envelope, rest) =
-        postcard::take_from_bytes::<Envelope>(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (envelope, rest) = postcard::take_from_bytes::<Envelope>(payload)
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(FrameError::Malformed(format!("{} trailing bytes", rest.len())));
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     Ok(envelope.frame)
 }
@@ -183,7 +208,10 @@ impl FrameDecoder {
         len_bytes.copy_from_slice(prefix);
         let len = u32::from_be_bytes(len_bytes) as usize;
         if len > FRAME_BYTES_MAX {
-            return Err(FrameError::TooLarge { len, max: FRAME_BYTES_MAX });
+            return Err(FrameError::TooLarge {
+                len,
+                max: FRAME_BYTES_MAX,
+            });
         }
         Ok(Some(len))
     }
@@ -211,14 +239,20 @@ impl FrameDecoder {
             Some(len) => LENGTH_PREFIX_BYTES + len,
             None => LENGTH_PREFIX_BYTES,
         };
-        Err(FrameError::Truncated { have: self.buf.len(), need })
+        Err(FrameError::Truncated {
+            have: self.buf.len(),
+            need,
+        })
     }
 }
 
 impl WireChangeSet {
     /// The wire form of a signed change set.
     pub fn from_signed(signed: &SignedChangeSet) -> Self {
-        Self { body: signed.body.clone(), sig: signed.sig.to_vec() }
+        Self {
+            body: signed.body.clone(),
+            sig: signed.sig.to_vec(),
+        }
     }
 
     /// Back to a signed change set; only the signature's length is checked here (the gate checks
@@ -227,38 +261,58 @@ impl WireChangeSet {
         let sig: [u8; 64] = self.sig.try_into().map_err(|s: Vec<u8>| {
             FrameError::Malformed(format!("signature of {} bytes (expected 64)", s.len()))
         })?;
-        Ok(SignedChangeSet { body: self.body, sig })
+        Ok(SignedChangeSet {
+            body: self.body,
+            sig,
+        })
     }
 }
 
 /// Cursors to their wire form.
 pub fn to_wire_cursors(cursors: &[(StreamId, u64)]) -> Vec<WireCursor> {
-    cursors.iter().map(|(s, seq)| WireCursor { stream: s.to_string(), seq: *seq }).collect()
+    cursors
+        .iter()
+        .map(|(s, seq)| WireCursor {
+            stream: s.to_string(),
+            seq: *seq,
+        })
+        .collect()
 }
 
 /// Cursors from their wire form, refusing bad stream names and oversized lists.
 pub fn from_wire_cursors(cursors: Vec<WireCursor>) -> Result<Vec<(StreamId, u64)>, FrameError> {
     if cursors.len() > CURSORS_MAX {
-        return Err(FrameError::Malformed(format!("{} cursors (at most {CURSORS_MAX})", cursors.len())));
+        return Err(FrameError::Malformed(format!(
+            "{} cursors (at most {CURSORS_MAX})",
+            cursors.len()
+        )));
     }
     cursors
         .into_iter()
         .map(|c| {
-            let stream = c.stream.parse().map_err(|e| FrameError::Malformed(format!("cursor: {e}")))?;
+            let stream = c
+                .stream
+                .parse()
+                .map_err(|e| FrameError::Malformed(format!("cursor: {e}")))?;
             Ok((stream, c.seq))
         })
         .collect()
 }
 
 /// Change sets from their wire form.
-pub fn from_wire_change_sets(change_sets: Vec<WireChangeSet>) -> Result<Vec<SignedChangeSet>, FrameError> {
+pub fn from_wire_change_sets(
+    change_sets: Vec<WireChangeSet>,
+) -> Result<Vec<SignedChangeSet>, FrameError> {
     if change_sets.len() > BATCH_CHANGE_SETS_MAX {
         return Err(FrameError::Malformed(format!(
             "{} change sets in one frame (at most {BATCH_CHANGE_SETS_MAX})",
             change_sets.len()
         )));
     }
-    change_sets.into_iter().map(WireChangeSet::into_signed).collect()
+    change_sets
+        .into_iter()
+        .map(WireChangeSet::into_signed)
+        .collect()
 }
 
 #[cfg(test)]
@@ -268,11 +322,28 @@ mod tests {
     #[test]
     fn frames_round_trip_through_a_byte_stream_in_any_chunking() {
         let frames = vec![
-            Frame::Hello { node: "S1".into(), cursors: vec![WireCursor { stream: "hq/catalog".into(), seq: 3 }] },
-            Frame::Push { change_sets: vec![WireChangeSet { body: vec![1, 2, 3], sig: vec![9; 64] }] },
-            Frame::Error { code: ErrorCode::BadFrame, message: "x".into() },
+            Frame::Hello {
+                node: "S1".into(),
+                cursors: vec![WireCursor {
+                    stream: "hq/catalog".into(),
+                    seq: 3,
+                }],
+            },
+            Frame::Push {
+                change_sets: vec![WireChangeSet {
+                    body: vec![1, 2, 3],
+                    sig: vec![9; 64],
+                }],
+            },
+            Frame::Error {
+                code: ErrorCode::BadFrame,
+                message: "x".into(),
+            },
         ];
-        let bytes: Vec<u8> = frames.iter().flat_map(|f| encode_frame(f).unwrap()).collect();
+        let bytes: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| encode_frame(f).unwrap())
+            .collect();
         for chunk in [1, 2, 7, 64, bytes.len()] {
             let mut decoder = FrameDecoder::default();
             let mut got = Vec::new();
@@ -290,8 +361,16 @@ mod tests {
     #[test]
     fn an_oversized_length_prefix_is_refused_before_buffering_the_payload() {
         let mut decoder = FrameDecoder::default();
-        let err = decoder.push(&((FRAME_BYTES_MAX as u32) + 1).to_be_bytes()).unwrap_err();
-        assert_eq!(err, FrameError::TooLarge { len: FRAME_BYTES_MAX + 1, max: FRAME_BYTES_MAX });
+        let err = decoder
+            .push(&((FRAME_BYTES_MAX as u32) + 1).to_be_bytes())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::TooLarge {
+                len: FRAME_BYTES_MAX + 1,
+                max: FRAME_BYTES_MAX
+            }
+        );
     }
 
     #[test]
@@ -300,24 +379,50 @@ mod tests {
         let mut decoder = FrameDecoder::default();
         decoder.push(&bytes[..bytes.len() - 1]).unwrap();
         assert_eq!(decoder.next_frame().unwrap(), None);
-        assert_eq!(decoder.finish(), Err(FrameError::Truncated { have: bytes.len() - 1, need: bytes.len() }));
+        assert_eq!(
+            decoder.finish(),
+            Err(FrameError::Truncated {
+                have: bytes.len() - 1,
+                need: bytes.len()
+            })
+        );
     }
 
     #[test]
     fn garbage_and_other_versions_are_named() {
         let mut decoder = FrameDecoder::default();
         decoder.push(&[0, 0, 0, 3, 1, 0xff, 0xff]).unwrap();
-        assert!(matches!(decoder.next_frame(), Err(FrameError::Version { got: 1 | 2.., .. }) | Err(FrameError::Malformed(_))));
-        let mut payload = postcard::to_allocvec(&Envelope { version: 9, frame: Frame::Pull { cursors: vec![] } }).unwrap();
-        assert_eq!(decode_payload(&payload), Err(FrameError::Version { got: 9, supported: PROTOCOL_VERSION }));
+        assert!(matches!(
+            decoder.next_frame(),
+            Err(FrameError::Version { got: 1 | 2.., .. }) | Err(FrameError::Malformed(_))
+        ));
+        let mut payload = postcard::to_allocvec(&Envelope {
+            version: 9,
+            frame: Frame::Pull { cursors: vec![] },
+        })
+        .unwrap();
+        assert_eq!(
+            decode_payload(&payload),
+            Err(FrameError::Version {
+                got: 9,
+                supported: PROTOCOL_VERSION
+            })
+        );
         payload[0] = PROTOCOL_VERSION as u8;
         payload.push(0);
-        assert!(matches!(decode_payload(&payload), Err(FrameError::Malformed(m)) if m.contains("trailing")));
+        assert!(
+            matches!(decode_payload(&payload), Err(FrameError::Malformed(m)) if m.contains("trailing"))
+        );
     }
 
     #[test]
     fn a_short_signature_is_malformed() {
-        let err = WireChangeSet { body: vec![], sig: vec![0; 10] }.into_signed().unwrap_err();
+        let err = WireChangeSet {
+            body: vec![],
+            sig: vec![0; 10],
+        }
+        .into_signed()
+        .unwrap_err();
         assert!(matches!(err, FrameError::Malformed(m) if m.contains("10 bytes")));
     }
 }

@@ -9,7 +9,9 @@ pub mod frame;
 pub mod session;
 
 pub use frame::{Frame, FrameDecoder, FrameError, encode_frame};
-pub use session::{HubOutput, HubSession, HubStore, LeafSession, LeafStore, PeerInfo, SessionError, subscribes};
+pub use session::{
+    HubOutput, HubSession, HubStore, LeafSession, LeafStore, PeerInfo, SessionError, subscribes,
+};
 
 use crate::changeset::SignedChangeSet;
 use crate::ids::{NodeId, StreamId};
@@ -26,14 +28,29 @@ impl HubStore for Replica {
         };
         let key = VerifyingKey::from_bytes(&info.public_key)
             .map_err(|_| ReplicaError::Corrupt(format!("directory key of {node}")))?;
-        Ok(Some(PeerInfo { node: info.id, region: info.region, key, revoked: info.revoked }))
+        Ok(Some(PeerInfo {
+            node: info.id,
+            region: info.region,
+            key,
+            revoked: info.revoked,
+        }))
     }
 
     fn own_heads(&self, node: &NodeId) -> Result<Vec<(StreamId, u64)>, ReplicaError> {
-        Ok(self.heads()?.into_iter().filter(|(s, _)| &s.origin == node).map(|(s, h)| (s, h.seq)).collect())
+        Ok(self
+            .heads()?
+            .into_iter()
+            .filter(|(s, _)| &s.origin == node)
+            .map(|(s, h)| (s, h.seq))
+            .collect())
     }
 
-    fn apply_push(&mut self, peer: &NodeId, batch: &[SignedChangeSet], now_ms: u64) -> Result<BatchReport, ReplicaError> {
+    fn apply_push(
+        &mut self,
+        peer: &NodeId,
+        batch: &[SignedChangeSet],
+        now_ms: u64,
+    ) -> Result<BatchReport, ReplicaError> {
         self.apply_batch(batch, Some(peer), now_ms)
     }
 
@@ -70,7 +87,12 @@ impl HubStore for Replica {
         Ok((out, false))
     }
 
-    fn record_cursors(&mut self, peer: &NodeId, cursors: &[(StreamId, u64)], now_ms: u64) -> Result<(), ReplicaError> {
+    fn record_cursors(
+        &mut self,
+        peer: &NodeId,
+        cursors: &[(StreamId, u64)],
+        now_ms: u64,
+    ) -> Result<(), ReplicaError> {
         self.record_peer_cursors(peer, cursors, now_ms)
     }
 }
@@ -80,10 +102,19 @@ impl LeafStore for Replica {
 
     fn cursors(&self) -> Result<Vec<(StreamId, u64)>, ReplicaError> {
         let node = self.node().clone();
-        Ok(self.heads()?.into_iter().filter(|(s, _)| s.origin != node).map(|(s, h)| (s, h.seq)).collect())
+        Ok(self
+            .heads()?
+            .into_iter()
+            .filter(|(s, _)| s.origin != node)
+            .map(|(s, h)| (s, h.seq))
+            .collect())
     }
 
-    fn outbox(&self, max_count: usize, max_bytes: usize) -> Result<Vec<SignedChangeSet>, ReplicaError> {
+    fn outbox(
+        &self,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SignedChangeSet>, ReplicaError> {
         Replica::outbox(self, max_count, max_bytes)
     }
 
@@ -91,7 +122,11 @@ impl LeafStore for Replica {
         Replica::set_hub_acked(self, heads)
     }
 
-    fn apply_from_hub(&mut self, batch: &[SignedChangeSet], now_ms: u64) -> Result<BatchReport, ReplicaError> {
+    fn apply_from_hub(
+        &mut self,
+        batch: &[SignedChangeSet],
+        now_ms: u64,
+    ) -> Result<BatchReport, ReplicaError> {
         self.apply_batch(batch, None, now_ms)
     }
 }

@@ -67,7 +67,10 @@ pub enum SessionError {
     #[error("authentication failed for {0}: the signature does not match the enrolled key")]
     AuthFailed(NodeId),
     #[error("unexpected {frame} frame while {state}")]
-    Unexpected { frame: &'static str, state: &'static str },
+    Unexpected {
+        frame: &'static str,
+        state: &'static str,
+    },
     #[error("peer ended the session: {code:?}: {message}")]
     Peer { code: ErrorCode, message: String },
     #[error("no answer to the handshake within {0} ms")]
@@ -85,12 +88,15 @@ impl SessionError {
             SessionError::NotEnrolled(_) => ErrorCode::NotEnrolled,
             SessionError::Revoked(_) => ErrorCode::Revoked,
             SessionError::AuthFailed(_) => ErrorCode::AuthFailed,
-            SessionError::Unexpected { .. } | SessionError::Peer { .. } | SessionError::Timeout(_) => {
-                ErrorCode::Unexpected
-            }
+            SessionError::Unexpected { .. }
+            | SessionError::Peer { .. }
+            | SessionError::Timeout(_) => ErrorCode::Unexpected,
             SessionError::Storage(_) => ErrorCode::Internal,
         };
-        Frame::Error { code, message: self.to_string() }
+        Frame::Error {
+            code,
+            message: self.to_string(),
+        }
     }
 }
 
@@ -115,7 +121,9 @@ pub fn subscribes(node: &NodeId, region: &RegionId, stream: &StreamId) -> bool {
     match &stream.topic {
         Topic::Members => true,
         Topic::Directory | Topic::Catalog => stream.origin.is_hq(),
-        Topic::Prices(scope) | Topic::Promotions(scope) => stream.origin.is_hq() && scope.covers(node, region),
+        Topic::Prices(scope) | Topic::Promotions(scope) => {
+            stream.origin.is_hq() && scope.covers(node, region)
+        }
         Topic::Inventory | Topic::Sales => false,
     }
 }
@@ -129,8 +137,12 @@ pub trait HubStore {
     /// How far HQ holds each stream `node` originates.
     fn own_heads(&self, node: &NodeId) -> Result<Vec<(StreamId, u64)>, Self::Error>;
     /// Validates and durably applies change sets pushed by `peer`.
-    fn apply_push(&mut self, peer: &NodeId, batch: &[SignedChangeSet], now_ms: u64)
-    -> Result<BatchReport, Self::Error>;
+    fn apply_push(
+        &mut self,
+        peer: &NodeId,
+        batch: &[SignedChangeSet],
+        now_ms: u64,
+    ) -> Result<BatchReport, Self::Error>;
     /// Change sets `peer` lacks given its cursors, highest priority first, within the limits;
     /// `true` if more remain.
     fn changes_for(
@@ -141,8 +153,12 @@ pub trait HubStore {
         max_bytes: usize,
     ) -> Result<(Vec<SignedChangeSet>, bool), Self::Error>;
     /// Remembers how far `peer` holds what it follows.
-    fn record_cursors(&mut self, peer: &NodeId, cursors: &[(StreamId, u64)], now_ms: u64)
-    -> Result<(), Self::Error>;
+    fn record_cursors(
+        &mut self,
+        peer: &NodeId,
+        cursors: &[(StreamId, u64)],
+        now_ms: u64,
+    ) -> Result<(), Self::Error>;
 }
 
 /// A store's storage as a session needs it.
@@ -151,11 +167,19 @@ pub trait LeafStore {
     /// How far this store holds the streams it follows (not its own).
     fn cursors(&self) -> Result<Vec<(StreamId, u64)>, Self::Error>;
     /// Own change sets the hub has not acknowledged, within the limits.
-    fn outbox(&self, max_count: usize, max_bytes: usize) -> Result<Vec<SignedChangeSet>, Self::Error>;
+    fn outbox(
+        &self,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SignedChangeSet>, Self::Error>;
     /// Records what the hub holds of the store's own streams.
     fn set_hub_acked(&mut self, heads: &[(StreamId, u64)]) -> Result<(), Self::Error>;
     /// Validates and durably applies change sets received from the hub.
-    fn apply_from_hub(&mut self, batch: &[SignedChangeSet], now_ms: u64) -> Result<BatchReport, Self::Error>;
+    fn apply_from_hub(
+        &mut self,
+        batch: &[SignedChangeSet],
+        now_ms: u64,
+    ) -> Result<BatchReport, Self::Error>;
 }
 
 /// What a hub session wants done after a frame.
@@ -172,8 +196,13 @@ pub struct HubOutput {
 
 enum HubState {
     AwaitHello,
-    AwaitAuth { peer: PeerInfo, cursors: Vec<(StreamId, u64)> },
-    Open { peer: PeerInfo },
+    AwaitAuth {
+        peer: PeerInfo,
+        cursors: Vec<(StreamId, u64)>,
+    },
+    Open {
+        peer: PeerInfo,
+    },
 }
 
 /// HQ's side of one store's session.
@@ -187,7 +216,11 @@ impl HubSession {
     /// A session for a new connection. `nonce` must be fresh random bytes; `tls_binding` ties the
     /// authentication to this TLS session (keying material exported by the adapter).
     pub fn new(nonce: [u8; 32], tls_binding: Vec<u8>) -> Self {
-        Self { state: HubState::AwaitHello, nonce, tls_binding }
+        Self {
+            state: HubState::AwaitHello,
+            nonce,
+            tls_binding,
+        }
     }
 
     /// The authenticated store, once there is one.
@@ -200,13 +233,24 @@ impl HubSession {
 
     /// Handles one frame from the store. `Err` ends the session: send
     /// [`SessionError::to_frame`] and close.
-    pub fn handle<S: HubStore>(&mut self, now_ms: u64, frame: Frame, store: &mut S) -> Result<HubOutput, SessionError> {
+    pub fn handle<S: HubStore>(
+        &mut self,
+        now_ms: u64,
+        frame: Frame,
+        store: &mut S,
+    ) -> Result<HubOutput, SessionError> {
         let mut out = HubOutput::default();
         match (&self.state, frame) {
-            (_, Frame::Error { code, message }) => return Err(SessionError::Peer { code, message }),
+            (_, Frame::Error { code, message }) => {
+                return Err(SessionError::Peer { code, message });
+            }
             (HubState::AwaitHello, Frame::Hello { node, cursors }) => {
-                let node = NodeId::new(node).map_err(|e| SessionError::NotEnrolled(e.to_string()))?;
-                let peer = store.peer(&node).map_err(storage)?.ok_or_else(|| SessionError::NotEnrolled(node.to_string()))?;
+                let node =
+                    NodeId::new(node).map_err(|e| SessionError::NotEnrolled(e.to_string()))?;
+                let peer = store
+                    .peer(&node)
+                    .map_err(storage)?
+                    .ok_or_else(|| SessionError::NotEnrolled(node.to_string()))?;
                 if peer.revoked {
                     return Err(SessionError::Revoked(node));
                 }
@@ -223,22 +267,33 @@ impl HubSession {
                     .verify(&message, &Signature::from_bytes(&sig))
                     .map_err(|_| SessionError::AuthFailed(peer.node.clone()))?;
                 let (peer, cursors) = (peer.clone(), cursors.clone());
-                store.record_cursors(&peer.node, &cursors, now_ms).map_err(storage)?;
+                store
+                    .record_cursors(&peer.node, &cursors, now_ms)
+                    .map_err(storage)?;
                 let own_heads = store.own_heads(&peer.node).map_err(storage)?;
-                out.frames.push(Frame::Welcome { own_heads: to_wire_cursors(&own_heads) });
+                out.frames.push(Frame::Welcome {
+                    own_heads: to_wire_cursors(&own_heads),
+                });
                 self.state = HubState::Open { peer };
             }
             (HubState::Open { peer }, Frame::Push { change_sets }) => {
                 let batch = from_wire_change_sets(change_sets)?;
-                let report = store.apply_push(&peer.node, &batch, now_ms).map_err(storage)?;
+                let report = store
+                    .apply_push(&peer.node, &batch, now_ms)
+                    .map_err(storage)?;
                 let heads = store.own_heads(&peer.node).map_err(storage)?;
                 out.moved = report.applied.clone();
                 out.rejected = report.rejected.iter().map(ToString::to_string).collect();
-                out.frames.push(Frame::PushAck { heads: to_wire_cursors(&heads), rejected: out.rejected.clone() });
+                out.frames.push(Frame::PushAck {
+                    heads: to_wire_cursors(&heads),
+                    rejected: out.rejected.clone(),
+                });
             }
             (HubState::Open { peer }, Frame::Pull { cursors }) => {
                 let cursors = from_wire_cursors(cursors)?;
-                store.record_cursors(&peer.node, &cursors, now_ms).map_err(storage)?;
+                store
+                    .record_cursors(&peer.node, &cursors, now_ms)
+                    .map_err(storage)?;
                 let cursors: BTreeMap<StreamId, u64> = cursors.into_iter().collect();
                 let (change_sets, more) = store
                     .changes_for(peer, &cursors, BATCH_CHANGE_SETS_MAX, BATCH_BYTES_MAX)
@@ -252,7 +307,10 @@ impl HubSession {
                     HubState::AwaitAuth { .. } => "waiting for Auth",
                     HubState::Open { .. } => "open",
                 };
-                return Err(SessionError::Unexpected { frame: frame.name(), state });
+                return Err(SessionError::Unexpected {
+                    frame: frame.name(),
+                    state,
+                });
             }
         }
         Ok(out)
@@ -261,9 +319,14 @@ impl HubSession {
     /// A `Notify` for the streams among `moved` that this store follows, if any.
     pub fn notify(&self, moved: &[(StreamId, u64)]) -> Option<Frame> {
         let peer = self.peer()?;
-        let heads: Vec<(StreamId, u64)> =
-            moved.iter().filter(|(s, _)| subscribes(&peer.node, &peer.region, s)).cloned().collect();
-        (!heads.is_empty()).then(|| Frame::Notify { heads: to_wire_cursors(&heads) })
+        let heads: Vec<(StreamId, u64)> = moved
+            .iter()
+            .filter(|(s, _)| subscribes(&peer.node, &peer.region, s))
+            .cloned()
+            .collect();
+        (!heads.is_empty()).then(|| Frame::Notify {
+            heads: to_wire_cursors(&heads),
+        })
     }
 }
 
@@ -296,6 +359,8 @@ pub struct LeafSession {
     /// Pull at least this often even without a Notify (0 = only on Notify).
     poll_interval_ms: u64,
     last_pull_ms: u64,
+    /// A Notify came while a pull was in flight: pull again when its batch is in.
+    notified_during_pull: bool,
     counters: LeafCounters,
 }
 
@@ -312,6 +377,7 @@ impl LeafSession {
             pull_sent_ms: None,
             poll_interval_ms,
             last_pull_ms: 0,
+            notified_during_pull: false,
             counters: LeafCounters::default(),
         }
     }
@@ -332,30 +398,52 @@ impl LeafSession {
     }
 
     /// The first frame: Hello with this store's cursors.
-    pub fn start<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
+    pub fn start<S: LeafStore>(
+        &mut self,
+        now_ms: u64,
+        store: &S,
+    ) -> Result<Vec<Frame>, SessionError> {
         let cursors = store.cursors().map_err(storage)?;
         self.state = LeafState::AwaitChallenge { since_ms: now_ms };
-        Ok(vec![Frame::Hello { node: self.node.to_string(), cursors: to_wire_cursors(&cursors) }])
+        Ok(vec![Frame::Hello {
+            node: self.node.to_string(),
+            cursors: to_wire_cursors(&cursors),
+        }])
     }
 
     /// Handles one frame from HQ. `Err` ends the session.
-    pub fn handle<S: LeafStore>(&mut self, now_ms: u64, frame: Frame, store: &mut S) -> Result<Vec<Frame>, SessionError> {
+    pub fn handle<S: LeafStore>(
+        &mut self,
+        now_ms: u64,
+        frame: Frame,
+        store: &mut S,
+    ) -> Result<Vec<Frame>, SessionError> {
         let mut out = Vec::new();
         match (self.state, frame) {
-            (_, Frame::Error { code, message }) => return Err(SessionError::Peer { code, message }),
+            (_, Frame::Error { code, message }) => {
+                return Err(SessionError::Peer { code, message });
+            }
             (LeafState::AwaitChallenge { .. }, Frame::Challenge { nonce }) => {
-                let signature = self.key.sign(&auth_message(&nonce, &self.tls_binding)).to_bytes().to_vec();
+                let signature = self
+                    .key
+                    .sign(&auth_message(&nonce, &self.tls_binding))
+                    .to_bytes()
+                    .to_vec();
                 out.push(Frame::Auth { signature });
                 self.state = LeafState::AwaitWelcome { since_ms: now_ms };
             }
             (LeafState::AwaitWelcome { .. }, Frame::Welcome { own_heads }) => {
-                store.set_hub_acked(&from_wire_cursors(own_heads)?).map_err(storage)?;
+                store
+                    .set_hub_acked(&from_wire_cursors(own_heads)?)
+                    .map_err(storage)?;
                 self.state = LeafState::Open;
                 out.extend(self.push_next(now_ms, store)?);
                 out.extend(self.pull(now_ms, store)?);
             }
             (LeafState::Open, Frame::PushAck { heads, rejected }) => {
-                store.set_hub_acked(&from_wire_cursors(heads)?).map_err(storage)?;
+                store
+                    .set_hub_acked(&from_wire_cursors(heads)?)
+                    .map_err(storage)?;
                 self.counters.rejected_change_sets += rejected.len() as u64;
                 self.push_sent_ms = None;
                 if rejected.is_empty() {
@@ -372,7 +460,8 @@ impl LeafSession {
                 self.counters.pulled_change_sets += report.applied.len() as u64;
                 self.counters.rejected_change_sets += report.rejected.len() as u64;
                 self.pull_sent_ms = None;
-                if more && !report.applied.is_empty() {
+                let progressed = !report.applied.is_empty();
+                if (more && progressed) || std::mem::take(&mut self.notified_during_pull) {
                     out.extend(self.pull(now_ms, store)?);
                 } else if !report.rejected.is_empty() {
                     // A gap or a bad change set: ask again after the retry delay.
@@ -381,10 +470,15 @@ impl LeafSession {
             }
             (LeafState::Open, Frame::Notify { heads }) => {
                 let heads = from_wire_cursors(heads)?;
-                let mine: BTreeMap<StreamId, u64> = store.cursors().map_err(storage)?.into_iter().collect();
-                let behind = heads.iter().any(|(s, seq)| mine.get(s).copied().unwrap_or(0) < *seq);
+                let mine: BTreeMap<StreamId, u64> =
+                    store.cursors().map_err(storage)?.into_iter().collect();
+                let behind = heads
+                    .iter()
+                    .any(|(s, seq)| mine.get(s).copied().unwrap_or(0) < *seq);
                 if behind && self.pull_sent_ms.is_none() {
                     out.extend(self.pull(now_ms, store)?);
+                } else if behind {
+                    self.notified_during_pull = true;
                 }
             }
             (state, frame) => {
@@ -394,14 +488,21 @@ impl LeafSession {
                     LeafState::AwaitWelcome { .. } => "waiting for Welcome",
                     LeafState::Open => "open",
                 };
-                return Err(SessionError::Unexpected { frame: frame.name(), state });
+                return Err(SessionError::Unexpected {
+                    frame: frame.name(),
+                    state,
+                });
             }
         }
         Ok(out)
     }
 
     /// Call after a local commit: pushes at once if nothing is in flight.
-    pub fn local_commit<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
+    pub fn local_commit<S: LeafStore>(
+        &mut self,
+        now_ms: u64,
+        store: &S,
+    ) -> Result<Vec<Frame>, SessionError> {
         if self.is_open() && self.push_sent_ms.is_none() {
             return self.push_next(now_ms, store);
         }
@@ -416,15 +517,23 @@ impl LeafSession {
                 Some(since_ms + HANDSHAKE_TIMEOUT_MS)
             }
             LeafState::Open => {
-                let retries = [self.push_sent_ms, self.pull_sent_ms].into_iter().flatten().map(|t| t + RETRY_MS);
-                let poll = (self.poll_interval_ms > 0).then_some(self.last_pull_ms + self.poll_interval_ms);
+                let retries = [self.push_sent_ms, self.pull_sent_ms]
+                    .into_iter()
+                    .flatten()
+                    .map(|t| t + RETRY_MS);
+                let poll = (self.poll_interval_ms > 0)
+                    .then_some(self.last_pull_ms + self.poll_interval_ms);
                 retries.chain(poll).min()
             }
         }
     }
 
     /// Retries what went unanswered and polls on schedule. `Err` when the handshake timed out.
-    pub fn handle_timeout<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
+    pub fn handle_timeout<S: LeafStore>(
+        &mut self,
+        now_ms: u64,
+        store: &S,
+    ) -> Result<Vec<Frame>, SessionError> {
         let mut out = Vec::new();
         match self.state {
             LeafState::New => {}
@@ -449,8 +558,14 @@ impl LeafSession {
         Ok(out)
     }
 
-    fn push_next<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
-        let outbox = store.outbox(BATCH_CHANGE_SETS_MAX, BATCH_BYTES_MAX).map_err(storage)?;
+    fn push_next<S: LeafStore>(
+        &mut self,
+        now_ms: u64,
+        store: &S,
+    ) -> Result<Vec<Frame>, SessionError> {
+        let outbox = store
+            .outbox(BATCH_CHANGE_SETS_MAX, BATCH_BYTES_MAX)
+            .map_err(storage)?;
         if outbox.is_empty() {
             self.push_sent_ms = None;
             return Ok(Vec::new());
@@ -465,6 +580,8 @@ impl LeafSession {
         let cursors = store.cursors().map_err(storage)?;
         self.pull_sent_ms = Some(now_ms);
         self.last_pull_ms = now_ms;
-        Ok(vec![Frame::Pull { cursors: to_wire_cursors(&cursors) }])
+        Ok(vec![Frame::Pull {
+            cursors: to_wire_cursors(&cursors),
+        }])
     }
 }

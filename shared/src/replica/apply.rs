@@ -89,8 +89,10 @@ pub(crate) fn apply_op(
             }
         }
         Op::PromotionUpsert(p) => {
-            tx.prepare_cached("INSERT OR REPLACE INTO promotions (scope, id, body) VALUES (?1, ?2, ?3)")?
-                .execute(params![p.scope.to_string(), p.id.as_str(), encode(p)])?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO promotions (scope, id, body) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![p.scope.to_string(), p.id.as_str(), encode(p)])?;
         }
         Op::PromotionRemove { id } => {
             if let Topic::Promotions(scope) = &stream.topic {
@@ -109,7 +111,11 @@ pub(crate) fn apply_op(
                      > (member_fields.hlc_wall, member_fields.hlc_logical, member_fields.node)",
             )?;
             // The edit's own stamp, or the change set's if the writer left it empty.
-            let stamp = if edit.hlc == Hlc::default() { hlc } else { edit.hlc };
+            let stamp = if edit.hlc == Hlc::default() {
+                hlc
+            } else {
+                edit.hlc
+            };
             for (field, value) in &edit.fields {
                 stmt.execute(params![
                     edit.member.as_str(),
@@ -158,7 +164,11 @@ pub(crate) fn apply_op(
         }
         Op::Receipt(r) => apply_receipt(tx, r)?,
         Op::Return(r) => {
-            let refund: i64 = r.refunds.iter().map(|p| p.amount_cents).fold(0, i64::saturating_add);
+            let refund: i64 = r
+                .refunds
+                .iter()
+                .map(|p| p.amount_cents)
+                .fold(0, i64::saturating_add);
             let inserted = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO returns (id, store, original, at_ms, refund_cents, body)
@@ -184,7 +194,13 @@ pub(crate) fn apply_op(
                     "INSERT OR IGNORE INTO voids (id, store, original, at_ms, reason)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(params![v.id.as_str(), v.store.as_str(), v.original.as_str(), v.at_ms, v.reason])?;
+                .execute(params![
+                    v.id.as_str(),
+                    v.store.as_str(),
+                    v.original.as_str(),
+                    v.at_ms,
+                    v.reason
+                ])?;
             if inserted == 1 {
                 let newly_voided = tx
                     .prepare_cached("UPDATE receipts SET voided = 1 WHERE id = ?1 AND voided = 0")?

@@ -26,10 +26,12 @@ mod snapshot;
 pub use query::{StockRow, StreamStatus};
 pub use snapshot::SnapshotLoad;
 
-use crate::changeset::{ChangeSet, EncodeError, Op, SignedChangeSet, CHANGE_SET_FORMAT};
+use crate::changeset::{CHANGE_SET_FORMAT, ChangeSet, EncodeError, Op, SignedChangeSet};
 use crate::hlc::{Clock, Hlc};
 use crate::ids::{NodeId, StreamId, Topic};
-use crate::validate::{self, ChangeSetError, Facts, OriginInfo, SnapshotError, StreamHead, Verdict};
+use crate::validate::{
+    self, ChangeSetError, Facts, OriginInfo, SnapshotError, StreamHead, Verdict,
+};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -62,7 +64,11 @@ pub enum ReplicaError {
     Refused(ChangeSetError),
     /// The database belongs to another node or another schema version.
     #[error("database {what}: found {found}, expected {expected}")]
-    WrongDatabase { what: &'static str, found: String, expected: String },
+    WrongDatabase {
+        what: &'static str,
+        found: String,
+        expected: String,
+    },
     /// A snapshot failed validation.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -80,7 +86,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -114,7 +122,9 @@ pub struct Replica {
 
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replica").field("node", &self.identity.node).finish_non_exhaustive()
+        f.debug_struct("Replica")
+            .field("node", &self.identity.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,7 +147,12 @@ impl Replica {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.set_prepared_statement_cache_capacity(64);
-        let mut replica = Replica { conn, identity, hq_key, clock: Clock::default() };
+        let mut replica = Replica {
+            conn,
+            identity,
+            hq_key,
+            clock: Clock::default(),
+        };
         replica.init_schema()?;
         Ok(replica)
     }
@@ -216,19 +231,32 @@ impl Replica {
             ops,
         };
         let signed = SignedChangeSet::sign(&change_set, &self.identity.key)?;
-        let facts = TxFacts { conn: &tx, hq_key: &self.hq_key };
+        let facts = TxFacts {
+            conn: &tx,
+            hq_key: &self.hq_key,
+        };
         let verified = match validate::validate(&signed, None, &facts)? {
             Ok(Verdict::Apply(cs)) => cs,
             Ok(Verdict::Duplicate { stream, seq }) => {
                 // Cannot happen: seq is head + 1. A broken invariant, reported rather than hidden.
-                return Err(ReplicaError::Corrupt(format!("own write {stream} seq {seq} seen as a duplicate")));
+                return Err(ReplicaError::Corrupt(format!(
+                    "own write {stream} seq {seq} seen as a duplicate"
+                )));
             }
             Err(e) => return Err(ReplicaError::Refused(e)),
         };
         append(&tx, &verified, &signed, now_ms)?;
-        put_meta(&tx, "hlc", &postcard::to_allocvec(&hlc).map_err(EncodeError::from)?)?;
+        put_meta(
+            &tx,
+            "hlc",
+            &postcard::to_allocvec(&hlc).map_err(EncodeError::from)?,
+        )?;
         tx.commit()?;
-        Ok(Committed { stream: verified.stream, seq: verified.seq, signed })
+        Ok(Committed {
+            stream: verified.stream,
+            seq: verified.seq,
+            signed,
+        })
     }
 
     /// Validates and applies a received batch in one transaction. `peer` is the authenticated
@@ -245,7 +273,10 @@ impl Replica {
         let mut report = BatchReport::default();
         let mut newest = self.clock.last();
         for signed in batch {
-            let facts = TxFacts { conn: &tx, hq_key: &self.hq_key };
+            let facts = TxFacts {
+                conn: &tx,
+                hq_key: &self.hq_key,
+            };
             match validate::validate(signed, peer, &facts)? {
                 Ok(Verdict::Apply(cs)) => {
                     newest = newest.max(cs.hlc);
@@ -281,7 +312,11 @@ impl Replica {
             "SELECT log.body, log.sig FROM log JOIN streams ON streams.id = log.stream
              WHERE streams.name = ?1 AND log.seq > ?2 ORDER BY log.seq LIMIT ?3",
         )?;
-        let mut rows = stmt.query(params![stream.to_string(), after_seq as i64, max_count as i64])?;
+        let mut rows = stmt.query(params![
+            stream.to_string(),
+            after_seq as i64,
+            max_count as i64
+        ])?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while let Some(row) = rows.next()? {
@@ -299,16 +334,26 @@ impl Replica {
 
     /// Heads of every stream this replica holds.
     pub fn heads(&self) -> Result<Vec<(StreamId, StreamHead)>, ReplicaError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, head_seq, head_hash FROM streams ORDER BY priority, name")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, head_seq, head_hash FROM streams ORDER BY priority, name",
+        )?;
         let rows = stmt.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (name, seq, hash) = row?;
-            out.push((parse_stream(&name)?, StreamHead { seq: seq as u64, hash: hash32(&hash)? }));
+            out.push((
+                parse_stream(&name)?,
+                StreamHead {
+                    seq: seq as u64,
+                    hash: hash32(&hash)?,
+                },
+            ));
         }
         Ok(out)
     }
@@ -320,7 +365,11 @@ impl Replica {
 
     /// Change sets of this node's own streams that the hub has not acknowledged, highest-priority
     /// topic first, at most `max_count` and about `max_bytes`.
-    pub fn outbox(&self, max_count: usize, max_bytes: usize) -> Result<Vec<SignedChangeSet>, ReplicaError> {
+    pub fn outbox(
+        &self,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SignedChangeSet>, ReplicaError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for (stream, acked, head) in self.own_streams()? {
@@ -333,7 +382,11 @@ impl Replica {
             }
             let budget = max_bytes.saturating_sub(bytes);
             let chunk = self.read_stream(&stream, acked, room, budget)?;
-            if !out.is_empty() && chunk.first().is_some_and(|c| bytes + c.body.len() > max_bytes) {
+            if !out.is_empty()
+                && chunk
+                    .first()
+                    .is_some_and(|c| bytes + c.body.len() > max_bytes)
+            {
                 break;
             }
             bytes += chunk.iter().map(|c| c.body.len()).sum::<usize>();
@@ -348,7 +401,11 @@ impl Replica {
             "SELECT name, hub_acked_seq, head_seq FROM streams WHERE origin = ?1 ORDER BY priority, name",
         )?;
         let rows = stmt.query_map(params![self.identity.node.as_str()], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -367,7 +424,11 @@ impl Replica {
                 "UPDATE streams SET hub_acked_seq = min(?2, head_seq) WHERE name = ?1 AND origin = ?3",
             )?;
             for (stream, seq) in acked {
-                stmt.execute(params![stream.to_string(), *seq as i64, self.identity.node.as_str()])?;
+                stmt.execute(params![
+                    stream.to_string(),
+                    *seq as i64,
+                    self.identity.node.as_str()
+                ])?;
             }
         }
         tx.commit()?;
@@ -389,7 +450,12 @@ impl Replica {
                  SELECT ?1, id, ?3, ?4 FROM streams WHERE name = ?2",
             )?;
             for (stream, seq) in cursors {
-                stmt.execute(params![node.as_str(), stream.to_string(), *seq as i64, now_ms as i64])?;
+                stmt.execute(params![
+                    node.as_str(),
+                    stream.to_string(),
+                    *seq as i64,
+                    now_ms as i64
+                ])?;
             }
         }
         tx.commit()?;
@@ -413,7 +479,10 @@ impl Replica {
                     let cs = validate::open(signed)
                         .map_err(|e| ReplicaError::Corrupt(format!("{stream}: {e}")))?;
                     if cs.seq != seq + 1 || cs.prev != prev {
-                        return Err(ReplicaError::Corrupt(format!("{stream}: chain breaks at seq {}", cs.seq)));
+                        return Err(ReplicaError::Corrupt(format!(
+                            "{stream}: chain breaks at seq {}",
+                            cs.seq
+                        )));
                     }
                     seq = cs.seq;
                     prev = signed.hash();
@@ -443,8 +512,10 @@ impl Replica {
         match row {
             None => Ok((0, crate::changeset::ZERO_HASH)),
             Some((seq, body)) => {
-                let snap: crate::changeset::Snapshot = postcard::from_bytes(&body)
-                    .map_err(|e| ReplicaError::Corrupt(format!("snapshot base of {stream}: {e}")))?;
+                let snap: crate::changeset::Snapshot =
+                    postcard::from_bytes(&body).map_err(|e| {
+                        ReplicaError::Corrupt(format!("snapshot base of {stream}: {e}"))
+                    })?;
                 Ok((seq as u64, snap.head_hash))
             }
         }
@@ -467,17 +538,29 @@ impl Facts for TxFacts<'_> {
 
     fn origin(&self, node: &NodeId) -> Result<Option<OriginInfo>, rusqlite::Error> {
         if node.is_hq() {
-            return Ok(Some(OriginInfo { key: *self.hq_key, revoked: false, may_set_own_prices: true }));
+            return Ok(Some(OriginInfo {
+                key: *self.hq_key,
+                revoked: false,
+                may_set_own_prices: true,
+            }));
         }
         let row: Option<(Vec<u8>, bool, bool)> = self
             .conn
-            .prepare_cached("SELECT public_key, revoked, may_set_own_prices FROM stores WHERE id = ?1")?
-            .query_row(params![node.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .prepare_cached(
+                "SELECT public_key, revoked, may_set_own_prices FROM stores WHERE id = ?1",
+            )?
+            .query_row(params![node.as_str()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
         Ok(row.and_then(|(key, revoked, may_set_own_prices)| {
             let key: [u8; 32] = key.try_into().ok()?;
             let key = VerifyingKey::from_bytes(&key).ok()?;
-            Some(OriginInfo { key, revoked, may_set_own_prices })
+            Some(OriginInfo {
+                key,
+                revoked,
+                may_set_own_prices,
+            })
         }))
     }
 
@@ -527,12 +610,22 @@ fn ensure_stream(tx: &Connection, stream: &StreamId) -> rusqlite::Result<i64> {
     tx.prepare_cached(
         "INSERT INTO streams (name, origin, priority, head_hash) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![name, stream.origin.as_str(), stream.topic.priority(), &crate::changeset::ZERO_HASH[..]])?;
+    .execute(params![
+        name,
+        stream.origin.as_str(),
+        stream.topic.priority(),
+        &crate::changeset::ZERO_HASH[..]
+    ])?;
     Ok(tx.last_insert_rowid())
 }
 
 /// Appends a validated change set: log row, materialized rows, head. Caller holds the transaction.
-fn append(tx: &Connection, cs: &ChangeSet, signed: &SignedChangeSet, now_ms: u64) -> rusqlite::Result<()> {
+fn append(
+    tx: &Connection,
+    cs: &ChangeSet,
+    signed: &SignedChangeSet,
+    now_ms: u64,
+) -> rusqlite::Result<()> {
     let id = ensure_stream(tx, &cs.stream)?;
     tx.prepare_cached("INSERT INTO log (stream, seq, body, sig) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![id, cs.seq as i64, signed.body, &signed.sig[..]])?;
@@ -541,7 +634,12 @@ fn append(tx: &Connection, cs: &ChangeSet, signed: &SignedChangeSet, now_ms: u64
         "UPDATE streams SET head_seq = ?2, head_hash = ?3, last_applied_ms = ?4,
          halted_reason = NULL, halted_at_ms = NULL WHERE id = ?1",
     )?
-    .execute(params![id, cs.seq as i64, &signed.hash()[..], now_ms as i64])?;
+    .execute(params![
+        id,
+        cs.seq as i64,
+        &signed.hash()[..],
+        now_ms as i64
+    ])?;
     Ok(())
 }
 
@@ -553,7 +651,12 @@ fn append_ops(tx: &Connection, stream: &StreamId, hlc: Hlc, ops: &[Op]) -> rusql
     Ok(())
 }
 
-fn record_halt(tx: &Connection, stream: &StreamId, reason: &str, now_ms: u64) -> rusqlite::Result<()> {
+fn record_halt(
+    tx: &Connection,
+    stream: &StreamId,
+    reason: &str,
+    now_ms: u64,
+) -> rusqlite::Result<()> {
     let id = ensure_stream(tx, stream)?;
     tx.prepare_cached("UPDATE streams SET halted_reason = ?2, halted_at_ms = ?3 WHERE id = ?1")?
         .execute(params![id, reason, now_ms as i64])?;
@@ -573,13 +676,18 @@ fn get_meta(tx: &Connection, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
 }
 
 fn parse_stream(name: &str) -> Result<StreamId, ReplicaError> {
-    name.parse().map_err(|e| ReplicaError::Corrupt(format!("stream name {name:?}: {e}")))
+    name.parse()
+        .map_err(|e| ReplicaError::Corrupt(format!("stream name {name:?}: {e}")))
 }
 
 fn hash32(bytes: &[u8]) -> Result<[u8; 32], ReplicaError> {
-    bytes.try_into().map_err(|_| ReplicaError::Corrupt(format!("hash of {} bytes", bytes.len())))
+    bytes
+        .try_into()
+        .map_err(|_| ReplicaError::Corrupt(format!("hash of {} bytes", bytes.len())))
 }
 
 fn sig_from_blob(bytes: &[u8]) -> Result<[u8; 64], ReplicaError> {
-    bytes.try_into().map_err(|_| ReplicaError::Corrupt(format!("signature of {} bytes", bytes.len())))
+    bytes
+        .try_into()
+        .map_err(|_| ReplicaError::Corrupt(format!("signature of {} bytes", bytes.len())))
 }

@@ -8,7 +8,9 @@ use super::{Replica, ReplicaError, parse_stream};
 use crate::hlc::Hlc;
 use crate::ids::{MemberId, NodeId, RegionId, Sku, StreamId};
 use crate::merge::{self, FieldValue};
-use crate::model::{LedgerAccount, PriceEntry, PriceKind, ProfileField, Promotion, StoreInfo, StoreMode};
+use crate::model::{
+    LedgerAccount, PriceEntry, PriceKind, ProfileField, Promotion, StoreInfo, StoreMode,
+};
 use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeMap;
 
@@ -69,14 +71,19 @@ impl Replica {
 
     /// Ids of the receipts of `store`, sorted.
     pub fn receipt_ids(&self, store: &NodeId) -> Result<Vec<String>, ReplicaError> {
-        let mut stmt = self.conn.prepare_cached("SELECT id FROM receipts WHERE store = ?1 ORDER BY id")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM receipts WHERE store = ?1 ORDER BY id")?;
         let rows = stmt.query_map(params![store.as_str()], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Number of receipts held, of every store.
     pub fn receipt_count(&self) -> Result<u64, ReplicaError> {
-        Ok(self.conn.query_row("SELECT count(*) FROM receipts", [], |r| r.get::<_, i64>(0))? as u64)
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM receipts", [], |r| r.get::<_, i64>(0))?
+            as u64)
     }
 
     /// Stock of every (store, sku) this replica knows, sorted.
@@ -85,7 +92,11 @@ impl Replica {
             "SELECT store, sku, qty FROM stock WHERE ?1 IS NULL OR store = ?1 ORDER BY store, sku",
         )?;
         let rows = stmt.query_map(params![store.map(|s| s.as_str())], |r| {
-            Ok(StockRow { store: r.get(0)?, sku: r.get(1)?, qty: r.get(2)? })
+            Ok(StockRow {
+                store: r.get(0)?,
+                sku: r.get(1)?,
+                qty: r.get(2)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -104,8 +115,12 @@ impl Replica {
     pub fn balance(&self, member: &MemberId, account: LedgerAccount) -> Result<i64, ReplicaError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT coalesce(sum(amount), 0) FROM ledger WHERE member = ?1 AND account = ?2")?
-            .query_row(params![member.as_str(), account_code(account)], |r| r.get(0))?)
+            .prepare_cached(
+                "SELECT coalesce(sum(amount), 0) FROM ledger WHERE member = ?1 AND account = ?2",
+            )?
+            .query_row(params![member.as_str(), account_code(account)], |r| {
+                r.get(0)
+            })?)
     }
 
     /// Every member's balances as `(member, points, stored value cents)`, sorted.
@@ -121,12 +136,21 @@ impl Replica {
     }
 
     /// A member's merged profile (empty if unknown here).
-    pub fn member_profile(&self, member: &MemberId) -> Result<BTreeMap<ProfileField, FieldValue>, ReplicaError> {
+    pub fn member_profile(
+        &self,
+        member: &MemberId,
+    ) -> Result<BTreeMap<ProfileField, FieldValue>, ReplicaError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT field, value, hlc_wall, hlc_logical, node FROM member_fields WHERE member = ?1",
         )?;
         let rows = stmt.query_map(params![member.as_str()], |r| {
-            Ok((r.get::<_, u8>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, u32>(3)?, r.get::<_, String>(4)?))
+            Ok((
+                r.get::<_, u8>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, String>(4)?,
+            ))
         })?;
         let mut profile = BTreeMap::new();
         for row in rows {
@@ -134,29 +158,44 @@ impl Replica {
             let field = ProfileField::from_code(code)
                 .ok_or_else(|| ReplicaError::Corrupt(format!("member field code {code}")))?;
             let node = NodeId::new(node).map_err(|e| ReplicaError::Corrupt(e.to_string()))?;
-            profile.insert(field, FieldValue { value, hlc: Hlc { wall_ms: wall as u64, logical }, node });
+            profile.insert(
+                field,
+                FieldValue {
+                    value,
+                    hlc: Hlc {
+                        wall_ms: wall as u64,
+                        logical,
+                    },
+                    node,
+                },
+            );
         }
         Ok(profile)
     }
 
     /// Every member field as `(member, field code, value)`, sorted: a fingerprint for comparisons.
     pub fn member_fields(&self) -> Result<Vec<(String, u8, String)>, ReplicaError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT member, field, value FROM member_fields ORDER BY member, field")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT member, field, value FROM member_fields ORDER BY member, field",
+        )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every price entry held, sorted by scope and id.
     pub fn price_entries(&self) -> Result<Vec<PriceEntry>, ReplicaError> {
-        let mut stmt = self.conn.prepare_cached("SELECT body FROM price_entries ORDER BY scope, id")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM price_entries ORDER BY scope, id")?;
         let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         rows.map(|b| decode("price entry", &b?)).collect()
     }
 
     /// Every promotion held, sorted by scope and id.
     pub fn promotions(&self) -> Result<Vec<Promotion>, ReplicaError> {
-        let mut stmt = self.conn.prepare_cached("SELECT body FROM promotions ORDER BY scope, id")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body FROM promotions ORDER BY scope, id")?;
         let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         rows.map(|b| decode("promotion", &b?)).collect()
     }
@@ -174,9 +213,12 @@ impl Replica {
             "SELECT body FROM price_entries WHERE sku = ?1 AND kind = ?2 AND effective_from_ms <= ?3
              AND (effective_to_ms IS NULL OR effective_to_ms > ?3)",
         )?;
-        let rows = stmt.query_map(params![sku.as_str(), price_kind_code(kind), t_ms], |r| r.get::<_, Vec<u8>>(0))?;
-        let entries: Vec<PriceEntry> =
-            rows.map(|b| decode("price entry", &b?)).collect::<Result<_, _>>()?;
+        let rows = stmt.query_map(params![sku.as_str(), price_kind_code(kind), t_ms], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?;
+        let entries: Vec<PriceEntry> = rows
+            .map(|b| decode("price entry", &b?))
+            .collect::<Result<_, _>>()?;
         Ok(merge::effective_price(&entries, sku, kind, store, region, t_ms).cloned())
     }
 
@@ -214,8 +256,11 @@ impl Replica {
 
     /// Ids of every store in the directory, sorted.
     pub fn store_ids(&self) -> Result<Vec<NodeId>, ReplicaError> {
-        let mut stmt = self.conn.prepare_cached("SELECT id FROM stores ORDER BY id")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM stores ORDER BY id")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        rows.map(|id| NodeId::new(id?).map_err(|e| ReplicaError::Corrupt(e.to_string()))).collect()
+        rows.map(|id| NodeId::new(id?).map_err(|e| ReplicaError::Corrupt(e.to_string())))
+            .collect()
     }
 }

@@ -45,7 +45,8 @@ impl Replica {
                 break;
             }
             for signed in &chunk {
-                let cs = validate::open(signed).map_err(|e| ReplicaError::Corrupt(format!("{stream}: {e}")))?;
+                let cs = validate::open(signed)
+                    .map_err(|e| ReplicaError::Corrupt(format!("{stream}: {e}")))?;
                 if cs.seq != after + 1 {
                     return Err(ReplicaError::Corrupt(format!(
                         "{stream}: log jumps from {after} to {} (this node was seeded from a snapshot)",
@@ -71,7 +72,11 @@ impl Replica {
     }
 
     /// Validates a snapshot signed by HQ and seeds its stream from it.
-    pub fn load_snapshot(&mut self, signed: &SignedSnapshot, now_ms: u64) -> Result<SnapshotLoad, ReplicaError> {
+    pub fn load_snapshot(
+        &mut self,
+        signed: &SignedSnapshot,
+        now_ms: u64,
+    ) -> Result<SnapshotLoad, ReplicaError> {
         let snapshot = validate::validate_snapshot(signed, &self.hq_key)?;
         let tx = self.conn.transaction()?;
         let head = super::stream_head(&tx, &snapshot.stream)?;
@@ -80,7 +85,10 @@ impl Replica {
         }
         let id = ensure_stream(&tx, &snapshot.stream)?;
         append_ops(&tx, &snapshot.stream, snapshot.hlc, &snapshot.ops)?;
-        tx.execute("DELETE FROM log WHERE stream = ?1 AND seq <= ?2", params![id, snapshot.seq as i64])?;
+        tx.execute(
+            "DELETE FROM log WHERE stream = ?1 AND seq <= ?2",
+            params![id, snapshot.seq as i64],
+        )?;
         tx.execute(
             "INSERT OR REPLACE INTO snapshot_base (stream, seq, body, sig) VALUES (?1, ?2, ?3, ?4)",
             params![id, snapshot.seq as i64, signed.body, &signed.sig[..]],
@@ -88,11 +96,19 @@ impl Replica {
         tx.execute(
             "UPDATE streams SET head_seq = ?2, head_hash = ?3, base_seq = ?2, last_applied_ms = ?4,
              halted_reason = NULL WHERE id = ?1",
-            params![id, snapshot.seq as i64, &snapshot.head_hash[..], now_ms as i64],
+            params![
+                id,
+                snapshot.seq as i64,
+                &snapshot.head_hash[..],
+                now_ms as i64
+            ],
         )?;
         tx.commit()?;
         self.clock.observe(snapshot.hlc);
-        Ok(SnapshotLoad::Loaded { seq: snapshot.seq, ops: snapshot.ops.len() })
+        Ok(SnapshotLoad::Loaded {
+            seq: snapshot.seq,
+            ops: snapshot.ops.len(),
+        })
     }
 }
 
@@ -115,7 +131,11 @@ impl Compactor {
             Op::PromotionUpsert(p) => (4, p.id.to_string()),
             Op::PromotionRemove { id } => (4, id.to_string()),
             Op::MemberEdit(edit) => {
-                let stamp = if edit.hlc == Hlc::default() { change_set_hlc } else { edit.hlc };
+                let stamp = if edit.hlc == Hlc::default() {
+                    change_set_hlc
+                } else {
+                    edit.hlc
+                };
                 for (field, value) in &edit.fields {
                     let slot = self.fields.entry((edit.member.to_string(), *field));
                     let newer = match &slot {
@@ -141,7 +161,11 @@ impl Compactor {
         for ((member, field), (hlc, value)) in self.fields {
             // Member ids were valid when they were applied; one that no longer parses is skipped.
             if let Ok(member) = member.parse() {
-                ops.push(Op::MemberEdit(MemberEdit { member, hlc, fields: vec![(field, value)] }));
+                ops.push(Op::MemberEdit(MemberEdit {
+                    member,
+                    hlc,
+                    fields: vec![(field, value)],
+                }));
             }
         }
         ops.extend(self.records);

@@ -1,0 +1,75 @@
+//! Deterministic simulation of HQ and 50 stores under dropped, duplicated, reordered and delayed
+//! frames, partitions and crashes (see `chainsync_tests::sim`).
+//!
+//! `SIM_SEEDS=N` runs seeds 0..N (default 200), `SIM_SEED=S` runs only seed S. A failure prints
+//! the seed and the tail of its event log.
+
+use chainsync_tests::sim::{Sim, SimConfig, SimSummary};
+use std::sync::Mutex;
+
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let count = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200u64);
+    (0..count).collect()
+}
+
+#[test]
+fn chain_converges_after_faults_for_every_seed() {
+    let seeds = seeds();
+    let next = Mutex::new(seeds.clone().into_iter());
+    let results: Mutex<Vec<(u64, Result<SimSummary, String>)>> = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let Some(seed) = next.lock().unwrap().next() else {
+                        break;
+                    };
+                    let result = Sim::run(SimConfig::standard(seed)).map_err(|f| f.to_string());
+                    results.lock().unwrap().push((seed, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(seed, _)| *seed);
+    let mut failures = Vec::new();
+    let (mut receipts, mut dropped, mut duplicated, mut crashes, mut partitions) = (0, 0, 0, 0, 0);
+    for (seed, result) in &results {
+        match result {
+            Ok(s) => {
+                receipts += s.receipts;
+                dropped += s.frames_dropped;
+                duplicated += s.frames_duplicated;
+                crashes += s.crashes;
+                partitions += s.partitions;
+            }
+            Err(f) => failures.push((*seed, f.clone())),
+        }
+    }
+    println!(
+        "{} seeds: {receipts} receipts, {dropped} frames dropped, {duplicated} duplicated, {crashes} crashes, {partitions} partitions",
+        results.len()
+    );
+    assert_eq!(results.len(), seeds.len(), "every seed ran");
+    if let Some((_, first)) = failures.first() {
+        let seeds: Vec<u64> = failures.iter().map(|(s, _)| *s).collect();
+        panic!(
+            "{} of {} seeds failed: {seeds:?}\n{first}",
+            failures.len(),
+            results.len()
+        );
+    }
+    assert!(
+        receipts > 0 && dropped > 0 && crashes > 0,
+        "the simulation exercised sales and faults"
+    );
+}
