@@ -6,6 +6,7 @@
 //! queues.
 
 pub mod frame;
+pub mod local;
 pub mod session;
 
 pub use frame::{Frame, FrameDecoder, FrameError, encode_frame};
