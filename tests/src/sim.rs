@@ -60,7 +60,7 @@ impl SimConfig {
 }
 
 /// Figures of a finished run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SimSummary {
     pub receipts: usize,
     pub frames_sent: u64,
@@ -69,6 +69,8 @@ pub struct SimSummary {
     pub crashes: u64,
     pub partitions: u64,
     pub heal_steps: usize,
+    /// blake3 over HQ's stream heads at the end: equal digests mean equal histories.
+    pub hq_heads_digest: [u8; 32],
 }
 
 /// A failed run: the seed that reproduces it, what went wrong, and the last events.
@@ -1157,6 +1159,13 @@ impl Sim {
             ));
         }
         self.summary.receipts = total_receipts;
+        let mut digest = blake3::Hasher::new();
+        for (stream, head) in hq.heads().map_err(err("HQ heads"))? {
+            digest.update(stream.to_string().as_bytes());
+            digest.update(&head.seq.to_le_bytes());
+            digest.update(&head.hash);
+        }
+        self.summary.hq_heads_digest = *digest.finalize().as_bytes();
         Ok(())
     }
 }

@@ -73,3 +73,25 @@ fn chain_converges_after_faults_for_every_seed() {
         "the simulation exercised sales and faults"
     );
 }
+
+#[test]
+fn the_same_seed_replays_the_same_run() {
+    let cfg = SimConfig {
+        stores: 12,
+        fault_steps: 150,
+        ..SimConfig::standard(7)
+    };
+    let first = Sim::run(cfg.clone()).unwrap_or_else(|f| panic!("{f}"));
+    let second = Sim::run(cfg).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(first, second);
+    let other = Sim::run(SimConfig {
+        stores: 12,
+        fault_steps: 150,
+        ..SimConfig::standard(8)
+    })
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_ne!(
+        first.hq_heads_digest, other.hq_heads_digest,
+        "another seed makes another history"
+    );
+}
