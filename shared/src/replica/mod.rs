@@ -294,8 +294,12 @@ impl Replica {
                 }
             }
         }
-        tx.commit()?;
+        // The clock must survive a restart having seen what was applied, or the next local
+        // edit could lose to an older one from a store whose clock runs ahead.
         self.clock.observe(newest);
+        let hlc = postcard::to_allocvec(&self.clock.last()).map_err(EncodeError::from)?;
+        put_meta(&tx, "hlc", &hlc)?;
+        tx.commit()?;
         Ok(report)
     }
 
@@ -651,15 +655,17 @@ fn append_ops(tx: &Connection, stream: &StreamId, hlc: Hlc, ops: &[Op]) -> rusql
     Ok(())
 }
 
+/// Records an integrity failure on a stream this replica already follows. A stream it has never
+/// seen gets no row: otherwise forged input could add streams at will (the caller still gets the
+/// error to log).
 fn record_halt(
     tx: &Connection,
     stream: &StreamId,
     reason: &str,
     now_ms: u64,
 ) -> rusqlite::Result<()> {
-    let id = ensure_stream(tx, stream)?;
-    tx.prepare_cached("UPDATE streams SET halted_reason = ?2, halted_at_ms = ?3 WHERE id = ?1")?
-        .execute(params![id, reason, now_ms as i64])?;
+    tx.prepare_cached("UPDATE streams SET halted_reason = ?2, halted_at_ms = ?3 WHERE name = ?1")?
+        .execute(params![stream.to_string(), reason, now_ms as i64])?;
     Ok(())
 }
 

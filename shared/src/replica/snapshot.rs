@@ -103,8 +103,11 @@ impl Replica {
                 now_ms as i64
             ],
         )?;
-        tx.commit()?;
         self.clock.observe(snapshot.hlc);
+        let hlc = postcard::to_allocvec(&self.clock.last())
+            .map_err(crate::changeset::EncodeError::from)?;
+        super::put_meta(&tx, "hlc", &hlc)?;
+        tx.commit()?;
         Ok(SnapshotLoad::Loaded {
             seq: snapshot.seq,
             ops: snapshot.ops.len(),

@@ -1,0 +1,711 @@
+//! Durability and merge behaviour of the replica through its public API: sales, returns and voids
+//! reach HQ with the same stock, member data merges whatever the order, prices resolve by scope
+//! and time, and the outbox holds a store's own change sets until HQ acknowledges them, across
+//! restarts.
+
+use chainsync::changeset::{Op, SignedChangeSet};
+use chainsync::hlc::Hlc;
+use chainsync::ids::{MemberId, NodeId, Scope, StreamId, Topic};
+use chainsync::model::{
+    LedgerAccount, MemberEdit, MovementKind, Payment, PaymentMethod, PriceEntry, PriceKind,
+    ProfileField, ReceiptLine, ReturnRecord, StockMovement, Void,
+};
+use chainsync::protocol::{HubStore, LeafStore};
+use chainsync::replica::{Durability, Replica};
+use chainsync_tests::{Chain, member, node, points, receipt, record, region, sku};
+use std::collections::BTreeMap;
+use tempfile::TempDir;
+
+const T0: u64 = 1_000;
+
+fn chain(stores: usize) -> (TempDir, Chain) {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::new(dir.path(), stores, 2, Durability::Relaxed);
+    (dir, chain)
+}
+
+fn received(store: &NodeId, n: u64, s: &str, qty: i64) -> Op {
+    Op::Stock(StockMovement {
+        id: record(&format!("{store}-M{n}")),
+        store: store.clone(),
+        sku: sku(s),
+        kind: MovementKind::Received,
+        qty_delta: qty,
+        reference: "delivery".into(),
+        at_ms: 0,
+    })
+}
+
+fn sale(store: &NodeId, n: u64, lines: &[(&str, i64, i64)]) -> Op {
+    Op::Receipt(receipt(store, n, T0 as i64, None, lines))
+}
+
+fn void(store: &NodeId, n: u64, original: &str) -> Op {
+    Op::Void(Void {
+        id: record(&format!("{store}-V{n}")),
+        store: store.clone(),
+        original: record(original),
+        at_ms: 0,
+        reason: "till error".into(),
+    })
+}
+
+fn edit(m: &MemberId, fields: &[(ProfileField, &str)]) -> Op {
+    Op::MemberEdit(MemberEdit {
+        member: m.clone(),
+        hlc: Hlc::default(),
+        fields: fields.iter().map(|(f, v)| (*f, (*v).to_owned())).collect(),
+    })
+}
+
+fn price(id: &str, scope: Scope, kind: PriceKind, cents: i64, from: i64, to: Option<i64>) -> Op {
+    Op::PriceUpsert(PriceEntry {
+        id: record(id),
+        sku: sku("cola"),
+        scope,
+        kind,
+        price_cents: cents,
+        effective_from_ms: from,
+        effective_to_ms: to,
+    })
+}
+
+/// Delivers `batch` to HQ as the authenticated push of `store` and checks nothing was refused.
+fn deliver(hq: &mut Replica, store: &NodeId, batch: &[SignedChangeSet]) -> usize {
+    let report = hq.apply_batch(batch, Some(store), T0 + 100).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    report.applied.len()
+}
+
+/// Pushes a store's outbox to HQ and records HQ's acknowledgement, as a session would.
+fn push(hq: &mut Replica, store: &mut Replica) {
+    let id = store.node().clone();
+    deliver(hq, &id, &store.outbox(1_000, usize::MAX).unwrap());
+    store.set_hub_acked(&hq.own_heads(&id).unwrap()).unwrap();
+    assert!(store.outbox(1_000, usize::MAX).unwrap().is_empty());
+}
+
+/// Pulls into a store everything it follows at HQ, as a session would.
+fn pull(hq: &Replica, store: &mut Replica) {
+    let peer = HubStore::peer(hq, store.node()).unwrap().unwrap();
+    loop {
+        let cursors: BTreeMap<StreamId, u64> =
+            LeafStore::cursors(store).unwrap().into_iter().collect();
+        let (batch, more) = hq
+            .changes_for(&peer, &cursors, 512, 2 * 1024 * 1024)
+            .unwrap();
+        let report = store.apply_batch(&batch, None, T0 + 200).unwrap();
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        if !more {
+            break;
+        }
+    }
+}
+
+fn whole_stream(r: &Replica, stream: &StreamId) -> Vec<SignedChangeSet> {
+    r.read_stream(stream, 0, 10_000, usize::MAX).unwrap()
+}
+
+fn audit_all<'a>(replicas: impl IntoIterator<Item = &'a Replica>) {
+    for r in replicas {
+        r.audit()
+            .unwrap_or_else(|e| panic!("audit of {}: {e}", r.node()));
+    }
+}
+
+// A sale committed at a store reaches HQ, which then holds the same stock and receipt ids.
+#[test]
+fn a_local_sale_reaches_hq_with_the_same_stock_and_receipts() {
+    let (_dir, chain) = chain(2);
+    let (mut hq, mut stores) = chain.bootstrap(T0);
+    let s1 = node("S001");
+    let store = &mut stores[0];
+    store
+        .commit_local(
+            Topic::Inventory,
+            vec![received(&s1, 1, "cola", 24), received(&s1, 2, "chips", 10)],
+            2_000,
+        )
+        .unwrap();
+    store
+        .commit_local(
+            Topic::Sales,
+            vec![sale(&s1, 1, &[("cola", 2, 150), ("chips", 1, 200)])],
+            2_001,
+        )
+        .unwrap();
+    store
+        .commit_local(Topic::Sales, vec![sale(&s1, 2, &[("cola", 5, 150)])], 2_002)
+        .unwrap();
+    assert_eq!(store.stock_of(&s1, &sku("cola")).unwrap(), 17);
+    assert_eq!(store.stock_of(&s1, &sku("chips")).unwrap(), 9);
+
+    push(&mut hq, store);
+    assert_eq!(
+        hq.stock_rows(Some(&s1)).unwrap(),
+        store.stock_rows(Some(&s1)).unwrap()
+    );
+    assert_eq!(hq.receipt_ids(&s1).unwrap(), vec!["S001-1", "S001-2"]);
+    assert_eq!(
+        hq.receipt_ids(&s1).unwrap(),
+        store.receipt_ids(&s1).unwrap()
+    );
+    assert_eq!(hq.receipt_count().unwrap(), 2);
+    audit_all([&hq, &stores[0]]);
+}
+
+// A return at S002 of a receipt S001 wrote applies at HQ before the receipt arrives, and once both
+// are in, stock at each store lines up with the stores' own figures, in either order.
+#[test]
+fn a_return_of_another_stores_receipt_applies_before_the_original() {
+    let (_dir, chain) = chain(2);
+    let (mut hq, mut stores) = chain.bootstrap(T0);
+    let (_dir2, chain2) = self::chain(2);
+    let (mut other_hq, _) = chain2.bootstrap(T0);
+    let (s1, s2) = (node("S001"), node("S002"));
+
+    stores[0]
+        .commit_local(Topic::Inventory, vec![received(&s1, 1, "cola", 10)], 2_000)
+        .unwrap();
+    stores[0]
+        .commit_local(Topic::Sales, vec![sale(&s1, 1, &[("cola", 3, 150)])], 2_001)
+        .unwrap();
+    stores[1]
+        .commit_local(Topic::Inventory, vec![received(&s2, 1, "cola", 5)], 2_000)
+        .unwrap();
+    let ret = ReturnRecord {
+        id: record("S002-R1"),
+        store: s2.clone(),
+        original: record("S001-1"),
+        at_ms: 3_000,
+        lines: vec![ReceiptLine {
+            sku: sku("cola"),
+            qty: 1,
+            unit_price_cents: 150,
+            discount_cents: 0,
+        }],
+        refunds: vec![Payment {
+            method: PaymentMethod::Cash,
+            amount_cents: 150,
+        }],
+    };
+    stores[1]
+        .commit_local(Topic::Sales, vec![Op::Return(ret)], 3_000)
+        .unwrap();
+    let out1 = stores[0].outbox(100, usize::MAX).unwrap();
+    let out2 = stores[1].outbox(100, usize::MAX).unwrap();
+
+    // HQ: the return first, the original after; the other HQ the other way round.
+    assert_eq!(deliver(&mut hq, &s2, &out2), 2);
+    assert_eq!(hq.stock_of(&s2, &sku("cola")).unwrap(), 6);
+    assert_eq!(hq.receipt_count().unwrap(), 0);
+    assert_eq!(deliver(&mut hq, &s1, &out1), 2);
+    assert_eq!(deliver(&mut other_hq, &s1, &out1), 2);
+    assert_eq!(deliver(&mut other_hq, &s2, &out2), 2);
+
+    assert_eq!(hq.stock_of(&s1, &sku("cola")).unwrap(), 7);
+    assert_eq!(hq.stock_of(&s2, &sku("cola")).unwrap(), 6);
+    assert_eq!(
+        hq.stock_rows(Some(&s1)).unwrap(),
+        stores[0].stock_rows(Some(&s1)).unwrap()
+    );
+    assert_eq!(
+        hq.stock_rows(Some(&s2)).unwrap(),
+        stores[1].stock_rows(Some(&s2)).unwrap()
+    );
+    assert_eq!(
+        hq.stock_rows(None).unwrap(),
+        other_hq.stock_rows(None).unwrap()
+    );
+    assert_eq!(hq.receipt_ids(&s1).unwrap(), vec!["S001-1"]);
+    audit_all([&hq, &other_hq, &stores[0], &stores[1]]);
+}
+
+// A void puts the voided receipt's stock back exactly once: replaying its change set (at HQ or at
+// the store) or voiding the same receipt again does not put it back twice.
+#[test]
+fn a_void_reverses_stock_exactly_once_even_when_replayed() {
+    let (_dir, chain) = chain(2);
+    let (mut hq, mut stores) = chain.bootstrap(T0);
+    let s1 = node("S001");
+    let cola = sku("cola");
+    let store = &mut stores[0];
+    store
+        .commit_local(Topic::Inventory, vec![received(&s1, 1, "cola", 10)], 2_000)
+        .unwrap();
+    let sold = store
+        .commit_local(Topic::Sales, vec![sale(&s1, 1, &[("cola", 3, 150)])], 2_001)
+        .unwrap();
+    store
+        .commit_local(Topic::Sales, vec![sale(&s1, 2, &[("cola", 1, 150)])], 2_002)
+        .unwrap();
+    assert_eq!(store.stock_of(&s1, &cola).unwrap(), 6);
+    let voided = store
+        .commit_local(Topic::Sales, vec![void(&s1, 1, "S001-1")], 2_003)
+        .unwrap();
+    assert_eq!(store.stock_of(&s1, &cola).unwrap(), 9);
+    push(&mut hq, store);
+    assert_eq!(hq.stock_of(&s1, &cola).unwrap(), 9);
+
+    for replica in [&mut hq, &mut *store] {
+        let peer = if replica.node().is_hq() {
+            Some(&s1)
+        } else {
+            None
+        };
+        let report = replica
+            .apply_batch(&[voided.signed.clone(), sold.signed.clone()], peer, 3_000)
+            .unwrap();
+        assert_eq!(
+            (
+                report.applied.len(),
+                report.duplicates,
+                report.rejected.len()
+            ),
+            (0, 2, 0)
+        );
+        assert_eq!(replica.stock_of(&s1, &cola).unwrap(), 9);
+    }
+
+    // A second void of the same receipt is recorded but moves no stock.
+    store
+        .commit_local(Topic::Sales, vec![void(&s1, 2, "S001-1")], 3_001)
+        .unwrap();
+    assert_eq!(store.stock_of(&s1, &cola).unwrap(), 9);
+    push(&mut hq, store);
+    assert_eq!(hq.stock_of(&s1, &cola).unwrap(), 9);
+    assert_eq!(
+        hq.stock_rows(Some(&s1)).unwrap(),
+        stores[0].stock_rows(Some(&s1)).unwrap()
+    );
+    audit_all([&hq, &stores[0]]);
+}
+
+// A ledger entry for a member whose sign-up (from another store's stream) has not arrived yet is
+// kept, and once the sign-up is in, the profile and the balance are right everywhere.
+#[test]
+fn a_ledger_entry_before_the_members_sign_up_is_kept() {
+    let (_dir, chain) = chain(3);
+    let (mut hq, mut stores) = chain.bootstrap(T0);
+    let (s1, s2) = (node("S001"), node("S002"));
+    let m = member("M7");
+    stores[1]
+        .commit_local(
+            Topic::Members,
+            vec![Op::Ledger(points(&s2, 1, &m, 120))],
+            2_000,
+        )
+        .unwrap();
+    stores[0]
+        .commit_local(
+            Topic::Members,
+            vec![
+                edit(
+                    &m,
+                    &[(ProfileField::Name, "Mia"), (ProfileField::Phone, "555")],
+                ),
+                Op::Ledger(points(&s1, 1, &m, 30)),
+            ],
+            3_000,
+        )
+        .unwrap();
+
+    // HQ gets S002's entry first: kept, with no profile yet.
+    let (left, right) = stores.split_at_mut(1);
+    push(&mut hq, &mut right[0]);
+    assert_eq!(hq.balance(&m, LedgerAccount::Points).unwrap(), 120);
+    assert!(hq.member_profile(&m).unwrap().is_empty());
+    push(&mut hq, &mut left[0]);
+    assert_eq!(hq.balance(&m, LedgerAccount::Points).unwrap(), 150);
+    assert_eq!(
+        hq.member_profile(&m).unwrap()[&ProfileField::Name].value,
+        "Mia"
+    );
+
+    // S003 receives the relayed streams in the same awkward order.
+    let s3 = &mut stores[2];
+    let from_s2 = whole_stream(&hq, &StreamId::new(s2.clone(), Topic::Members));
+    assert_eq!(
+        s3.apply_batch(&from_s2, None, 4_000).unwrap().applied.len(),
+        1
+    );
+    assert_eq!(s3.balances().unwrap(), vec![("M7".to_owned(), 120, 0)]);
+    assert!(s3.member_fields().unwrap().is_empty());
+    let from_s1 = whole_stream(&hq, &StreamId::new(s1.clone(), Topic::Members));
+    assert_eq!(
+        s3.apply_batch(&from_s1, None, 4_000).unwrap().applied.len(),
+        1
+    );
+
+    for store in &mut stores {
+        pull(&hq, store);
+        assert_eq!(store.balances().unwrap(), vec![("M7".to_owned(), 150, 0)]);
+        assert_eq!(store.member_fields().unwrap(), hq.member_fields().unwrap());
+    }
+    assert_eq!(hq.balances().unwrap(), vec![("M7".to_owned(), 150, 0)]);
+    audit_all(stores.iter().chain([&hq]));
+}
+
+// Two stores editing the same member merge per field, last writer wins on (HLC, node id), and
+// every replica converges to the same fields whatever order it applied the edits in.
+#[test]
+fn member_fields_converge_per_field_in_any_order() {
+    let (_dir, chain) = chain(3);
+    let (mut hq, mut stores) = chain.bootstrap(T0);
+    let (_dir2, chain2) = self::chain(3);
+    let (mut other_hq, _) = chain2.bootstrap(T0);
+    let m = member("M1");
+    // Same HLC on both Name writes: the greater node id (S002) wins the tie.
+    stores[0]
+        .commit_local(
+            Topic::Members,
+            vec![edit(
+                &m,
+                &[(ProfileField::Name, "Ann"), (ProfileField::Phone, "111")],
+            )],
+            5_000,
+        )
+        .unwrap();
+    stores[1]
+        .commit_local(
+            Topic::Members,
+            vec![edit(
+                &m,
+                &[
+                    (ProfileField::Name, "Anna"),
+                    (ProfileField::Email, "anna@example.com"),
+                ],
+            )],
+            5_000,
+        )
+        .unwrap();
+    // A later HLC wins over a greater node id.
+    stores[0]
+        .commit_local(
+            Topic::Members,
+            vec![edit(&m, &[(ProfileField::Level, "gold")])],
+            7_000,
+        )
+        .unwrap();
+    stores[1]
+        .commit_local(
+            Topic::Members,
+            vec![edit(&m, &[(ProfileField::Level, "silver")])],
+            6_000,
+        )
+        .unwrap();
+    // An earlier HLC loses even when it was applied last.
+    stores[2]
+        .commit_local(
+            Topic::Members,
+            vec![edit(&m, &[(ProfileField::Phone, "333")])],
+            4_000,
+        )
+        .unwrap();
+
+    let outboxes: Vec<(NodeId, Vec<SignedChangeSet>)> = stores
+        .iter()
+        .map(|s| (s.node().clone(), s.outbox(100, usize::MAX).unwrap()))
+        .collect();
+    for (id, batch) in &outboxes {
+        deliver(&mut hq, id, batch);
+    }
+    for (id, batch) in outboxes.iter().rev() {
+        deliver(&mut other_hq, id, batch);
+    }
+    for store in &mut stores {
+        pull(&hq, store);
+    }
+
+    let expected: Vec<(String, u8, String)> = [
+        (ProfileField::Name, "Anna"),
+        (ProfileField::Phone, "111"),
+        (ProfileField::Email, "anna@example.com"),
+        (ProfileField::Level, "gold"),
+    ]
+    .into_iter()
+    .map(|(f, v)| ("M1".to_owned(), f.code(), v.to_owned()))
+    .collect();
+    assert_eq!(hq.member_fields().unwrap(), expected);
+    assert_eq!(other_hq.member_fields().unwrap(), expected);
+    for store in &stores {
+        assert_eq!(
+            store.member_fields().unwrap(),
+            expected,
+            "at {}",
+            store.node()
+        );
+        assert_eq!(
+            store.member_profile(&m).unwrap(),
+            hq.member_profile(&m).unwrap()
+        );
+    }
+    assert_eq!(
+        hq.member_profile(&m).unwrap()[&ProfileField::Name].node,
+        node("S002")
+    );
+    audit_all(stores.iter().chain([&hq, &other_hq]));
+}
+
+// The effective price at HQ and at a store honours the most specific scope in effect (store over
+// region over chain), effective_from/effective_to (exclusive), the price kind, and removals.
+#[test]
+fn effective_price_honours_scope_and_time_at_hq_and_store() {
+    let (_dir, chain) = chain(2);
+    let (mut hq, mut stores) = chain.bootstrap(T0);
+    let (s1, s2) = (node("S001"), node("S002"));
+    let (r0, r1) = (region("r0"), region("r1"));
+    assert_eq!(chain.stores[0].region, r0);
+    assert_eq!(chain.stores[1].region, r1);
+    let store_scope = Topic::Prices(Scope::Store(s1.clone()));
+    let chain_prices = vec![
+        price("hq-c1", Scope::Chain, PriceKind::Retail, 100, 0, None),
+        price("hq-c2", Scope::Chain, PriceKind::Retail, 120, 5_000, None),
+        price("hq-c3", Scope::Chain, PriceKind::Member, 95, 0, None),
+    ];
+    hq.commit_local(Topic::Prices(Scope::Chain), chain_prices, T0)
+        .unwrap();
+    let regional = vec![price(
+        "hq-r1",
+        Scope::Region(r0.clone()),
+        PriceKind::Retail,
+        90,
+        0,
+        None,
+    )];
+    hq.commit_local(Topic::Prices(Scope::Region(r0.clone())), regional, T0)
+        .unwrap();
+    let local = vec![price(
+        "hq-s1",
+        Scope::Store(s1.clone()),
+        PriceKind::Retail,
+        80,
+        1_000,
+        Some(2_000),
+    )];
+    hq.commit_local(store_scope.clone(), local, T0).unwrap();
+    for store in &mut stores {
+        pull(&hq, store);
+    }
+
+    let cola = sku("cola");
+    let at = |r: &Replica,
+              store: &NodeId,
+              region: &chainsync::ids::RegionId,
+              kind: PriceKind,
+              t: i64| {
+        r.effective_price(&cola, kind, store, region, t)
+            .unwrap()
+            .map(|e| (e.id.to_string(), e.price_cents))
+    };
+    let retail = |id: &str, cents: i64| Some((id.to_owned(), cents));
+    for r in [&hq, &stores[0]] {
+        assert_eq!(
+            at(r, &s1, &r0, PriceKind::Retail, 500),
+            retail("hq-r1", 90),
+            "region beats chain"
+        );
+        assert_eq!(
+            at(r, &s1, &r0, PriceKind::Retail, 1_000),
+            retail("hq-s1", 80),
+            "store from its start"
+        );
+        assert_eq!(
+            at(r, &s1, &r0, PriceKind::Retail, 1_999),
+            retail("hq-s1", 80)
+        );
+        assert_eq!(
+            at(r, &s1, &r0, PriceKind::Retail, 2_000),
+            retail("hq-r1", 90),
+            "effective_to is exclusive"
+        );
+        assert_eq!(
+            at(r, &s1, &r0, PriceKind::Retail, 6_000),
+            retail("hq-r1", 90),
+            "newer chain price loses to region"
+        );
+        assert_eq!(at(r, &s1, &r0, PriceKind::Member, 500), retail("hq-c3", 95));
+        assert_eq!(at(r, &s1, &r0, PriceKind::Wholesale, 500), None);
+    }
+    for r in [&hq, &stores[1]] {
+        assert_eq!(
+            at(r, &s2, &r1, PriceKind::Retail, -1),
+            None,
+            "nothing before the first entry"
+        );
+        assert_eq!(
+            at(r, &s2, &r1, PriceKind::Retail, 1_500),
+            retail("hq-c1", 100)
+        );
+        assert_eq!(
+            at(r, &s2, &r1, PriceKind::Retail, 4_999),
+            retail("hq-c1", 100)
+        );
+        assert_eq!(
+            at(r, &s2, &r1, PriceKind::Retail, 5_000),
+            retail("hq-c2", 120),
+            "later effective_from wins"
+        );
+    }
+    // S002 follows neither r0's nor S001's prices.
+    let held: Vec<String> = stores[1]
+        .price_entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id.to_string())
+        .collect();
+    assert_eq!(held, vec!["hq-c1", "hq-c2", "hq-c3"]);
+
+    // Removing the store entry brings the region price back at S001.
+    hq.commit_local(
+        store_scope,
+        vec![Op::PriceRemove {
+            id: record("hq-s1"),
+        }],
+        T0 + 1,
+    )
+    .unwrap();
+    pull(&hq, &mut stores[0]);
+    for r in [&hq, &stores[0]] {
+        assert_eq!(
+            at(r, &s1, &r0, PriceKind::Retail, 1_500),
+            retail("hq-r1", 90)
+        );
+    }
+    audit_all(stores.iter().chain([&hq]));
+}
+
+// The outbox is every own change set HQ has not acknowledged: it survives closing and reopening
+// the replica, empties only on set_hub_acked, refills when the hub reports less (restored from a
+// backup), and never claims more than the head.
+#[test]
+fn the_outbox_holds_own_change_sets_until_acked_across_reopening() {
+    let (_dir, chain) = chain(2);
+    let (mut hq, stores) = chain.bootstrap(T0);
+    let s1 = node("S001");
+    let sales = StreamId::new(s1.clone(), Topic::Sales);
+    let mut store = stores.into_iter().next().unwrap();
+    store
+        .commit_local(Topic::Inventory, vec![received(&s1, 1, "cola", 10)], 2_000)
+        .unwrap();
+    store
+        .commit_local(Topic::Sales, vec![sale(&s1, 1, &[("cola", 1, 150)])], 2_001)
+        .unwrap();
+    store
+        .commit_local(Topic::Sales, vec![sale(&s1, 2, &[("cola", 2, 150)])], 2_002)
+        .unwrap();
+    store
+        .commit_local(
+            Topic::Members,
+            vec![edit(&member("M1"), &[(ProfileField::Name, "Lee")])],
+            2_003,
+        )
+        .unwrap();
+    let pending = store.outbox(100, usize::MAX).unwrap();
+    assert_eq!(pending.len(), 4);
+    assert_eq!(store.outbox(2, usize::MAX).unwrap(), pending[..2]);
+
+    // HQ applies the push but its acknowledgement is lost; the store restarts.
+    assert_eq!(deliver(&mut hq, &s1, &pending), 4);
+    let clock = store.clock();
+    drop(store);
+    let mut store = chain.open_store(&s1);
+    assert_eq!(store.outbox(100, usize::MAX).unwrap(), pending);
+    assert!(store.clock() >= clock, "the clock resumes where it was");
+
+    // The resend is all duplicates; HQ's heads then empty the outbox, for good.
+    let report = hq.apply_batch(&pending, Some(&s1), 3_000).unwrap();
+    assert_eq!((report.applied.len(), report.duplicates), (0, 4));
+    store.set_hub_acked(&hq.own_heads(&s1).unwrap()).unwrap();
+    assert!(store.outbox(100, usize::MAX).unwrap().is_empty());
+    drop(store);
+    let mut store = chain.open_store(&s1);
+    assert!(store.outbox(100, usize::MAX).unwrap().is_empty());
+    let acked = store
+        .stream_status()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.stream == sales)
+        .unwrap();
+    assert_eq!((acked.head_seq, acked.hub_acked_seq), (2, 2));
+
+    // A new sale waits alone; a hub restored from backup reports less and the outbox refills.
+    let third = store
+        .commit_local(Topic::Sales, vec![sale(&s1, 3, &[("cola", 1, 150)])], 3_001)
+        .unwrap();
+    assert_eq!(
+        store.outbox(100, usize::MAX).unwrap(),
+        vec![third.signed.clone()]
+    );
+    store.set_hub_acked(&[(sales.clone(), 1)]).unwrap();
+    let resend = store.outbox(100, usize::MAX).unwrap();
+    assert_eq!(resend.len(), 2);
+    assert_eq!(resend[1], third.signed);
+    let report = hq.apply_batch(&resend, Some(&s1), 3_002).unwrap();
+    assert_eq!((report.applied.len(), report.duplicates), (1, 1));
+
+    // An acknowledgement past the head is clamped to the head.
+    store.set_hub_acked(&[(sales.clone(), 99)]).unwrap();
+    let status = store
+        .stream_status()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.stream == sales)
+        .unwrap();
+    assert_eq!((status.head_seq, status.hub_acked_seq), (3, 3));
+    assert!(store.outbox(100, usize::MAX).unwrap().is_empty());
+    assert_eq!(
+        hq.stock_rows(Some(&s1)).unwrap(),
+        store.stock_rows(Some(&s1)).unwrap()
+    );
+    audit_all([&hq, &store]);
+}
+
+// After a restart a replica's clock still orders its writes after everything it had observed, so
+// an edit made after seeing another store's (clock-skewed) edit wins over it.
+#[test]
+fn a_reopened_replica_still_orders_its_writes_after_what_it_observed() {
+    let (_dir, chain) = chain(2);
+    let (mut hq, mut stores) = chain.bootstrap(T0);
+    let s1 = node("S001");
+    let m = member("M1");
+    // S002's wall clock runs far ahead.
+    stores[1]
+        .commit_local(
+            Topic::Members,
+            vec![edit(&m, &[(ProfileField::Phone, "old")])],
+            900_000,
+        )
+        .unwrap();
+    push(&mut hq, &mut stores[1]);
+    pull(&hq, &mut stores[0]);
+    let seen = stores[0].clock();
+    assert!(
+        seen >= Hlc {
+            wall_ms: 900_000,
+            logical: 0
+        }
+    );
+
+    // S001 restarts, then its clerk corrects the phone number it was shown.
+    let mut stores = stores.into_iter();
+    drop(stores.next());
+    let mut s1_replica = chain.open_store(&s1);
+    assert!(
+        s1_replica.clock() >= seen,
+        "clock after reopen {:?} forgot {seen:?}",
+        s1_replica.clock()
+    );
+    s1_replica
+        .commit_local(
+            Topic::Members,
+            vec![edit(&m, &[(ProfileField::Phone, "new")])],
+            5_000,
+        )
+        .unwrap();
+    push(&mut hq, &mut s1_replica);
+    assert_eq!(
+        hq.member_profile(&m).unwrap()[&ProfileField::Phone].value,
+        "new"
+    );
+}
