@@ -43,8 +43,15 @@ pub fn parse_cents(text: &str) -> Result<i64> {
         bail!(bad());
     }
     let units: i64 = units.parse().with_context(bad)?;
-    let fraction: i64 = if fraction.is_empty() { 0 } else { format!("{fraction:0<2}").parse().with_context(bad)? };
-    units.checked_mul(100).and_then(|c| c.checked_add(fraction)).with_context(bad)
+    let fraction: i64 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<2}").parse().with_context(bad)?
+    };
+    units
+        .checked_mul(100)
+        .and_then(|c| c.checked_add(fraction))
+        .with_context(bad)
 }
 
 /// `hq-server store add`: registers a store and writes its provisioning file.
@@ -88,13 +95,31 @@ pub fn list_stores(dir: &HqDir) -> Result<()> {
     let state = dir.load()?;
     let replica = dir.open_replica(&state.key)?;
     let status = replica.stream_status()?;
-    println!("{:<10} {:<24} {:<10} {:<9} {:<8} last change set applied", "store", "name", "region", "mode", "state");
+    println!(
+        "{:<10} {:<24} {:<10} {:<9} {:<8} last change set applied",
+        "store", "name", "region", "mode", "state"
+    );
     for id in replica.store_ids()? {
-        let Some(info) = replica.store_info(&id)? else { continue };
-        let last = status.iter().filter(|s| s.stream.origin == id).filter_map(|s| s.last_applied_ms).max();
-        let last = last.map_or("never".to_owned(), |t| format!("{} s ago", now_ms().saturating_sub(t) / 1000));
+        let Some(info) = replica.store_info(&id)? else {
+            continue;
+        };
+        let last = status
+            .iter()
+            .filter(|s| s.stream.origin == id)
+            .filter_map(|s| s.last_applied_ms)
+            .max();
+        let last = last.map_or("never".to_owned(), |t| {
+            format!("{} s ago", now_ms().saturating_sub(t) / 1000)
+        });
         let state = if info.revoked { "revoked" } else { "enrolled" };
-        println!("{:<10} {:<24} {:<10} {:<9} {:<8} {last}", id, info.name, info.region, info.mode.as_str(), state);
+        println!(
+            "{:<10} {:<24} {:<10} {:<9} {:<8} {last}",
+            id,
+            info.name,
+            info.region,
+            info.mode.as_str(),
+            state
+        );
     }
     for pending in replica.pending_stores()? {
         println!(
@@ -140,7 +165,13 @@ pub fn set_price(dir: &HqDir, req: PriceRequest) -> Result<()> {
     let id = RecordId::new(format!("hq-{}.{kind}.{from}", req.sku))
         .with_context(|| format!("sku {} is too long to name a price entry", req.sku))?;
     if let Scope::Region(region) = &req.scope
-        && !replica.store_ids()?.iter().any(|s| replica.store_info(s).ok().flatten().is_some_and(|i| &i.region == region))
+        && !replica.store_ids()?.iter().any(|s| {
+            replica
+                .store_info(s)
+                .ok()
+                .flatten()
+                .is_some_and(|i| &i.region == region)
+        })
     {
         eprintln!("note: no enrolled store is in region {region} yet");
     }
@@ -153,7 +184,11 @@ pub fn set_price(dir: &HqDir, req: PriceRequest) -> Result<()> {
         effective_from_ms: from,
         effective_to_ms: req.effective_to_ms,
     };
-    let committed = replica.commit_local(Topic::Prices(req.scope), vec![Op::PriceUpsert(entry)], now_ms())?;
+    let committed = replica.commit_local(
+        Topic::Prices(req.scope),
+        vec![Op::PriceUpsert(entry)],
+        now_ms(),
+    )?;
     println!("price set: {} seq {}", committed.stream, committed.seq);
     Ok(())
 }
@@ -161,4 +196,21 @@ pub fn set_price(dir: &HqDir, req: PriceRequest) -> Result<()> {
 /// A region id from the command line.
 pub fn parse_region(text: &str) -> Result<RegionId> {
     Ok(RegionId::new(text)?)
+}
+
+/// `hq-server product add`: adds or replaces a product of the catalog.
+pub fn add_product(dir: &HqDir, product: chainsync::model::Product) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    if product.name.trim().is_empty() {
+        bail!("a product needs a name");
+    }
+    let sku = product.sku.clone();
+    let committed =
+        replica.commit_local(Topic::Catalog, vec![Op::ProductUpsert(product)], now_ms())?;
+    println!(
+        "product {sku} saved: {} seq {}",
+        committed.stream, committed.seq
+    );
+    Ok(())
 }

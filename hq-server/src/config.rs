@@ -30,7 +30,10 @@ pub struct HqConfig {
 
 impl Default for HqConfig {
     fn default() -> Self {
-        Self { listen: ([0, 0, 0, 0], 7443).into(), public_addr: ([127, 0, 0, 1], 7443).into() }
+        Self {
+            listen: ([0, 0, 0, 0], 7443).into(),
+            public_addr: ([127, 0, 0, 1], 7443).into(),
+        }
     }
 }
 
@@ -49,7 +52,9 @@ pub struct HqState {
 
 impl HqDir {
     pub fn new(root: &Path) -> Self {
-        Self { root: root.to_owned() }
+        Self {
+            root: root.to_owned(),
+        }
     }
     fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
@@ -58,9 +63,13 @@ impl HqDir {
     /// Creates a new HQ: key, certificate, config and an empty database.
     pub fn init(&self, config: &HqConfig) -> Result<()> {
         if self.path("hq.key").exists() {
-            bail!("{} already holds an HQ (hq.key exists); refusing to overwrite its keys", self.root.display());
+            bail!(
+                "{} already holds an HQ (hq.key exists); refusing to overwrite its keys",
+                self.root.display()
+            );
         }
-        std::fs::create_dir_all(&self.root).with_context(|| format!("creating {}", self.root.display()))?;
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
         let key = SigningKey::generate(&mut rand::rng());
         let cert = generate_hq_certificate()?;
         write_key(&self.path("hq.key"), &key)?;
@@ -73,22 +82,35 @@ impl HqDir {
 
     /// Loads config, key and certificate.
     pub fn load(&self) -> Result<HqState> {
-        let text = std::fs::read_to_string(self.path("hq.toml"))
-            .with_context(|| format!("reading {}/hq.toml (run `hq-server init` first)", self.root.display()))?;
+        let text = std::fs::read_to_string(self.path("hq.toml")).with_context(|| {
+            format!(
+                "reading {}/hq.toml (run `hq-server init` first)",
+                self.root.display()
+            )
+        })?;
         let config: HqConfig = toml::from_str(&text).context("hq.toml")?;
         let key = read_key(&self.path("hq.key"))?;
         let cert = HqCertificate {
             cert_der: std::fs::read(self.path("hq-cert.der")).context("reading hq-cert.der")?,
-            key_der: std::fs::read(self.path("hq-cert-key.der")).context("reading hq-cert-key.der")?,
+            key_der: std::fs::read(self.path("hq-cert-key.der"))
+                .context("reading hq-cert-key.der")?,
         };
         Ok(HqState { config, key, cert })
     }
 
     /// Opens HQ's replica.
     pub fn open_replica(&self, key: &SigningKey) -> Result<Replica> {
-        let identity = Identity { node: NodeId::hq(), key: key.clone() };
-        Replica::open(&self.path("hq.db"), identity, key.verifying_key(), Durability::Full)
-            .with_context(|| format!("opening {}/hq.db", self.root.display()))
+        let identity = Identity {
+            node: NodeId::hq(),
+            key: key.clone(),
+        };
+        Replica::open(
+            &self.path("hq.db"),
+            identity,
+            key.verifying_key(),
+            Durability::Full,
+        )
+        .with_context(|| format!("opening {}/hq.db", self.root.display()))
     }
 }
 

@@ -50,6 +50,9 @@ enum Command {
     /// Manage prices.
     #[command(subcommand)]
     Price(PriceCommand),
+    /// Manage the catalog.
+    #[command(subcommand)]
+    Product(ProductCommand),
     /// Run a small chain (HQ and four stores, each with its own SQLite replica) in one process:
     /// stores sell, HQ changes a price, everything syncs, and it prints consolidated stock.
     Demo {
@@ -96,6 +99,27 @@ enum StoreCommand {
 }
 
 #[derive(Subcommand)]
+enum ProductCommand {
+    /// Add a product, or replace it if the sku exists.
+    Add {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        sku: Sku,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "general")]
+        category: String,
+        /// Unit cost, e.g. 0.55 (for margins).
+        #[arg(long, default_value = "0")]
+        cost: String,
+        /// Barcodes (repeat the flag for several).
+        #[arg(long)]
+        barcode: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum PriceCommand {
     /// Set the price of a sku for a scope, now or from a given time.
     Set {
@@ -124,7 +148,9 @@ enum PriceCommand {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -135,10 +161,21 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
-        Command::Init { data, listen, public_addr } => {
+        Command::Init {
+            data,
+            listen,
+            public_addr,
+        } => {
             let dir = HqDir::new(&data);
-            dir.init(&HqConfig { listen, public_addr })?;
-            println!("HQ created in {}; start it with: hq-server serve --data {}", data.display(), data.display());
+            dir.init(&HqConfig {
+                listen,
+                public_addr,
+            })?;
+            println!(
+                "HQ created in {}; start it with: hq-server serve --data {}",
+                data.display(),
+                data.display()
+            );
             Ok(())
         }
         Command::Serve { data } => {
@@ -153,13 +190,35 @@ fn main() -> Result<()> {
                 hq_server::serve::serve(&HqDir::new(&data), shutdown).await
             })
         }
-        Command::Store(StoreCommand::Add { data, id, name, region, mode, out }) => {
-            let store = PendingStore { id, name, region: admin::parse_region(&region)?, mode: admin::parse_mode(&mode)? };
+        Command::Store(StoreCommand::Add {
+            data,
+            id,
+            name,
+            region,
+            mode,
+            out,
+        }) => {
+            let store = PendingStore {
+                id,
+                name,
+                region: admin::parse_region(&region)?,
+                mode: admin::parse_mode(&mode)?,
+            };
             admin::add_store(&HqDir::new(&data), store, &out)
         }
-        Command::Store(StoreCommand::Revoke { data, id }) => admin::revoke_store(&HqDir::new(&data), &id),
+        Command::Store(StoreCommand::Revoke { data, id }) => {
+            admin::revoke_store(&HqDir::new(&data), &id)
+        }
         Command::Store(StoreCommand::List { data }) => admin::list_stores(&HqDir::new(&data)),
-        Command::Price(PriceCommand::Set { data, sku, price, scope, kind, from_ms, to_ms }) => {
+        Command::Price(PriceCommand::Set {
+            data,
+            sku,
+            price,
+            scope,
+            kind,
+            from_ms,
+            to_ms,
+        }) => {
             let req = PriceRequest {
                 sku,
                 scope,
@@ -170,9 +229,28 @@ fn main() -> Result<()> {
             };
             admin::set_price(&HqDir::new(&data), req)
         }
+        Command::Product(ProductCommand::Add {
+            data,
+            sku,
+            name,
+            category,
+            cost,
+            barcode,
+        }) => {
+            let product = chainsync::model::Product {
+                sku,
+                name,
+                category,
+                barcodes: barcode,
+                unit_cost_cents: admin::parse_cents(&cost)?,
+                active: true,
+            };
+            admin::add_product(&HqDir::new(&data), product)
+        }
         Command::Demo { data } => {
             let now_ms = chainsync::transport::now_ms();
-            let dir = data.unwrap_or_else(|| std::env::temp_dir().join(format!("chainsync-demo-{now_ms}")));
+            let dir = data
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("chainsync-demo-{now_ms}")));
             hq_server::demo::run(&dir, now_ms)
         }
     }

@@ -25,7 +25,9 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
     hub.serve(endpoint, shutdown).await;
     watcher.await.context("heads watcher")?;
     drop(hub);
-    thread.join().map_err(|_| anyhow::anyhow!("the replica thread panicked"))?;
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the replica thread panicked"))?;
     tracing::info!("HQ stopped");
     Ok(())
 }

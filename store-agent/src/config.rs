@@ -37,6 +37,15 @@ pub struct AgentConfig {
     /// Pull at least this often, in ms, even without a notice from HQ.
     #[serde(default = "default_poll")]
     pub poll_interval_ms: u64,
+    /// Where the POS API listens (keep it on loopback).
+    #[serde(default = "default_pos_listen")]
+    pub pos_listen: SocketAddr,
+    /// Bearer token the tills present to the POS API.
+    pub pos_token: String,
+}
+
+fn default_pos_listen() -> SocketAddr {
+    ([127, 0, 0, 1], 7070).into()
 }
 
 fn default_poll() -> u64 {
@@ -59,7 +68,9 @@ pub struct AgentState {
 
 impl AgentDir {
     pub fn new(root: &Path) -> Self {
-        Self { root: root.to_owned() }
+        Self {
+            root: root.to_owned(),
+        }
     }
     fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
@@ -71,11 +82,21 @@ impl AgentDir {
     }
 
     /// Writes config and key for an enrolled store and creates its database.
-    pub fn create(&self, provisioning: &Provisioning, region: RegionId, key: &SigningKey) -> Result<()> {
+    pub fn create(
+        &self,
+        provisioning: &Provisioning,
+        region: RegionId,
+        key: &SigningKey,
+        pos_listen: SocketAddr,
+    ) -> Result<()> {
         if self.exists() {
-            bail!("{} already holds a store agent (store.key exists)", self.root.display());
+            bail!(
+                "{} already holds a store agent (store.key exists)",
+                self.root.display()
+            );
         }
-        std::fs::create_dir_all(&self.root).with_context(|| format!("creating {}", self.root.display()))?;
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
         let config = AgentConfig {
             store: provisioning.store.clone(),
             region,
@@ -83,9 +104,18 @@ impl AgentDir {
             hq_cert: provisioning.hq_cert.clone(),
             hq_public_key: provisioning.hq_public_key.clone(),
             poll_interval_ms: POLL_INTERVAL_MS_DEFAULT,
+            pos_listen,
+            pos_token: {
+                let mut bytes = [0u8; 24];
+                rand::fill(&mut bytes);
+                hex::encode(bytes)
+            },
         };
         write_key(&self.path("store.key"), key)?;
-        let text = format!("# chainsync store agent configuration\n{}", toml::to_string(&config)?);
+        let text = format!(
+            "# chainsync store agent configuration\n{}",
+            toml::to_string(&config)?
+        );
         write_secret(&self.path("agent.toml"), text.as_bytes())?;
         let state = self.load()?;
         self.open_replica(&state)?;
@@ -94,8 +124,12 @@ impl AgentDir {
 
     /// Loads config and key.
     pub fn load(&self) -> Result<AgentState> {
-        let text = std::fs::read_to_string(self.path("agent.toml"))
-            .with_context(|| format!("reading {}/agent.toml (run `store-agent init` first)", self.root.display()))?;
+        let text = std::fs::read_to_string(self.path("agent.toml")).with_context(|| {
+            format!(
+                "reading {}/agent.toml (run `store-agent init` first)",
+                self.root.display()
+            )
+        })?;
         let config: AgentConfig = toml::from_str(&text).context("agent.toml")?;
         let key = read_key(&self.path("store.key"))?;
         // The same checks as the provisioning file it came from.
@@ -107,14 +141,30 @@ impl AgentDir {
             token: String::new(),
         };
         let hq_key = as_provisioning.hq_key().context("agent.toml")?;
-        let hq = HqAddress { addr: config.hq_addr, cert_der: as_provisioning.cert_der().context("agent.toml")? };
-        Ok(AgentState { config, key, hq_key, hq })
+        let hq = HqAddress {
+            addr: config.hq_addr,
+            cert_der: as_provisioning.cert_der().context("agent.toml")?,
+        };
+        Ok(AgentState {
+            config,
+            key,
+            hq_key,
+            hq,
+        })
     }
 
     /// Opens the store's replica.
     pub fn open_replica(&self, state: &AgentState) -> Result<Replica> {
-        let identity = Identity { node: state.config.store.clone(), key: state.key.clone() };
-        Replica::open(&self.path("store.db"), identity, state.hq_key, Durability::Full)
-            .with_context(|| format!("opening {}/store.db", self.root.display()))
+        let identity = Identity {
+            node: state.config.store.clone(),
+            key: state.key.clone(),
+        };
+        Replica::open(
+            &self.path("store.db"),
+            identity,
+            state.hq_key,
+            Durability::Full,
+        )
+        .with_context(|| format!("opening {}/store.db", self.root.display()))
     }
 }

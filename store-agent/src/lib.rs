@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`config`]: the data folder (config, key, database).
-//! - [`run`]: the agent service: the realtime link to HQ.
+//! - [`pos`]: the POS API (HTTP on loopback).
+//! - [`run`]: the agent service: POS API and the realtime link to HQ.
 
 pub mod config;
+pub mod pos;
 pub mod run;

@@ -36,6 +36,9 @@ enum Command {
         /// The agent's data folder.
         #[arg(long, default_value = "store-data")]
         data: PathBuf,
+        /// Where the POS API will listen.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        pos_listen: std::net::SocketAddr,
     },
     /// Run the agent until SIGTERM or Ctrl-C.
     Run {
@@ -62,7 +65,9 @@ enum Command {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -77,19 +82,32 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
-        Command::Init { provision, data } => {
+        Command::Init {
+            provision,
+            data,
+            pos_listen,
+        } => {
             let dir = AgentDir::new(&data);
             if dir.exists() {
                 anyhow::bail!("{} already holds a store agent", data.display());
             }
-            let text = std::fs::read_to_string(&provision).with_context(|| format!("reading {}", provision.display()))?;
+            let text = std::fs::read_to_string(&provision)
+                .with_context(|| format!("reading {}", provision.display()))?;
             let provisioning = Provisioning::from_toml(&text)?;
             let key = SigningKey::generate(&mut rand::rng());
-            let hq = HqAddress { addr: provisioning.hq_addr, cert_der: provisioning.cert_der()? };
+            let hq = HqAddress {
+                addr: provisioning.hq_addr,
+                cert_der: provisioning.cert_der()?,
+            };
             let region = runtime()?
                 .block_on(enroll(&hq, &provisioning.store, &provisioning.token, &key))
-                .with_context(|| format!("enrolling {} at HQ {}", provisioning.store, provisioning.hq_addr))?;
-            dir.create(&provisioning, region.clone(), &key)?;
+                .with_context(|| {
+                    format!(
+                        "enrolling {} at HQ {}",
+                        provisioning.store, provisioning.hq_addr
+                    )
+                })?;
+            dir.create(&provisioning, region.clone(), &key, pos_listen)?;
             println!(
                 "store {} enrolled at HQ {} (region {region}); start it with: store-agent run --data {}",
                 provisioning.store,
@@ -113,8 +131,18 @@ fn main() -> Result<()> {
             let replica = dir.open_replica(&state)?;
             println!("{:<34} {:>8} {:>8}  halted", "stream", "head", "acked");
             for s in replica.stream_status()? {
-                let acked = if s.stream.origin == state.config.store { s.hub_acked_seq.to_string() } else { "-".into() };
-                println!("{:<34} {:>8} {:>8}  {}", s.stream.to_string(), s.head_seq, acked, s.halted_reason.unwrap_or_default());
+                let acked = if s.stream.origin == state.config.store {
+                    s.hub_acked_seq.to_string()
+                } else {
+                    "-".into()
+                };
+                println!(
+                    "{:<34} {:>8} {:>8}  {}",
+                    s.stream.to_string(),
+                    s.head_seq,
+                    acked,
+                    s.halted_reason.unwrap_or_default()
+                );
             }
             Ok(())
         }
@@ -129,8 +157,20 @@ fn main() -> Result<()> {
                 other => anyhow::bail!("unknown price kind `{other}`"),
             };
             let now = chainsync::transport::now_ms() as i64;
-            match replica.effective_price(&sku, kind, &state.config.store, &state.config.region, now)? {
-                Some(e) => println!("{sku} {}.{:02} ({}, entry {})", e.price_cents / 100, e.price_cents % 100, e.scope, e.id),
+            match replica.effective_price(
+                &sku,
+                kind,
+                &state.config.store,
+                &state.config.region,
+                now,
+            )? {
+                Some(e) => println!(
+                    "{sku} {}.{:02} ({}, entry {})",
+                    e.price_cents / 100,
+                    e.price_cents % 100,
+                    e.scope,
+                    e.id
+                ),
                 None => println!("{sku} has no price here"),
             }
             Ok(())

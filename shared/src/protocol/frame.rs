@@ -102,7 +102,11 @@ pub enum Frame {
     Notify { heads: Vec<WireCursor> },
     /// A new store's agent -> HQ, instead of Hello: enroll me with this key, here is my one-time
     /// token from the provisioning file.
-    Enroll { node: String, token: String, public_key: Vec<u8> },
+    Enroll {
+        node: String,
+        token: String,
+        public_key: Vec<u8>,
+    },
     /// HQ -> store: enrolled; the session ends and the agent connects again with Hello.
     Enrolled { region: String },
     /// Either way: the session ends, and why.

@@ -95,7 +95,9 @@ impl HubStore for Replica {
         public_key: [u8; 32],
         now_ms: u64,
     ) -> Result<Result<RegionId, String>, ReplicaError> {
-        Ok(Replica::enroll(self, node, token, public_key, now_ms)?.map(|info| info.region).map_err(|e| e.to_string()))
+        Ok(Replica::enroll(self, node, token, public_key, now_ms)?
+            .map(|info| info.region)
+            .map_err(|e| e.to_string()))
     }
 
     fn record_cursors(

@@ -272,20 +272,32 @@ impl HubSession {
                 self.state = HubState::AwaitAuth { peer, cursors };
                 out.frames.push(Frame::Challenge { nonce: self.nonce });
             }
-            (HubState::AwaitHello, Frame::Enroll { node, token, public_key }) => {
-                let node = NodeId::new(node).map_err(|e| SessionError::EnrollmentRefused(e.to_string()))?;
-                let key: [u8; 32] = public_key
-                    .try_into()
-                    .map_err(|_| SessionError::EnrollmentRefused("public key is not 32 bytes".into()))?;
+            (
+                HubState::AwaitHello,
+                Frame::Enroll {
+                    node,
+                    token,
+                    public_key,
+                },
+            ) => {
+                let node = NodeId::new(node)
+                    .map_err(|e| SessionError::EnrollmentRefused(e.to_string()))?;
+                let key: [u8; 32] = public_key.try_into().map_err(|_| {
+                    SessionError::EnrollmentRefused("public key is not 32 bytes".into())
+                })?;
                 if VerifyingKey::from_bytes(&key).is_err() {
-                    return Err(SessionError::EnrollmentRefused("public key is not an ed25519 key".into()));
+                    return Err(SessionError::EnrollmentRefused(
+                        "public key is not an ed25519 key".into(),
+                    ));
                 }
                 let region = store
                     .enroll(&node, &token, key, now_ms)
                     .map_err(storage)?
                     .map_err(SessionError::EnrollmentRefused)?;
                 self.state = HubState::Enrolled;
-                out.frames.push(Frame::Enrolled { region: region.to_string() });
+                out.frames.push(Frame::Enrolled {
+                    region: region.to_string(),
+                });
             }
             (HubState::AwaitAuth { peer, cursors }, Frame::Auth { signature }) => {
                 let sig: [u8; 64] = signature
@@ -373,17 +385,23 @@ fn still_enrolled<S: HubStore>(store: &S, node: &NodeId) -> Result<(), SessionEr
 
 /// The frame a new agent sends to enroll.
 pub fn enroll_frame(node: &NodeId, token: &str, key: &VerifyingKey) -> Frame {
-    Frame::Enroll { node: node.to_string(), token: token.to_owned(), public_key: key.to_bytes().to_vec() }
+    Frame::Enroll {
+        node: node.to_string(),
+        token: token.to_owned(),
+        public_key: key.to_bytes().to_vec(),
+    }
 }
 
 /// Reads HQ's answer to [`enroll_frame`]: the store's region, or why HQ refused.
 pub fn enroll_reply(frame: Frame) -> Result<RegionId, SessionError> {
     match frame {
-        Frame::Enrolled { region } => {
-            RegionId::new(region).map_err(|e| SessionError::Frame(FrameError::Malformed(e.to_string())))
-        }
+        Frame::Enrolled { region } => RegionId::new(region)
+            .map_err(|e| SessionError::Frame(FrameError::Malformed(e.to_string()))),
         Frame::Error { code, message } => Err(SessionError::Peer { code, message }),
-        other => Err(SessionError::Unexpected { frame: other.name(), state: "enrolling" }),
+        other => Err(SessionError::Unexpected {
+            frame: other.name(),
+            state: "enrolling",
+        }),
     }
 }
 

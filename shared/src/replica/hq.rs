@@ -32,7 +32,9 @@ pub enum EnrollError {
     #[error("wrong enrollment token for store {0}")]
     WrongToken(NodeId),
     /// The token was used already.
-    #[error("the enrollment token of store {0} was already used; ask HQ for a new provisioning file")]
+    #[error(
+        "the enrollment token of store {0} was already used; ask HQ for a new provisioning file"
+    )]
     TokenUsed(NodeId),
 }
 
@@ -54,9 +56,17 @@ pub(crate) fn mode_from_str(mode: &str) -> Option<StoreMode> {
 impl Replica {
     /// Adds a store (and its region, if new) pending enrollment with `token`. Adding a store
     /// that was added but not yet enrolled replaces its pending entry and token.
-    pub fn add_store(&mut self, store: &PendingStore, token: &str, now_ms: u64) -> Result<(), ReplicaError> {
+    pub fn add_store(
+        &mut self,
+        store: &PendingStore,
+        token: &str,
+        now_ms: u64,
+    ) -> Result<(), ReplicaError> {
         if self.store_info(&store.id)?.is_some() {
-            return Err(ReplicaError::Invalid(format!("store {} is already enrolled", store.id)));
+            return Err(ReplicaError::Invalid(format!(
+                "store {} is already enrolled",
+                store.id
+            )));
         }
         let known_region: bool = self.conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM regions WHERE id = ?1)",
@@ -64,7 +74,10 @@ impl Replica {
             |r| r.get(0),
         )?;
         if !known_region {
-            let region = Region { id: store.region.clone(), name: store.region.to_string() };
+            let region = Region {
+                id: store.region.clone(),
+                name: store.region.to_string(),
+            };
             self.commit_local(Topic::Directory, vec![Op::RegionUpsert(region)], now_ms)?;
         }
         self.conn.execute(
@@ -118,13 +131,18 @@ impl Replica {
             revoked: false,
         };
         let store_id = store.as_str().to_owned();
-        self.commit_local_with(Topic::Directory, vec![Op::StoreUpsert(info.clone())], now_ms, |tx| {
-            tx.execute(
-                "UPDATE enrollments SET used_ms = ?2 WHERE store = ?1",
-                params![store_id, now_ms as i64],
-            )
-            .map(|_| ())
-        })?;
+        self.commit_local_with(
+            Topic::Directory,
+            vec![Op::StoreUpsert(info.clone())],
+            now_ms,
+            |tx| {
+                tx.execute(
+                    "UPDATE enrollments SET used_ms = ?2 WHERE store = ?1",
+                    params![store_id, now_ms as i64],
+                )
+                .map(|_| ())
+            },
+        )?;
         Ok(Ok(info))
     }
 
@@ -135,11 +153,15 @@ impl Replica {
         now_ms: u64,
         change: impl FnOnce(&mut StoreInfo),
     ) -> Result<StoreInfo, ReplicaError> {
-        let mut info = self
-            .store_info(store)?
-            .ok_or_else(|| ReplicaError::Invalid(format!("store {store} is not in the directory")))?;
+        let mut info = self.store_info(store)?.ok_or_else(|| {
+            ReplicaError::Invalid(format!("store {store} is not in the directory"))
+        })?;
         change(&mut info);
-        self.commit_local(Topic::Directory, vec![Op::StoreUpsert(info.clone())], now_ms)?;
+        self.commit_local(
+            Topic::Directory,
+            vec![Op::StoreUpsert(info.clone())],
+            now_ms,
+        )?;
         Ok(info)
     }
 
@@ -149,7 +171,12 @@ impl Replica {
             .conn
             .prepare_cached("SELECT store, name, region, mode FROM enrollments WHERE used_ms IS NULL ORDER BY store")?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {

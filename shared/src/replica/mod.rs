@@ -24,8 +24,8 @@ mod hq;
 mod query;
 mod snapshot;
 
-pub use query::{StockRow, StreamStatus};
 pub use hq::{EnrollError, PendingStore};
+pub use query::{StockRow, StreamStatus};
 pub use snapshot::SnapshotLoad;
 
 use crate::changeset::{CHANGE_SET_FORMAT, ChangeSet, EncodeError, Op, SignedChangeSet};
@@ -238,7 +238,9 @@ impl Replica {
         let stream = StreamId::new(self.identity.node.clone(), topic);
         // IMMEDIATE: take the write lock before reading the head, so another process writing the
         // same database (a CLI beside the server) waits instead of racing for the same seq.
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let head = stream_head(&tx, &stream)?;
         let hlc = self.clock.tick(now_ms);
         let change_set = ChangeSet {

@@ -21,7 +21,9 @@ pub struct ReplicaHandle {
 
 impl ReplicaHandle {
     /// Moves `replica` onto its own thread. The thread ends when every handle is dropped.
-    pub fn spawn(mut replica: Replica) -> Result<(Self, std::thread::JoinHandle<()>), TransportError> {
+    pub fn spawn(
+        mut replica: Replica,
+    ) -> Result<(Self, std::thread::JoinHandle<()>), TransportError> {
         let (jobs, mut rx) = mpsc::channel::<Job>(REPLICA_QUEUE_MAX);
         let thread = std::thread::Builder::new()
             .name(format!("replica-{}", replica.node()))
@@ -44,7 +46,10 @@ impl ReplicaHandle {
             // The caller may have gone away; then nobody wants the answer.
             let _ = tx.send(f(replica));
         });
-        self.jobs.send(job).await.map_err(|_| TransportError::ReplicaGone)?;
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| TransportError::ReplicaGone)?;
         rx.await.map_err(|_| TransportError::ReplicaGone)
     }
 }

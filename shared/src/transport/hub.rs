@@ -49,7 +49,11 @@ impl Hub {
 
     /// Commits a change set at HQ (a price, a promotion, a directory change) and notifies every
     /// connected store that follows the stream.
-    pub async fn commit_local(&self, topic: Topic, ops: Vec<Op>) -> Result<Committed, TransportError> {
+    pub async fn commit_local(
+        &self,
+        topic: Topic,
+        ops: Vec<Op>,
+    ) -> Result<Committed, TransportError> {
         let committed = self
             .replica
             .call(move |r| r.commit_local(topic, ops, now_ms()))
@@ -122,13 +126,20 @@ impl Hub {
             // Reap finished tasks so the set does not grow with every connection ever made.
             while tasks.try_join_next().is_some() {}
         }
-        tracing::info!("sync endpoint stops accepting; waiting for {} connections", tasks.len());
+        tracing::info!(
+            "sync endpoint stops accepting; waiting for {} connections",
+            tasks.len()
+        );
         while tasks.join_next().await.is_some() {}
         endpoint.close(0u32.into(), b"hq shutting down");
         endpoint.wait_idle().await;
     }
 
-    async fn connection(&self, incoming: quinn::Incoming, mut shutdown: watch::Receiver<bool>) -> Result<(), TransportError> {
+    async fn connection(
+        &self,
+        incoming: quinn::Incoming,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), TransportError> {
         let conn = incoming.await?;
         let (mut send, mut recv) = conn.accept_bi().await?;
         let binding = tls::tls_binding(&conn)?;

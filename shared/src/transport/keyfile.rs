@@ -8,15 +8,20 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0} does not hold a 32-byte hex key")]
     NotAKey(String),
 }
 
 /// Reads a hex ed25519 signing key.
 pub fn read_key(path: &Path) -> Result<SigningKey, KeyFileError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| KeyFileError::Io { path: path.display().to_string(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
     let bytes: [u8; 32] = hex::decode(text.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -31,7 +36,10 @@ pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
 
 /// Writes a file only its owner may read.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyFileError> {
-    let io = |source| KeyFileError::Io { path: path.display().to_string(), source };
+    let io = |source| KeyFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     std::fs::write(path, bytes).map_err(io)?;
     #[cfg(unix)]
     {

@@ -43,11 +43,20 @@ pub struct LinkStatus {
 }
 
 async fn connect(hq: &HqAddress) -> Result<(quinn::Endpoint, quinn::Connection), TransportError> {
-    let bind: SocketAddr = if hq.addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let bind: SocketAddr = if hq.addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
     let mut endpoint = quinn::Endpoint::client(bind)?;
     endpoint.set_default_client_config(tls::client_config(&hq.cert_der)?);
-    let connect_err = |reason: String| TransportError::Connect { addr: hq.addr, reason };
-    let connecting = endpoint.connect(hq.addr, SERVER_NAME).map_err(|e| connect_err(e.to_string()))?;
+    let connect_err = |reason: String| TransportError::Connect {
+        addr: hq.addr,
+        reason,
+    };
+    let connecting = endpoint
+        .connect(hq.addr, SERVER_NAME)
+        .map_err(|e| connect_err(e.to_string()))?;
     let conn = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
         .await
         .map_err(|_| connect_err(format!("no answer within {CONNECT_TIMEOUT_MS} ms")))?
@@ -57,12 +66,23 @@ async fn connect(hq: &HqAddress) -> Result<(quinn::Endpoint, quinn::Connection),
 
 /// Enrolls this store at HQ with its freshly generated key and one-time token. Returns the
 /// store's region.
-pub async fn enroll(hq: &HqAddress, node: &NodeId, token: &str, key: &SigningKey) -> Result<RegionId, TransportError> {
+pub async fn enroll(
+    hq: &HqAddress,
+    node: &NodeId,
+    token: &str,
+    key: &SigningKey,
+) -> Result<RegionId, TransportError> {
     let (endpoint, conn) = connect(hq).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    write_frames(&mut send, &[enroll_frame(node, token, &key.verifying_key())]).await?;
+    write_frames(
+        &mut send,
+        &[enroll_frame(node, token, &key.verifying_key())],
+    )
+    .await?;
     let mut decoder = FrameDecoder::default();
-    let reply = read_frame(&mut recv, &mut decoder).await?.ok_or(TransportError::Closed)?;
+    let reply = read_frame(&mut recv, &mut decoder)
+        .await?
+        .ok_or(TransportError::Closed)?;
     let region = enroll_reply(reply)?;
     let _ = send.finish();
     conn.close(0u32.into(), b"enrolled");
@@ -118,7 +138,12 @@ impl RealtimeLink {
         let (endpoint, conn) = connect(&self.hq).await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let binding = tls::tls_binding(&conn)?;
-        let session = LeafSession::new(self.node.clone(), self.key.clone(), binding, self.poll_interval_ms);
+        let session = LeafSession::new(
+            self.node.clone(),
+            self.key.clone(),
+            binding,
+            self.poll_interval_ms,
+        );
         let (mut session, frames) = self
             .replica
             .call(move |r| {

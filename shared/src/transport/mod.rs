@@ -44,7 +44,10 @@ pub enum TransportError {
     #[error("tls: {0}")]
     Tls(String),
     #[error("cannot connect to HQ at {addr}: {reason}")]
-    Connect { addr: std::net::SocketAddr, reason: String },
+    Connect {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("stream: {0}")]
@@ -71,7 +74,9 @@ pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
 
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Reads until one frame is complete; `None` when the peer finished the stream cleanly.
@@ -94,7 +99,10 @@ pub(crate) async fn read_frame(
 }
 
 /// Writes frames in order.
-pub(crate) async fn write_frames(send: &mut quinn::SendStream, frames: &[Frame]) -> Result<(), TransportError> {
+pub(crate) async fn write_frames(
+    send: &mut quinn::SendStream,
+    frames: &[Frame],
+) -> Result<(), TransportError> {
     for frame in frames {
         send.write_all(&encode_frame(frame)?).await?;
     }

@@ -48,23 +48,33 @@ impl Provisioning {
         if text.len() > PROVISION_BYTES_MAX {
             return Err(ProvisionError::TooLarge(text.len()));
         }
-        let p: Provisioning = toml::from_str(text).map_err(|e| ProvisionError::Parse(e.to_string()))?;
+        let p: Provisioning =
+            toml::from_str(text).map_err(|e| ProvisionError::Parse(e.to_string()))?;
         p.cert_der()?;
         p.hq_key()?;
         if p.token.len() < 16 {
-            return Err(ProvisionError::Field { field: "token", reason: "too short to be a token".into() });
+            return Err(ProvisionError::Field {
+                field: "token",
+                reason: "too short to be a token".into(),
+            });
         }
         Ok(p)
     }
 
     /// HQ's certificate, DER.
     pub fn cert_der(&self) -> Result<Vec<u8>, ProvisionError> {
-        hex::decode(&self.hq_cert).map_err(|e| ProvisionError::Field { field: "hq_cert", reason: e.to_string() })
+        hex::decode(&self.hq_cert).map_err(|e| ProvisionError::Field {
+            field: "hq_cert",
+            reason: e.to_string(),
+        })
     }
 
     /// HQ's public key.
     pub fn hq_key(&self) -> Result<ed25519_dalek::VerifyingKey, ProvisionError> {
-        let bad = |reason: String| ProvisionError::Field { field: "hq_public_key", reason };
+        let bad = |reason: String| ProvisionError::Field {
+            field: "hq_public_key",
+            reason,
+        };
         let bytes: [u8; 32] = hex::decode(&self.hq_public_key)
             .map_err(|e| bad(e.to_string()))?
             .try_into()
