@@ -214,3 +214,21 @@ pub fn add_product(dir: &HqDir, product: chainsync::model::Product) -> Result<()
     );
     Ok(())
 }
+
+/// `hq-server token add`: a new HQ API token for `role` (`admin`, `readonly`, or `regional:<region>`).
+pub fn add_token(dir: &HqDir, name: &str, role: &str) -> Result<String> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let (role, region) = match role {
+        "admin" | "readonly" => (role, None),
+        other => match other.strip_prefix("regional:") {
+            Some(region) => ("regional", Some(RegionId::new(region)?)),
+            None => bail!("role `{other}` is not admin, readonly or regional:<region>"),
+        },
+    };
+    let mut bytes = [0u8; 24];
+    rand::fill(&mut bytes);
+    let token = hex::encode(bytes);
+    replica.add_api_token(&token, name, role, region.as_ref(), now_ms())?;
+    Ok(token)
+}

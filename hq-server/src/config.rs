@@ -26,6 +26,13 @@ pub struct HqConfig {
     pub listen: SocketAddr,
     /// Address stores dial, written into provisioning files. Default `127.0.0.1:7443`.
     pub public_addr: SocketAddr,
+    /// TCP address of the HQ API. Default `127.0.0.1:7080`.
+    #[serde(default = "default_api_listen")]
+    pub api_listen: SocketAddr,
+}
+
+fn default_api_listen() -> SocketAddr {
+    ([127, 0, 0, 1], 7080).into()
 }
 
 impl Default for HqConfig {
@@ -33,6 +40,7 @@ impl Default for HqConfig {
         Self {
             listen: ([0, 0, 0, 0], 7443).into(),
             public_addr: ([127, 0, 0, 1], 7443).into(),
+            api_listen: default_api_listen(),
         }
     }
 }
@@ -116,12 +124,15 @@ impl HqDir {
 
 /// The config file text: the values with a comment per field.
 pub fn config_text(config: &HqConfig) -> Result<String> {
-    Ok(format!(
-        "# chainsync HQ configuration\n\
-         # UDP address the QUIC sync endpoint listens on.\n\
-         listen = \"{}\"\n\
-         # Address stores dial; written into provisioning files.\n\
-         public_addr = \"{}\"\n",
-        config.listen, config.public_addr
-    ))
+    Ok([
+        "# chainsync HQ configuration".to_owned(),
+        "# UDP address the QUIC sync endpoint listens on.".to_owned(),
+        format!("listen = \"{}\"", config.listen),
+        "# Address stores dial; written into provisioning files.".to_owned(),
+        format!("public_addr = \"{}\"", config.public_addr),
+        "# TCP address of the HQ API (role-scoped tokens: `hq-server token add`).".to_owned(),
+        format!("api_listen = \"{}\"", config.api_listen),
+        String::new(),
+    ]
+    .join("\n"))
 }

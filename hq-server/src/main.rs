@@ -38,6 +38,9 @@ enum Command {
         /// Address stores dial (written into provisioning files).
         #[arg(long, default_value = "127.0.0.1:7443")]
         public_addr: SocketAddr,
+        /// TCP address of the HQ API.
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        api_listen: SocketAddr,
     },
     /// Run the sync endpoint until SIGTERM or Ctrl-C.
     Serve {
@@ -53,6 +56,9 @@ enum Command {
     /// Manage the catalog.
     #[command(subcommand)]
     Product(ProductCommand),
+    /// Manage HQ API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Run a small chain (HQ and four stores, each with its own SQLite replica) in one process:
     /// stores sell, HQ changes a price, everything syncs, and it prints consolidated stock.
     Demo {
@@ -95,6 +101,21 @@ enum StoreCommand {
     List {
         #[arg(long, default_value = "hq-data")]
         data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token and print it (it is stored hashed; it cannot be shown again).
+    Add {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        /// Who holds it, for the record.
+        #[arg(long)]
+        name: String,
+        /// admin, readonly, or regional:<region>.
+        #[arg(long)]
+        role: String,
     },
 }
 
@@ -165,11 +186,13 @@ fn main() -> Result<()> {
             data,
             listen,
             public_addr,
+            api_listen,
         } => {
             let dir = HqDir::new(&data);
             dir.init(&HqConfig {
                 listen,
                 public_addr,
+                api_listen,
             })?;
             println!(
                 "HQ created in {}; start it with: hq-server serve --data {}",
@@ -246,6 +269,10 @@ fn main() -> Result<()> {
                 active: true,
             };
             admin::add_product(&HqDir::new(&data), product)
+        }
+        Command::Token(TokenCommand::Add { data, name, role }) => {
+            println!("{}", admin::add_token(&HqDir::new(&data), &name, &role)?);
+            Ok(())
         }
         Command::Demo { data } => {
             let now_ms = chainsync::transport::now_ms();

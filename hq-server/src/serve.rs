@@ -22,7 +22,23 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
         let shutdown = shutdown.clone();
         tokio::spawn(async move { hub.watch_heads(shutdown).await })
     };
+    let listener = tokio::net::TcpListener::bind(state.config.api_listen)
+        .await
+        .with_context(|| format!("HQ API cannot listen on {}", state.config.api_listen))?;
+    tracing::info!(api = %listener.local_addr()?, "HQ API listening");
+    let api = {
+        let mut shutdown = shutdown.clone();
+        let app = crate::api::router(hub.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    chainsync::transport::stopped(&mut shutdown).await
+                })
+                .await
+        })
+    };
     hub.serve(endpoint, shutdown).await;
+    api.await.context("HQ API task")?.context("HQ API")?;
     watcher.await.context("heads watcher")?;
     drop(hub);
     thread

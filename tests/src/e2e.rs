@@ -125,20 +125,25 @@ fn run(cmd: &mut Command) -> Output {
 pub struct Hq {
     pub data: PathBuf,
     pub addr: SocketAddr,
+    pub api: SocketAddr,
 }
 
 impl Hq {
     /// `hq-server init` in `root/hq` on a free loopback port.
     pub fn init(root: &Path) -> Hq {
         let addr: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+        let api: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
         let data = root.join("hq");
-        let hq = Hq { data, addr };
+        let hq = Hq { data, addr, api };
+        let (addr, api) = (addr.to_string(), api.to_string());
         hq.cli_ok(&[
             "init",
             "--listen",
-            &addr.to_string(),
+            &addr,
             "--public-addr",
-            &addr.to_string(),
+            &addr,
+            "--api-listen",
+            &api,
         ]);
         hq
     }
@@ -194,6 +199,19 @@ impl Hq {
             &out.to_string_lossy(),
         ]);
         out
+    }
+
+    /// Creates an HQ API token for `role` (admin, readonly, regional:<region>).
+    pub fn token(&self, role: &str) -> String {
+        self.cli_ok(&["token", "add", "--name", "test", "--role", role])
+            .trim()
+            .to_owned()
+    }
+
+    /// An HQ API request with `token`.
+    pub fn api(&self, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string().into_bytes());
+        http(self.api, method, path, Some(token), body.as_deref()).expect("HQ API request")
     }
 
     /// Opens HQ's replica read-side, beside a running server (WAL allows it).

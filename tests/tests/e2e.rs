@@ -244,7 +244,7 @@ fn garbage_datagrams_and_bad_pos_requests_change_nothing() {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..200u32 {
         let junk: Vec<u8> = (0..(i % 1200 + 1))
-            .map(|b| (b as u32 * 31 + i) as u8)
+            .map(|b| (b * 31 + i) as u8)
             .collect();
         socket.send_to(&junk, hq.addr).unwrap();
     }
@@ -311,4 +311,97 @@ fn garbage_datagrams_and_bad_pos_requests_change_nothing() {
     wait_until(WAIT, "the good sale at HQ", || {
         (replica.receipt_count().unwrap() == 1).then_some(())
     });
+}
+
+// The HQ API: an admin sets a price that reaches the stores; a regional manager sees only their
+// region (403 for the other), cannot price outside it, and reads consolidated stock with its
+// freshness; a read-only token cannot write; a bad token is refused.
+#[test]
+fn hq_api_roles_consolidated_stock_and_prices() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let p1 = hq.add_store("S001", "north");
+    let p3 = hq.add_store("S003", "south");
+    let _hq_proc = hq.start();
+    let a1 = Agent::init(dir.path(), "S001", &p1).unwrap();
+    let a3 = Agent::init(dir.path(), "S003", &p3).unwrap();
+    let (_x, _y) = (a1.start(), a3.start());
+    for a in [&a1, &a3] {
+        wait_until(WAIT, "the catalog at the store", || {
+            (price_at(a) == 129).then_some(())
+        });
+        let (status, body) = a.send(
+            "POST",
+            "/v1/stock/received",
+            &json!({ "sku": "cola", "qty": 24 }),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    sell(&a1, 4);
+    let admin = hq.token("admin");
+    let north = hq.token("regional:north");
+    let readonly = hq.token("readonly");
+
+    let (status, body) = hq.api(
+        &admin,
+        "POST",
+        "/v1/prices",
+        Some(&json!({ "sku": "cola", "scope": "store:S003", "price_cents": 111 })),
+    );
+    assert_eq!(status, 201, "{body}");
+    wait_until(WAIT, "the store price at S003", || {
+        (price_at(&a3) == 111).then_some(())
+    });
+
+    wait_until(WAIT, "S001's stock at HQ", || {
+        let (_, body) = hq.api(&north, "GET", "/v1/stock?sku=cola", None);
+        (body["totals"]["cola"] == 20).then_some(body)
+    });
+    let (status, body) = hq.api(&north, "GET", "/v1/stock", None);
+    assert_eq!(status, 200);
+    let rows = body["rows"].as_array().unwrap();
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r["region"] == "north"),
+        "only north: {body}"
+    );
+    assert!(
+        rows.iter().all(|r| r["as_of_ms"].as_i64().is_some()),
+        "each figure says how fresh it is: {body}"
+    );
+    let (status, _) = hq.api(&north, "GET", "/v1/stock?region=south", None);
+    assert_eq!(status, 403);
+    let (status, _) = hq.api(&north, "GET", "/v1/stock?store=S003", None);
+    assert_eq!(status, 403);
+    wait_until(WAIT, "both stores' stock at HQ", || {
+        let (_, body) = hq.api(&admin, "GET", "/v1/stock?sku=cola", None);
+        (body["totals"]["cola"] == 44).then_some(())
+    });
+
+    let south_price = json!({ "sku": "cola", "scope": "region:south", "price_cents": 1 });
+    let (status, body) = hq.api(&north, "POST", "/v1/prices", Some(&south_price));
+    assert_eq!(status, 403, "{body}");
+    let north_price = json!({ "sku": "cola", "scope": "region:north", "price_cents": 105 });
+    let (status, body) = hq.api(&north, "POST", "/v1/prices", Some(&north_price));
+    assert_eq!(status, 201, "{body}");
+    wait_until(WAIT, "the north price at S001", || {
+        (price_at(&a1) == 105).then_some(())
+    });
+    let (status, _) = hq.api(&readonly, "POST", "/v1/prices", Some(&north_price));
+    assert_eq!(status, 403);
+    let (status, body) = hq.api(
+        &admin,
+        "POST",
+        "/v1/prices",
+        Some(&json!({ "sku": "tea", "scope": "chain", "price_cents": 1 })),
+    );
+    assert_eq!(status, 422, "{body}");
+    let (status, _) = hq.api("not-a-token", "GET", "/v1/stores", None);
+    assert_eq!(status, 401);
+
+    let (status, body) = hq.api(&north, "GET", "/v1/stores", None);
+    assert_eq!(status, 200);
+    assert_eq!(body["stores"].as_array().unwrap().len(), 1, "{body}");
+    let (_, body) = hq.api(&north, "GET", "/v1/sales", None);
+    assert_eq!(body["rows"][0]["receipts"], 1, "{body}");
+    assert_eq!(body["rows"][0]["store"], "S001", "{body}");
 }

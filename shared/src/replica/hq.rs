@@ -38,6 +38,9 @@ pub enum EnrollError {
     TokenUsed(NodeId),
 }
 
+/// `(name, region, mode, token hash, used at)` of a pending enrollment.
+type EnrollmentRow = (String, String, String, Vec<u8>, Option<i64>);
+
 /// blake3 of a token, as stored.
 fn token_hash(token: &str) -> [u8; 32] {
     *blake3::hash(token.as_bytes()).as_bytes()
@@ -103,7 +106,7 @@ impl Replica {
         public_key: [u8; 32],
         now_ms: u64,
     ) -> Result<Result<StoreInfo, EnrollError>, ReplicaError> {
-        let row: Option<(String, String, String, Vec<u8>, Option<i64>)> = self
+        let row: Option<EnrollmentRow> = self
             .conn
             .query_row(
                 "SELECT name, region, mode, token_hash, used_ms FROM enrollments WHERE store = ?1",

@@ -22,10 +22,12 @@
 mod apply;
 mod hq;
 mod query;
+mod report;
 mod snapshot;
 
 pub use hq::{EnrollError, PendingStore};
 pub use query::{StockRow, StreamStatus};
+pub use report::{SalesReportRow, StockFilter, StockReportRow, StoreReportRow};
 pub use snapshot::SnapshotLoad;
 
 use crate::changeset::{CHANGE_SET_FORMAT, ChangeSet, EncodeError, Op, SignedChangeSet};

@@ -157,3 +157,12 @@ CREATE TABLE enrollments (
     created_ms  INTEGER NOT NULL,
     used_ms     INTEGER
 ) WITHOUT ROWID;
+
+-- HQ only: API tokens (blake3 of the token) and the role each grants.
+CREATE TABLE api_tokens (
+    token_hash BLOB PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    role       TEXT    NOT NULL,   -- admin, readonly, regional
+    region     TEXT,               -- regional managers only
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
