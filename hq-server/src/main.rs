@@ -1,20 +1,65 @@
 //! `hq-server` command line.
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use chainsync::ids::{NodeId, Scope, Sku};
+use chainsync::replica::PendingStore;
+use clap::{Parser, Subcommand, ValueEnum};
+use hq_server::admin::{self, PriceRequest};
+use hq_server::config::{HqConfig, HqDir};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Parser)]
 #[command(name = "hq-server", version, about = "chainsync headquarters server")]
 struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run a small chain (HQ and four stores, each with its own SQLite replica) on this machine:
+    /// Create a new HQ: signing key, TLS certificate, config and database in --data.
+    Init {
+        /// HQ's data folder.
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        /// UDP address the sync endpoint listens on.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: SocketAddr,
+        /// Address stores dial (written into provisioning files).
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        public_addr: SocketAddr,
+        /// TCP address of the HQ API.
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        api_listen: SocketAddr,
+    },
+    /// Run the sync endpoint until SIGTERM or Ctrl-C.
+    Serve {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+    /// Manage stores.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Manage prices.
+    #[command(subcommand)]
+    Price(PriceCommand),
+    /// Manage the catalog.
+    #[command(subcommand)]
+    Product(ProductCommand),
+    /// Manage HQ API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Run a small chain (HQ and four stores, each with its own SQLite replica) in one process:
     /// stores sell, HQ changes a price, everything syncs, and it prints consolidated stock.
     Demo {
         /// Folder for the demo's databases (default: a new folder in the system temp folder).
@@ -23,17 +68,240 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Register a store and write its provisioning file (carry it to the store).
+    Add {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        /// Store id, e.g. S017.
+        #[arg(long)]
+        id: NodeId,
+        /// Store name.
+        #[arg(long)]
+        name: String,
+        /// Region id, e.g. north.
+        #[arg(long)]
+        region: String,
+        /// realtime, batch or hosted.
+        #[arg(long, default_value = "realtime")]
+        mode: String,
+        /// Where to write the provisioning file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Cut a store off: its connections are refused and its change sets rejected.
+    Revoke {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        id: NodeId,
+    },
+    /// List stores with their state and when HQ last heard from them.
+    List {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token and print it (it is stored hashed; it cannot be shown again).
+    Add {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        /// Who holds it, for the record.
+        #[arg(long)]
+        name: String,
+        /// admin, readonly, or regional:<region>.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProductCommand {
+    /// Add a product, or replace it if the sku exists.
+    Add {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        sku: Sku,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "general")]
+        category: String,
+        /// Unit cost, e.g. 0.55 (for margins).
+        #[arg(long, default_value = "0")]
+        cost: String,
+        /// Barcodes (repeat the flag for several).
+        #[arg(long)]
+        barcode: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PriceCommand {
+    /// Set the price of a sku for a scope, now or from a given time.
+    Set {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        sku: Sku,
+        /// Price, e.g. 1.29.
+        #[arg(long)]
+        price: String,
+        /// chain, region:<id> or store:<id>.
+        #[arg(long, default_value = "chain")]
+        scope: Scope,
+        /// retail, member or wholesale.
+        #[arg(long, default_value = "retail")]
+        kind: String,
+        /// In effect from (Unix ms; default now).
+        #[arg(long)]
+        from_ms: Option<i64>,
+        /// In effect until (Unix ms, exclusive; default open-ended).
+        #[arg(long)]
+        to_ms: Option<i64>,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("system clock before 1970")?
-        .as_millis() as u64;
+    init_logs(cli.log_format);
     match cli.command {
+        Command::Init {
+            data,
+            listen,
+            public_addr,
+            api_listen,
+        } => {
+            let dir = HqDir::new(&data);
+            dir.init(&HqConfig {
+                listen,
+                public_addr,
+                api_listen,
+            })?;
+            println!(
+                "HQ created in {}; start it with: hq-server serve --data {}",
+                data.display(),
+                data.display()
+            );
+            Ok(())
+        }
+        Command::Serve { data } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(async {
+                let (stop, shutdown) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("shutdown requested");
+                    let _ = stop.send(true);
+                });
+                hq_server::serve::serve(&HqDir::new(&data), shutdown).await
+            })
+        }
+        Command::Store(StoreCommand::Add {
+            data,
+            id,
+            name,
+            region,
+            mode,
+            out,
+        }) => {
+            let store = PendingStore {
+                id,
+                name,
+                region: admin::parse_region(&region)?,
+                mode: admin::parse_mode(&mode)?,
+            };
+            admin::add_store(&HqDir::new(&data), store, &out)
+        }
+        Command::Store(StoreCommand::Revoke { data, id }) => {
+            admin::revoke_store(&HqDir::new(&data), &id)
+        }
+        Command::Store(StoreCommand::List { data }) => admin::list_stores(&HqDir::new(&data)),
+        Command::Price(PriceCommand::Set {
+            data,
+            sku,
+            price,
+            scope,
+            kind,
+            from_ms,
+            to_ms,
+        }) => {
+            let req = PriceRequest {
+                sku,
+                scope,
+                kind: admin::parse_kind(&kind)?,
+                price_cents: admin::parse_cents(&price)?,
+                effective_from_ms: from_ms,
+                effective_to_ms: to_ms,
+            };
+            admin::set_price(&HqDir::new(&data), req)
+        }
+        Command::Product(ProductCommand::Add {
+            data,
+            sku,
+            name,
+            category,
+            cost,
+            barcode,
+        }) => {
+            let product = chainsync::model::Product {
+                sku,
+                name,
+                category,
+                barcodes: barcode,
+                unit_cost_cents: admin::parse_cents(&cost)?,
+                active: true,
+            };
+            admin::add_product(&HqDir::new(&data), product)
+        }
+        Command::Token(TokenCommand::Add { data, name, role }) => {
+            println!("{}", admin::add_token(&HqDir::new(&data), &name, &role)?);
+            Ok(())
+        }
         Command::Demo { data } => {
+            let now_ms = chainsync::transport::now_ms();
             let dir = data
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("chainsync-demo-{now_ms}")));
             hq_server::demo::run(&dir, now_ms)
         }
+    }
+}
+
+/// Resolves on Ctrl-C or (on Unix) SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -95,7 +95,8 @@ macro_rules! string_id {
         }
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                // pad, not write_str: honours width and alignment in tables.
+                f.pad(&self.0)
             }
         }
         impl std::str::FromStr for $name {

@@ -22,4 +22,5 @@ pub mod merge;
 pub mod model;
 pub mod protocol;
 pub mod replica;
+pub mod transport;
 pub mod validate;

@@ -64,6 +64,7 @@ pub enum ErrorCode {
     NotEnrolled,
     Revoked,
     AuthFailed,
+    EnrollmentRefused,
     BadFrame,
     Unexpected,
     Internal,
@@ -99,6 +100,15 @@ pub enum Frame {
     },
     /// HQ -> store: these streams moved.
     Notify { heads: Vec<WireCursor> },
+    /// A new store's agent -> HQ, instead of Hello: enroll me with this key, here is my one-time
+    /// token from the provisioning file.
+    Enroll {
+        node: String,
+        token: String,
+        public_key: Vec<u8>,
+    },
+    /// HQ -> store: enrolled; the session ends and the agent connects again with Hello.
+    Enrolled { region: String },
     /// Either way: the session ends, and why.
     Error { code: ErrorCode, message: String },
 }
@@ -116,6 +126,8 @@ impl Frame {
             Frame::Pull { .. } => "Pull",
             Frame::Batch { .. } => "Batch",
             Frame::Notify { .. } => "Notify",
+            Frame::Enroll { .. } => "Enroll",
+            Frame::Enrolled { .. } => "Enrolled",
             Frame::Error { .. } => "Error",
         }
     }

@@ -15,7 +15,7 @@ pub use session::{
 };
 
 use crate::changeset::SignedChangeSet;
-use crate::ids::{NodeId, StreamId};
+use crate::ids::{NodeId, RegionId, StreamId};
 use crate::replica::{BatchReport, Replica, ReplicaError};
 use ed25519_dalek::VerifyingKey;
 use std::collections::BTreeMap;
@@ -86,6 +86,18 @@ impl HubStore for Replica {
             }
         }
         Ok((out, false))
+    }
+
+    fn enroll(
+        &mut self,
+        node: &NodeId,
+        token: &str,
+        public_key: [u8; 32],
+        now_ms: u64,
+    ) -> Result<Result<RegionId, String>, ReplicaError> {
+        Ok(Replica::enroll(self, node, token, public_key, now_ms)?
+            .map(|info| info.region)
+            .map_err(|e| e.to_string()))
     }
 
     fn record_cursors(

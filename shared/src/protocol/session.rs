@@ -66,6 +66,8 @@ pub enum SessionError {
     Revoked(NodeId),
     #[error("authentication failed for {0}: the signature does not match the enrolled key")]
     AuthFailed(NodeId),
+    #[error("enrollment refused: {0}")]
+    EnrollmentRefused(String),
     #[error("unexpected {frame} frame while {state}")]
     Unexpected {
         frame: &'static str,
@@ -88,6 +90,7 @@ impl SessionError {
             SessionError::NotEnrolled(_) => ErrorCode::NotEnrolled,
             SessionError::Revoked(_) => ErrorCode::Revoked,
             SessionError::AuthFailed(_) => ErrorCode::AuthFailed,
+            SessionError::EnrollmentRefused(_) => ErrorCode::EnrollmentRefused,
             SessionError::Unexpected { .. }
             | SessionError::Peer { .. }
             | SessionError::Timeout(_) => ErrorCode::Unexpected,
@@ -152,6 +155,15 @@ pub trait HubStore {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<(Vec<SignedChangeSet>, bool), Self::Error>;
+    /// Enrolls `node` with `public_key` if `token` is its unused one-time token; the inner `Err`
+    /// is the refusal to tell the agent. Returns the store's region.
+    fn enroll(
+        &mut self,
+        node: &NodeId,
+        token: &str,
+        public_key: [u8; 32],
+        now_ms: u64,
+    ) -> Result<Result<RegionId, String>, Self::Error>;
     /// Remembers how far `peer` holds what it follows.
     fn record_cursors(
         &mut self,
@@ -196,6 +208,8 @@ pub struct HubOutput {
 
 enum HubState {
     AwaitHello,
+    /// Enrollment answered; nothing more is accepted.
+    Enrolled,
     AwaitAuth {
         peer: PeerInfo,
         cursors: Vec<(StreamId, u64)>,
@@ -258,6 +272,33 @@ impl HubSession {
                 self.state = HubState::AwaitAuth { peer, cursors };
                 out.frames.push(Frame::Challenge { nonce: self.nonce });
             }
+            (
+                HubState::AwaitHello,
+                Frame::Enroll {
+                    node,
+                    token,
+                    public_key,
+                },
+            ) => {
+                let node = NodeId::new(node)
+                    .map_err(|e| SessionError::EnrollmentRefused(e.to_string()))?;
+                let key: [u8; 32] = public_key.try_into().map_err(|_| {
+                    SessionError::EnrollmentRefused("public key is not 32 bytes".into())
+                })?;
+                if VerifyingKey::from_bytes(&key).is_err() {
+                    return Err(SessionError::EnrollmentRefused(
+                        "public key is not an ed25519 key".into(),
+                    ));
+                }
+                let region = store
+                    .enroll(&node, &token, key, now_ms)
+                    .map_err(storage)?
+                    .map_err(SessionError::EnrollmentRefused)?;
+                self.state = HubState::Enrolled;
+                out.frames.push(Frame::Enrolled {
+                    region: region.to_string(),
+                });
+            }
             (HubState::AwaitAuth { peer, cursors }, Frame::Auth { signature }) => {
                 let sig: [u8; 64] = signature
                     .try_into()
@@ -277,6 +318,7 @@ impl HubSession {
                 self.state = HubState::Open { peer };
             }
             (HubState::Open { peer }, Frame::Push { change_sets }) => {
+                still_enrolled(store, &peer.node)?;
                 let batch = from_wire_change_sets(change_sets)?;
                 let report = store
                     .apply_push(&peer.node, &batch, now_ms)
@@ -290,6 +332,7 @@ impl HubSession {
                 });
             }
             (HubState::Open { peer }, Frame::Pull { cursors }) => {
+                still_enrolled(store, &peer.node)?;
                 let cursors = from_wire_cursors(cursors)?;
                 store
                     .record_cursors(&peer.node, &cursors, now_ms)
@@ -304,6 +347,7 @@ impl HubSession {
             (state, frame) => {
                 let state = match state {
                     HubState::AwaitHello => "waiting for Hello",
+                    HubState::Enrolled => "enrolled (reconnect with Hello)",
                     HubState::AwaitAuth { .. } => "waiting for Auth",
                     HubState::Open { .. } => "open",
                 };
@@ -327,6 +371,37 @@ impl HubSession {
         (!heads.is_empty()).then(|| Frame::Notify {
             heads: to_wire_cursors(&heads),
         })
+    }
+}
+
+/// Fails with `Revoked` once HQ has revoked `node`, so a live session ends at its next frame.
+fn still_enrolled<S: HubStore>(store: &S, node: &NodeId) -> Result<(), SessionError> {
+    match store.peer(node).map_err(storage)? {
+        Some(peer) if !peer.revoked => Ok(()),
+        Some(_) => Err(SessionError::Revoked(node.clone())),
+        None => Err(SessionError::NotEnrolled(node.to_string())),
+    }
+}
+
+/// The frame a new agent sends to enroll.
+pub fn enroll_frame(node: &NodeId, token: &str, key: &VerifyingKey) -> Frame {
+    Frame::Enroll {
+        node: node.to_string(),
+        token: token.to_owned(),
+        public_key: key.to_bytes().to_vec(),
+    }
+}
+
+/// Reads HQ's answer to [`enroll_frame`]: the store's region, or why HQ refused.
+pub fn enroll_reply(frame: Frame) -> Result<RegionId, SessionError> {
+    match frame {
+        Frame::Enrolled { region } => RegionId::new(region)
+            .map_err(|e| SessionError::Frame(FrameError::Malformed(e.to_string()))),
+        Frame::Error { code, message } => Err(SessionError::Peer { code, message }),
+        other => Err(SessionError::Unexpected {
+            frame: other.name(),
+            state: "enrolling",
+        }),
     }
 }
 

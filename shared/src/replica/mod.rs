@@ -20,10 +20,14 @@
 //!   the hub says it made it durable.
 
 mod apply;
+mod hq;
 mod query;
+mod report;
 mod snapshot;
 
+pub use hq::{EnrollError, PendingStore};
 pub use query::{StockRow, StreamStatus};
+pub use report::{SalesReportRow, StockFilter, StockReportRow, StoreReportRow};
 pub use snapshot::SnapshotLoad;
 
 use crate::changeset::{CHANGE_SET_FORMAT, ChangeSet, EncodeError, Op, SignedChangeSet};
@@ -72,6 +76,9 @@ pub enum ReplicaError {
     /// A snapshot failed validation.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A request that cannot be carried out as asked (e.g. adding a store twice).
+    #[error("{0}")]
+    Invalid(String),
     /// Stored data does not decode: the file was damaged or written by a broken build.
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
@@ -218,8 +225,24 @@ impl Replica {
         ops: Vec<Op>,
         now_ms: u64,
     ) -> Result<Committed, ReplicaError> {
+        self.commit_local_with(topic, ops, now_ms, |_| Ok(()))
+    }
+
+    /// [`Replica::commit_local`], running `also` inside the same transaction (for node-local
+    /// bookkeeping that must commit with the change set or not at all).
+    pub(crate) fn commit_local_with(
+        &mut self,
+        topic: Topic,
+        ops: Vec<Op>,
+        now_ms: u64,
+        also: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+    ) -> Result<Committed, ReplicaError> {
         let stream = StreamId::new(self.identity.node.clone(), topic);
-        let tx = self.conn.transaction()?;
+        // IMMEDIATE: take the write lock before reading the head, so another process writing the
+        // same database (a CLI beside the server) waits instead of racing for the same seq.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let head = stream_head(&tx, &stream)?;
         let hlc = self.clock.tick(now_ms);
         let change_set = ChangeSet {
@@ -246,6 +269,7 @@ impl Replica {
             Err(e) => return Err(ReplicaError::Refused(e)),
         };
         append(&tx, &verified, &signed, now_ms)?;
+        also(&tx)?;
         put_meta(
             &tx,
             "hlc",

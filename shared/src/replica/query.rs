@@ -9,7 +9,7 @@ use crate::hlc::Hlc;
 use crate::ids::{MemberId, NodeId, RegionId, Sku, StreamId};
 use crate::merge::{self, FieldValue};
 use crate::model::{
-    LedgerAccount, PriceEntry, PriceKind, ProfileField, Promotion, StoreInfo, StoreMode,
+    LedgerAccount, PriceEntry, PriceKind, Product, ProfileField, Promotion, StoreInfo, StoreMode,
 };
 use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeMap;
@@ -252,6 +252,25 @@ impl Replica {
             may_set_own_prices,
             revoked,
         }))
+    }
+
+    /// A product of the catalog.
+    pub fn product(&self, sku: &Sku) -> Result<Option<Product>, ReplicaError> {
+        let body: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT body FROM products WHERE sku = ?1")?
+            .query_row(params![sku.as_str()], |r| r.get(0))
+            .optional()?;
+        body.map(|b| decode("product", &b)).transpose()
+    }
+
+    /// Whether a receipt is held here, and whether it was voided.
+    pub fn receipt_state(&self, id: &str) -> Result<Option<bool>, ReplicaError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT voided FROM receipts WHERE id = ?1")?
+            .query_row(params![id], |r| r.get::<_, bool>(0))
+            .optional()?)
     }
 
     /// Ids of every store in the directory, sorted.

@@ -146,3 +146,23 @@ CREATE TABLE voids (
     at_ms    INTEGER NOT NULL,
     reason   TEXT    NOT NULL
 ) WITHOUT ROWID;
+
+-- HQ only: stores added but not yet enrolled, and their one-time tokens (blake3 of the token).
+CREATE TABLE enrollments (
+    store       TEXT PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    region      TEXT    NOT NULL,
+    mode        TEXT    NOT NULL,
+    token_hash  BLOB    NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    used_ms     INTEGER
+) WITHOUT ROWID;
+
+-- HQ only: API tokens (blake3 of the token) and the role each grants.
+CREATE TABLE api_tokens (
+    token_hash BLOB PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    role       TEXT    NOT NULL,   -- admin, readonly, regional
+    region     TEXT,               -- regional managers only
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -1,0 +1,234 @@
+//! HQ's administrative commands, run against the data folder: add, list and revoke stores, set
+//! prices. They write HQ's database directly; a running `hq-server serve` notices the new change
+//! sets within [`chainsync::transport::hub::HEADS_POLL_MS`] and notifies the stores.
+
+use crate::config::HqDir;
+use anyhow::{Context, Result, bail};
+use chainsync::changeset::Op;
+use chainsync::ids::{NodeId, RecordId, RegionId, Scope, Sku, Topic};
+use chainsync::model::{PriceEntry, PriceKind, StoreMode};
+use chainsync::replica::PendingStore;
+use chainsync::transport::now_ms;
+use chainsync::transport::provision::Provisioning;
+use std::path::Path;
+
+/// Parses a store mode name.
+pub fn parse_mode(mode: &str) -> Result<StoreMode> {
+    Ok(match mode {
+        "realtime" => StoreMode::Realtime,
+        "batch" => StoreMode::Batch,
+        "hosted" => StoreMode::Hosted,
+        other => bail!("unknown store mode `{other}` (realtime, batch or hosted)"),
+    })
+}
+
+/// Parses a price kind name.
+pub fn parse_kind(kind: &str) -> Result<PriceKind> {
+    Ok(match kind {
+        "retail" => PriceKind::Retail,
+        "member" => PriceKind::Member,
+        "wholesale" => PriceKind::Wholesale,
+        other => bail!("unknown price kind `{other}` (retail, member or wholesale)"),
+    })
+}
+
+/// Parses a money amount like `1.29` or `12` into cents.
+pub fn parse_cents(text: &str) -> Result<i64> {
+    let bad = || format!("`{text}` is not an amount like 1.29");
+    let (units, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if units.is_empty() || fraction.len() > 2 || !units.bytes().all(|b| b.is_ascii_digit()) {
+        bail!(bad());
+    }
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        bail!(bad());
+    }
+    let units: i64 = units.parse().with_context(bad)?;
+    let fraction: i64 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<2}").parse().with_context(bad)?
+    };
+    units
+        .checked_mul(100)
+        .and_then(|c| c.checked_add(fraction))
+        .with_context(bad)
+}
+
+/// `hq-server store add`: registers a store and writes its provisioning file.
+pub fn add_store(dir: &HqDir, store: PendingStore, out: &Path) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let mut token_bytes = [0u8; 24];
+    rand::fill(&mut token_bytes);
+    let token = hex::encode(token_bytes);
+    replica.add_store(&store, &token, now_ms())?;
+    let provisioning = Provisioning {
+        store: store.id.clone(),
+        hq_addr: state.config.public_addr,
+        hq_cert: hex::encode(&state.cert.cert_der),
+        hq_public_key: hex::encode(state.key.verifying_key().to_bytes()),
+        token,
+    };
+    chainsync::transport::keyfile::write_secret(out, provisioning.to_toml()?.as_bytes())?;
+    println!(
+        "added store {} ({}, region {}, {}); provisioning file: {}",
+        store.id,
+        store.name,
+        store.region,
+        store.mode.as_str(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `hq-server store revoke`.
+pub fn revoke_store(dir: &HqDir, store: &NodeId) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    replica.update_store(store, now_ms(), |info| info.revoked = true)?;
+    println!("revoked store {store}: its connections are refused and its change sets rejected");
+    Ok(())
+}
+
+/// `hq-server store list`.
+pub fn list_stores(dir: &HqDir) -> Result<()> {
+    let state = dir.load()?;
+    let replica = dir.open_replica(&state.key)?;
+    let status = replica.stream_status()?;
+    println!(
+        "{:<10} {:<24} {:<10} {:<9} {:<8} last change set applied",
+        "store", "name", "region", "mode", "state"
+    );
+    for id in replica.store_ids()? {
+        let Some(info) = replica.store_info(&id)? else {
+            continue;
+        };
+        let last = status
+            .iter()
+            .filter(|s| s.stream.origin == id)
+            .filter_map(|s| s.last_applied_ms)
+            .max();
+        let last = last.map_or("never".to_owned(), |t| {
+            format!("{} s ago", now_ms().saturating_sub(t) / 1000)
+        });
+        let state = if info.revoked { "revoked" } else { "enrolled" };
+        println!(
+            "{:<10} {:<24} {:<10} {:<9} {:<8} {last}",
+            id,
+            info.name,
+            info.region,
+            info.mode.as_str(),
+            state
+        );
+    }
+    for pending in replica.pending_stores()? {
+        println!(
+            "{:<10} {:<24} {:<10} {:<9} {:<8} -",
+            pending.id,
+            pending.name,
+            pending.region,
+            pending.mode.as_str(),
+            "pending"
+        );
+    }
+    Ok(())
+}
+
+/// What `hq-server price set` asks for.
+pub struct PriceRequest {
+    pub sku: Sku,
+    pub scope: Scope,
+    pub kind: PriceKind,
+    pub price_cents: i64,
+    pub effective_from_ms: Option<i64>,
+    pub effective_to_ms: Option<i64>,
+}
+
+/// `hq-server price set`: a price entry in its scope's stream. An entry is identified by sku, kind
+/// and start time, so setting a price again for the same start replaces it, and a future price
+/// stands beside today's until it takes over.
+pub fn set_price(dir: &HqDir, req: PriceRequest) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let from = req.effective_from_ms.unwrap_or(now_ms() as i64);
+    if req.effective_to_ms.is_some_and(|to| to <= from) {
+        bail!("effective_to must come after effective_from");
+    }
+    if req.price_cents < 0 {
+        bail!("a price cannot be negative");
+    }
+    let kind = match req.kind {
+        PriceKind::Retail => "r",
+        PriceKind::Member => "m",
+        PriceKind::Wholesale => "w",
+    };
+    let id = RecordId::new(format!("hq-{}.{kind}.{from}", req.sku))
+        .with_context(|| format!("sku {} is too long to name a price entry", req.sku))?;
+    if let Scope::Region(region) = &req.scope
+        && !replica.store_ids()?.iter().any(|s| {
+            replica
+                .store_info(s)
+                .ok()
+                .flatten()
+                .is_some_and(|i| &i.region == region)
+        })
+    {
+        eprintln!("note: no enrolled store is in region {region} yet");
+    }
+    let entry = PriceEntry {
+        id,
+        sku: req.sku,
+        scope: req.scope.clone(),
+        kind: req.kind,
+        price_cents: req.price_cents,
+        effective_from_ms: from,
+        effective_to_ms: req.effective_to_ms,
+    };
+    let committed = replica.commit_local(
+        Topic::Prices(req.scope),
+        vec![Op::PriceUpsert(entry)],
+        now_ms(),
+    )?;
+    println!("price set: {} seq {}", committed.stream, committed.seq);
+    Ok(())
+}
+
+/// A region id from the command line.
+pub fn parse_region(text: &str) -> Result<RegionId> {
+    Ok(RegionId::new(text)?)
+}
+
+/// `hq-server product add`: adds or replaces a product of the catalog.
+pub fn add_product(dir: &HqDir, product: chainsync::model::Product) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    if product.name.trim().is_empty() {
+        bail!("a product needs a name");
+    }
+    let sku = product.sku.clone();
+    let committed =
+        replica.commit_local(Topic::Catalog, vec![Op::ProductUpsert(product)], now_ms())?;
+    println!(
+        "product {sku} saved: {} seq {}",
+        committed.stream, committed.seq
+    );
+    Ok(())
+}
+
+/// `hq-server token add`: a new HQ API token for `role` (`admin`, `readonly`, or `regional:<region>`).
+pub fn add_token(dir: &HqDir, name: &str, role: &str) -> Result<String> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let (role, region) = match role {
+        "admin" | "readonly" => (role, None),
+        other => match other.strip_prefix("regional:") {
+            Some(region) => ("regional", Some(RegionId::new(region)?)),
+            None => bail!("role `{other}` is not admin, readonly or regional:<region>"),
+        },
+    };
+    let mut bytes = [0u8; 24];
+    rand::fill(&mut bytes);
+    let token = hex::encode(bytes);
+    replica.add_api_token(&token, name, role, region.as_ref(), now_ms())?;
+    Ok(token)
+}

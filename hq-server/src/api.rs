@@ -1,0 +1,673 @@
+//! The HQ API: HTTP + JSON for HQ staff and regional managers, with role-scoped tokens.
+//!
+//! `Authorization: Bearer <token>`; tokens come from `hq-server token add`. Roles:
+//! - `admin`: everything;
+//! - `regional` (with a region): reads only its region (asking for another gets 403) and sets
+//!   prices and promotions only for its region or its region's stores;
+//! - `readonly`: every read, no write.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /v1/stores` | directory: mode, last seen, backlog |
+//! | `GET /v1/stock?sku=&category=&store=&region=` | consolidated stock, each figure with `as_of_ms` |
+//! | `GET /v1/sales?store=&region=&day=YYYY-MM-DD` | receipts and takings per store and day |
+//! | `GET /v1/products`, `POST /v1/products` | the catalog |
+//! | `GET /v1/prices?sku=`, `POST /v1/prices` | price entries (now or effective at a date) |
+//! | `GET /v1/promotions`, `POST /v1/promotions` | promotions |
+//! | `GET /v1/members/{id}`, `PUT /v1/members/{id}` | members (HQ may set the offline allowance) |
+//!
+//! Writes are change sets of HQ's streams, committed before the answer and pushed to connected
+//! stores at once.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use chainsync::changeset::Op;
+use chainsync::hlc::Hlc;
+use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Scope, Sku, Topic};
+use chainsync::model::{
+    LedgerAccount, MemberEdit, PriceEntry, PriceKind, Product, ProfileField, Promotion,
+    PromotionRule,
+};
+use chainsync::replica::{Replica, ReplicaError, StockFilter};
+use chainsync::transport::hub::Hub;
+use chainsync::transport::now_ms;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Largest request body accepted.
+pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
+
+/// What a token may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Regional(RegionId),
+    ReadOnly,
+}
+
+/// The router of the HQ API.
+pub fn router(hub: Hub) -> Router {
+    Router::new()
+        .route("/v1/stores", get(stores))
+        .route("/v1/stock", get(stock))
+        .route("/v1/sales", get(sales))
+        .route("/v1/products", get(products).post(add_product))
+        .route("/v1/prices", get(prices).post(set_price))
+        .route("/v1/promotions", get(promotions).post(add_promotion))
+        .route("/v1/members/{id}", get(member).put(edit_member))
+        .layer(middleware::from_fn_with_state(hub.clone(), authenticate))
+        .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .with_state(hub)
+}
+
+/// An error answer naming the problem.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<ReplicaError> for ApiError {
+    fn from(e: ReplicaError) -> Self {
+        tracing::error!("replica: {e}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("storage: {e}"))
+    }
+}
+impl From<chainsync::transport::TransportError> for ApiError {
+    fn from(e: chainsync::transport::TransportError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            format!("request body: {}", e.body_text()),
+        )
+    }
+}
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text()))
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+async fn authenticate(State(hub): State<Hub>, mut request: Request, next: Next) -> Response {
+    let token = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let Some(token) = token else {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
+    };
+    let found = hub.replica().call(move |r| r.api_token(&token)).await;
+    let role = match found {
+        Ok(Ok(Some((_, role, region)))) => match (role.as_str(), region) {
+            ("admin", _) => Role::Admin,
+            ("readonly", _) => Role::ReadOnly,
+            ("regional", Some(region)) => match RegionId::new(region) {
+                Ok(region) => Role::Regional(region),
+                Err(_) => {
+                    return ApiError::new(StatusCode::UNAUTHORIZED, "token region is damaged")
+                        .into_response();
+                }
+            },
+            _ => {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "token role is damaged")
+                    .into_response();
+            }
+        },
+        Ok(Ok(None)) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unknown token").into_response();
+        }
+        Ok(Err(e)) => return ApiError::from(e).into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    request.extensions_mut().insert(role);
+    next.run(request).await
+}
+
+fn parse<T: std::str::FromStr<Err = chainsync::ids::IdError>>(
+    what: &str,
+    text: &str,
+) -> Result<T, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::invalid(format!("{what}: {e}")))
+}
+
+async fn read<R: Send + 'static>(
+    hub: &Hub,
+    f: impl FnOnce(&mut Replica) -> Result<R, ApiError> + Send + 'static,
+) -> Result<R, ApiError> {
+    hub.replica().call(f).await?
+}
+
+/// The region a read is limited to: a regional manager's own (403 if they asked for another).
+fn read_region(role: &Role, asked: Option<RegionId>) -> Result<Option<RegionId>, ApiError> {
+    match (role, asked) {
+        (Role::Regional(own), Some(asked)) if *own != asked => Err(ApiError::forbidden(format!(
+            "a manager of region {own} cannot see region {asked}"
+        ))),
+        (Role::Regional(own), _) => Ok(Some(own.clone())),
+        (_, asked) => Ok(asked),
+    }
+}
+
+/// Checks that `role` may write in `scope`.
+fn may_write_scope(r: &Replica, role: &Role, scope: &Scope) -> Result<(), ApiError> {
+    match (role, scope) {
+        (Role::Admin, _) => Ok(()),
+        (Role::ReadOnly, _) => Err(ApiError::forbidden(
+            "a read-only token cannot change anything",
+        )),
+        (Role::Regional(own), Scope::Region(r)) if r == own => Ok(()),
+        (Role::Regional(own), Scope::Store(s)) => match r.store_info(s)? {
+            Some(info) if info.region == *own => Ok(()),
+            Some(_) => Err(ApiError::forbidden(format!(
+                "store {s} is not in region {own}"
+            ))),
+            None => Err(ApiError::invalid(format!("no store {s}"))),
+        },
+        (Role::Regional(own), scope) => Err(ApiError::forbidden(format!(
+            "a manager of region {own} cannot write scope {scope}"
+        ))),
+    }
+}
+
+fn admin_only(role: &Role) -> Result<(), ApiError> {
+    match role {
+        Role::Admin => Ok(()),
+        _ => Err(ApiError::forbidden("only an admin token can do this")),
+    }
+}
+
+// ------------------------------------------------------------------------- reads
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionQuery {
+    region: Option<String>,
+}
+
+async fn stores(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    q: Result<Query<RegionQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let asked = q
+        .region
+        .as_deref()
+        .map(|r| parse("region", r))
+        .transpose()?;
+    let region = read_region(&role, asked)?;
+    let rows = read(&hub, move |r| Ok(r.store_report(region.as_ref())?)).await?;
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|s| {
+            json!({ "store": s.store, "name": s.name, "region": s.region, "mode": s.mode, "revoked": s.revoked,
+                    "last_seen_ms": s.last_seen_ms, "backlog_change_sets": s.backlog_change_sets })
+        })
+        .collect();
+    Ok(Json(json!({ "stores": rows })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockQuery {
+    sku: Option<String>,
+    category: Option<String>,
+    store: Option<String>,
+    region: Option<String>,
+}
+
+async fn stock(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    q: Result<Query<StockQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let asked = q
+        .region
+        .as_deref()
+        .map(|r| parse("region", r))
+        .transpose()?;
+    let region = read_region(&role, asked)?;
+    let store: Option<NodeId> = q.store.as_deref().map(|s| parse("store", s)).transpose()?;
+    let filter = StockFilter {
+        sku: q.sku,
+        category: q.category,
+        store: store.clone(),
+        region: region.clone(),
+    };
+    let rows = read(&hub, move |r| {
+        if let (Some(store), Some(region)) = (&store, &region)
+            && r.store_info(store)?.is_some_and(|i| i.region != *region)
+        {
+            return Err(ApiError::forbidden(format!(
+                "store {store} is not in region {region}"
+            )));
+        }
+        Ok(r.stock_report(&filter)?)
+    })
+    .await?;
+    let mut totals = std::collections::BTreeMap::<String, i64>::new();
+    for row in &rows {
+        *totals.entry(row.sku.clone()).or_default() += row.qty;
+    }
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|s| json!({ "store": s.store, "region": s.region, "sku": s.sku, "category": s.category, "qty": s.qty, "as_of_ms": s.as_of_ms }))
+        .collect();
+    Ok(Json(json!({ "rows": rows, "totals": totals })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SalesQuery {
+    store: Option<String>,
+    region: Option<String>,
+    day: Option<String>,
+}
+
+async fn sales(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    q: Result<Query<SalesQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let asked = q
+        .region
+        .as_deref()
+        .map(|r| parse("region", r))
+        .transpose()?;
+    let region = read_region(&role, asked)?;
+    let store: Option<NodeId> = q.store.as_deref().map(|s| parse("store", s)).transpose()?;
+    if let Some(day) = &q.day {
+        let ok = day.len() == 10 && day.as_bytes()[4] == b'-' && day.as_bytes()[7] == b'-';
+        if !ok {
+            return Err(ApiError::invalid(format!("day `{day}` is not YYYY-MM-DD")));
+        }
+    }
+    let rows = read(&hub, move |r| {
+        if let (Some(store), Some(region)) = (&store, &region)
+            && r.store_info(store)?.is_some_and(|i| i.region != *region)
+        {
+            return Err(ApiError::forbidden(format!(
+                "store {store} is not in region {region}"
+            )));
+        }
+        Ok(r.sales_report(store.as_ref(), region.as_ref(), q.day.as_deref())?)
+    })
+    .await?;
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|s| json!({ "store": s.store, "region": s.region, "day": s.day, "receipts": s.receipts, "total_cents": s.total_cents }))
+        .collect();
+    Ok(Json(json!({ "rows": rows })).into_response())
+}
+
+async fn products(State(hub): State<Hub>) -> ApiResult {
+    let rows = read(&hub, |r| {
+        let mut stmt = r.connection().prepare("SELECT sku, name, category, unit_cost_cents, active FROM products ORDER BY sku").map_err(ReplicaError::from)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(json!({ "sku": row.get::<_, String>(0)?, "name": row.get::<_, String>(1)?, "category": row.get::<_, String>(2)?,
+                           "unit_cost_cents": row.get::<_, i64>(3)?, "active": row.get::<_, bool>(4)? }))
+            })
+            .map_err(ReplicaError::from)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>().map_err(ReplicaError::from)?)
+    })
+    .await?;
+    Ok(Json(json!({ "products": rows })).into_response())
+}
+
+// ------------------------------------------------------------------------- writes
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProductRequest {
+    sku: String,
+    name: String,
+    #[serde(default = "general")]
+    category: String,
+    #[serde(default)]
+    barcodes: Vec<String>,
+    #[serde(default)]
+    unit_cost_cents: i64,
+    #[serde(default = "yes")]
+    active: bool,
+}
+fn general() -> String {
+    "general".into()
+}
+fn yes() -> bool {
+    true
+}
+
+async fn add_product(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    body: Result<Json<ProductRequest>, JsonRejection>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let Json(req) = body?;
+    if req.name.trim().is_empty() || req.unit_cost_cents < 0 {
+        return Err(ApiError::invalid(
+            "a product needs a name and a non-negative cost",
+        ));
+    }
+    let product = Product {
+        sku: parse("sku", &req.sku)?,
+        name: req.name,
+        category: req.category,
+        barcodes: req.barcodes,
+        unit_cost_cents: req.unit_cost_cents,
+        active: req.active,
+    };
+    let committed = hub
+        .commit_local(Topic::Catalog, vec![Op::ProductUpsert(product)])
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "stream": committed.stream.to_string(), "seq": committed.seq })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PricesQuery {
+    sku: Option<String>,
+}
+
+async fn prices(
+    State(hub): State<Hub>,
+    q: Result<Query<PricesQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let entries = read(&hub, |r| Ok(r.price_entries()?)).await?;
+    let rows: Vec<Value> = entries
+        .into_iter()
+        .filter(|e| q.sku.as_deref().is_none_or(|s| e.sku.as_str() == s))
+        .map(|e| {
+            json!({ "id": e.id.as_str(), "sku": e.sku.as_str(), "scope": e.scope.to_string(), "kind": kind_name(e.kind),
+                    "price_cents": e.price_cents, "effective_from_ms": e.effective_from_ms, "effective_to_ms": e.effective_to_ms })
+        })
+        .collect();
+    Ok(Json(json!({ "prices": rows })).into_response())
+}
+
+fn kind_name(kind: PriceKind) -> &'static str {
+    match kind {
+        PriceKind::Retail => "retail",
+        PriceKind::Member => "member",
+        PriceKind::Wholesale => "wholesale",
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceRequest {
+    sku: String,
+    /// `chain`, `region:<id>`, `store:<id>`.
+    scope: String,
+    #[serde(default = "retail")]
+    kind: String,
+    price_cents: i64,
+    effective_from_ms: Option<i64>,
+    effective_to_ms: Option<i64>,
+}
+fn retail() -> String {
+    "retail".into()
+}
+
+async fn set_price(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    body: Result<Json<PriceRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let sku: Sku = parse("sku", &req.sku)?;
+    let scope: Scope = parse("scope", &req.scope)?;
+    let kind = match req.kind.as_str() {
+        "retail" => PriceKind::Retail,
+        "member" => PriceKind::Member,
+        "wholesale" => PriceKind::Wholesale,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "kind `{other}` is not retail, member or wholesale"
+            )));
+        }
+    };
+    if req.price_cents < 0 {
+        return Err(ApiError::invalid("a price cannot be negative"));
+    }
+    let from = req.effective_from_ms.unwrap_or(now_ms() as i64);
+    if req.effective_to_ms.is_some_and(|to| to <= from) {
+        return Err(ApiError::invalid(
+            "effective_to_ms must come after effective_from_ms",
+        ));
+    }
+    let check_scope = scope.clone();
+    let check_sku = sku.clone();
+    read(&hub, move |r| {
+        may_write_scope(r, &role, &check_scope)?;
+        if r.product(&check_sku)?.is_none() {
+            return Err(ApiError::invalid(format!("unknown sku {check_sku}")));
+        }
+        Ok(())
+    })
+    .await?;
+    let id = RecordId::new(format!("hq-{sku}.{}.{from}", &kind_name(kind)[..1]))
+        .map_err(|_| ApiError::invalid(format!("sku {sku} is too long to name a price entry")))?;
+    let entry = PriceEntry {
+        id: id.clone(),
+        sku,
+        scope: scope.clone(),
+        kind,
+        price_cents: req.price_cents,
+        effective_from_ms: from,
+        effective_to_ms: req.effective_to_ms,
+    };
+    let committed = hub
+        .commit_local(Topic::Prices(scope), vec![Op::PriceUpsert(entry)])
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id.as_str(), "stream": committed.stream.to_string(), "seq": committed.seq }))).into_response())
+}
+
+async fn promotions(State(hub): State<Hub>) -> ApiResult {
+    let promos = read(&hub, |r| Ok(r.promotions()?)).await?;
+    let rows: Vec<Value> = promos
+        .into_iter()
+        .map(|p| json!({ "id": p.id.as_str(), "name": p.name, "scope": p.scope.to_string(), "rule": format!("{:?}", p.rule),
+                         "skus": p.skus.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "member_only": p.member_only,
+                         "starts_at_ms": p.starts_at_ms, "ends_at_ms": p.ends_at_ms }))
+        .collect();
+    Ok(Json(json!({ "promotions": rows })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
+enum RuleRequest {
+    PercentOff { basis_points: u32 },
+    AmountOff { cents: i64 },
+    FixedPrice { cents: i64 },
+    BuyNGetM { buy: u32, get: u32 },
+    SpendXGetY { spend_cents: i64, off_cents: i64 },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromotionRequest {
+    id: String,
+    name: String,
+    scope: String,
+    rule: RuleRequest,
+    #[serde(default)]
+    skus: Vec<String>,
+    #[serde(default)]
+    member_only: bool,
+    #[serde(default)]
+    birthday_only: bool,
+    starts_at_ms: Option<i64>,
+    ends_at_ms: Option<i64>,
+    hours: Option<(u8, u8)>,
+    max_units_per_receipt: Option<u32>,
+}
+
+async fn add_promotion(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    body: Result<Json<PromotionRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let scope: Scope = parse("scope", &req.scope)?;
+    let id: RecordId = parse("id", &format!("hq-{}", req.id))?;
+    let rule = match req.rule {
+        RuleRequest::PercentOff { basis_points } if basis_points <= 10_000 => {
+            PromotionRule::PercentOff { basis_points }
+        }
+        RuleRequest::AmountOff { cents } if cents > 0 => PromotionRule::AmountOff { cents },
+        RuleRequest::FixedPrice { cents } if cents >= 0 => PromotionRule::FixedPrice { cents },
+        RuleRequest::BuyNGetM { buy, get } if buy > 0 && get > 0 => {
+            PromotionRule::BuyNGetM { buy, get }
+        }
+        RuleRequest::SpendXGetY {
+            spend_cents,
+            off_cents,
+        } if spend_cents > 0 && off_cents > 0 => PromotionRule::SpendXGetY {
+            spend_cents,
+            off_cents,
+        },
+        _ => return Err(ApiError::invalid("the rule's numbers are out of range")),
+    };
+    if req.hours.is_some_and(|(from, to)| from > 23 || to > 24) {
+        return Err(ApiError::invalid("hours are 0..=24"));
+    }
+    let skus: Vec<Sku> = req
+        .skus
+        .iter()
+        .map(|s| parse("sku", s))
+        .collect::<Result<_, _>>()?;
+    let check_scope = scope.clone();
+    read(&hub, move |r| may_write_scope(r, &role, &check_scope)).await?;
+    let promo = Promotion {
+        id: id.clone(),
+        name: req.name,
+        scope: scope.clone(),
+        rule,
+        skus,
+        member_only: req.member_only,
+        birthday_only: req.birthday_only,
+        starts_at_ms: req.starts_at_ms.unwrap_or(now_ms() as i64),
+        ends_at_ms: req.ends_at_ms,
+        hours: req.hours,
+        max_units_per_receipt: req.max_units_per_receipt,
+    };
+    let committed = hub
+        .commit_local(Topic::Promotions(scope), vec![Op::PromotionUpsert(promo)])
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id.as_str(), "stream": committed.stream.to_string(), "seq": committed.seq }))).into_response())
+}
+
+async fn member(State(hub): State<Hub>, Path(id): Path<String>) -> ApiResult {
+    let member: MemberId = parse("member", &id)?;
+    let answer = read(&hub, move |r| {
+        let profile = r.member_profile(&member)?;
+        let fields: std::collections::BTreeMap<String, String> = profile
+            .into_iter()
+            .map(|(f, v)| (format!("{f:?}").to_lowercase(), v.value))
+            .collect();
+        Ok(json!({ "member": member.as_str(), "profile": fields,
+                   "points": r.balance(&member, LedgerAccount::Points)?,
+                   "stored_value_cents": r.balance(&member, LedgerAccount::StoredValue)? }))
+    })
+    .await?;
+    Ok(Json(answer).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberRequest {
+    name: Option<String>,
+    phone: Option<String>,
+    email: Option<String>,
+    birthday: Option<String>,
+    level: Option<String>,
+    card_status: Option<String>,
+    offline_allowance_cents: Option<i64>,
+}
+
+async fn edit_member(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    Path(id): Path<String>,
+    body: Result<Json<MemberRequest>, JsonRejection>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let Json(req) = body?;
+    let member: MemberId = parse("member", &id)?;
+    let mut fields = Vec::new();
+    for (field, value) in [
+        (ProfileField::Name, req.name),
+        (ProfileField::Phone, req.phone),
+        (ProfileField::Email, req.email),
+        (ProfileField::Birthday, req.birthday),
+        (ProfileField::Level, req.level),
+        (ProfileField::CardStatus, req.card_status),
+        (
+            ProfileField::OfflineAllowanceCents,
+            req.offline_allowance_cents.map(|c| c.to_string()),
+        ),
+    ] {
+        if let Some(value) = value {
+            fields.push((field, value));
+        }
+    }
+    if fields.is_empty() {
+        return Err(ApiError::invalid("no field to set"));
+    }
+    let edit = MemberEdit {
+        member,
+        hlc: Hlc::default(),
+        fields,
+    };
+    let committed = hub
+        .commit_local(Topic::Members, vec![Op::MemberEdit(edit)])
+        .await?;
+    Ok(
+        Json(json!({ "stream": committed.stream.to_string(), "seq": committed.seq }))
+            .into_response(),
+    )
+}

@@ -1,0 +1,210 @@
+//! HQ's QUIC endpoint: one task per store connection driving a [`HubSession`], a broadcast of
+//! moved streams so that realtime stores are notified, and graceful shutdown.
+//!
+//! Invariants: a connection task never decides anything itself (the session does); a push is
+//! acknowledged only after the replica thread committed it; connections beyond
+//! [`CONNECTIONS_MAX`] are refused; on shutdown HQ stops accepting, lets every connection task
+//! finish its current frame (so in-flight transactions commit), then closes the endpoint.
+
+use super::actor::ReplicaHandle;
+use super::{CONNECTIONS_MAX, TransportError, now_ms, read_frame, tls, write_frames};
+use crate::changeset::Op;
+use crate::ids::{StreamId, Topic};
+use crate::protocol::frame::FrameDecoder;
+use crate::protocol::session::HubSession;
+use crate::replica::Committed;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::task::JoinSet;
+
+/// Moved-stream notices buffered per connection; a connection that lags further skips them and
+/// relies on its store's periodic pull.
+pub const NOTIFY_QUEUE_MAX: usize = 1024;
+
+/// How often HQ looks for streams moved by another process writing its database.
+pub const HEADS_POLL_MS: u64 = 500;
+
+/// Streams that moved, as broadcast to connection tasks.
+pub type Moved = Arc<Vec<(StreamId, u64)>>;
+
+/// HQ's sync service.
+#[derive(Clone)]
+pub struct Hub {
+    replica: ReplicaHandle,
+    moved: broadcast::Sender<Moved>,
+}
+
+impl Hub {
+    /// A hub over HQ's replica.
+    pub fn new(replica: ReplicaHandle) -> Self {
+        let (moved, _) = broadcast::channel(NOTIFY_QUEUE_MAX);
+        Self { replica, moved }
+    }
+
+    /// HQ's replica.
+    pub fn replica(&self) -> &ReplicaHandle {
+        &self.replica
+    }
+
+    /// Commits a change set at HQ (a price, a promotion, a directory change) and notifies every
+    /// connected store that follows the stream.
+    pub async fn commit_local(
+        &self,
+        topic: Topic,
+        ops: Vec<Op>,
+    ) -> Result<Committed, TransportError> {
+        let committed = self
+            .replica
+            .call(move |r| r.commit_local(topic, ops, now_ms()))
+            .await?
+            .map_err(|e| TransportError::Replica(e.to_string()))?;
+        self.publish(vec![(committed.stream.clone(), committed.seq)]);
+        Ok(committed)
+    }
+
+    /// Tells connection tasks that streams moved.
+    pub fn publish(&self, moved: Vec<(StreamId, u64)>) {
+        // No receivers just means no store is connected.
+        let _ = self.moved.send(Arc::new(moved));
+    }
+
+    /// Notices streams moved by other writers of HQ's database (the CLI beside a running server)
+    /// and notifies stores, until `shutdown` turns true.
+    pub async fn watch_heads(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut known: BTreeMap<StreamId, u64> = BTreeMap::new();
+        loop {
+            match self.replica.call(|r| r.heads()).await {
+                Ok(Ok(heads)) => {
+                    let moved: Vec<(StreamId, u64)> = heads
+                        .into_iter()
+                        .filter(|(s, h)| known.get(s) != Some(&h.seq))
+                        .map(|(s, h)| (s, h.seq))
+                        .collect();
+                    if !moved.is_empty() {
+                        let first_look = known.is_empty();
+                        known.extend(moved.iter().cloned());
+                        if !first_look {
+                            self.publish(moved);
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!("reading stream heads: {e}"),
+                Err(_) => break,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(HEADS_POLL_MS)) => {}
+                _ = super::stopped(&mut shutdown) => break,
+            }
+        }
+    }
+
+    /// Serves store connections on `endpoint` until `shutdown` turns true.
+    pub async fn serve(&self, endpoint: quinn::Endpoint, mut shutdown: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+        let mut tasks = JoinSet::new();
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => incoming,
+                _ = super::stopped(&mut shutdown) => break,
+            };
+            let Some(incoming) = incoming else { break };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(remote = %incoming.remote_address(), "connection refused: {CONNECTIONS_MAX} connections already");
+                incoming.refuse();
+                continue;
+            };
+            let hub = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let remote = incoming.remote_address();
+                if let Err(e) = hub.connection(incoming, shutdown).await {
+                    tracing::info!(%remote, "connection ended: {e}");
+                }
+                drop(permit);
+            });
+            // Reap finished tasks so the set does not grow with every connection ever made.
+            while tasks.try_join_next().is_some() {}
+        }
+        tracing::info!(
+            "sync endpoint stops accepting; waiting for {} connections",
+            tasks.len()
+        );
+        while tasks.join_next().await.is_some() {}
+        endpoint.close(0u32.into(), b"hq shutting down");
+        endpoint.wait_idle().await;
+    }
+
+    async fn connection(
+        &self,
+        incoming: quinn::Incoming,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), TransportError> {
+        let conn = incoming.await?;
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let binding = tls::tls_binding(&conn)?;
+        let mut nonce = [0u8; 32];
+        rand::fill(&mut nonce);
+        let mut session = Some(HubSession::new(nonce, binding));
+        let mut moved = self.moved.subscribe();
+        let mut decoder = FrameDecoder::default();
+        let result = loop {
+            tokio::select! {
+                frame = read_frame(&mut recv, &mut decoder) => {
+                    let frame = match frame {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break Ok(()),
+                        Err(e) => {
+                            // Tell a peer that sent garbage why, then end.
+                            if let TransportError::Frame(fe) = &e {
+                                let reply = crate::protocol::SessionError::Frame(fe.clone()).to_frame();
+                                let _ = write_frames(&mut send, &[reply]).await;
+                            }
+                            break Err(e);
+                        }
+                    };
+                    let Some(mut s) = session.take() else { break Err(TransportError::Closed) };
+                    let (s, result) = self.replica.call(move |r| {
+                        let result = s.handle(now_ms(), frame, r);
+                        (s, result)
+                    }).await?;
+                    session = Some(s);
+                    match result {
+                        Ok(out) => {
+                            if let Some(peer) = session.as_ref().and_then(|s| s.peer()) {
+                                for reason in &out.rejected {
+                                    tracing::warn!(store = %peer.node, "refused change set: {reason}");
+                                }
+                            }
+                            write_frames(&mut send, &out.frames).await?;
+                            if !out.moved.is_empty() {
+                                self.publish(out.moved);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(remote = %conn.remote_address(), "session refused: {e}");
+                            let _ = write_frames(&mut send, &[e.to_frame()]).await;
+                            break Err(e.into());
+                        }
+                    }
+                }
+                notice = moved.recv() => {
+                    let frame = match notice {
+                        Ok(streams) => session.as_ref().and_then(|s| s.notify(&streams)),
+                        Err(broadcast::error::RecvError::Lagged(_)) => None,
+                        Err(broadcast::error::RecvError::Closed) => break Ok(()),
+                    };
+                    if let Some(frame) = frame {
+                        write_frames(&mut send, &[frame]).await?;
+                    }
+                }
+                _ = super::stopped(&mut shutdown) => break Ok(()),
+            }
+        };
+        let _ = send.finish();
+        // Give the peer a moment to read the last frames before the connection goes.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), send.stopped()).await;
+        conn.close(0u32.into(), b"session over");
+        result
+    }
+}

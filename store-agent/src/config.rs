@@ -1,0 +1,170 @@
+//! The agent's data folder.
+//!
+//! ```text
+//! DIR/agent.toml   config (below), written by `store-agent init`
+//! DIR/store.key    the store's ed25519 signing key (hex), generated on the store; mode 0600
+//! DIR/store.db     the store's replica (SQLite, WAL)
+//! ```
+
+use anyhow::{Context, Result, bail};
+use chainsync::ids::{NodeId, RegionId};
+use chainsync::replica::{Durability, Identity, Replica};
+use chainsync::transport::keyfile::{read_key, write_key, write_secret};
+use chainsync::transport::leaf::HqAddress;
+use chainsync::transport::provision::Provisioning;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default interval of the safety-net pull in realtime mode (notifications do the real work).
+pub const POLL_INTERVAL_MS_DEFAULT: u64 = 30_000;
+
+/// `agent.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This store's id.
+    pub store: NodeId,
+    /// Its region (from HQ at enrollment).
+    pub region: RegionId,
+    /// HQ's sync address.
+    pub hq_addr: SocketAddr,
+    /// HQ's TLS certificate (DER, hex), pinned.
+    pub hq_cert: String,
+    /// HQ's ed25519 public key (hex): the root of trust.
+    pub hq_public_key: String,
+    /// Pull at least this often, in ms, even without a notice from HQ.
+    #[serde(default = "default_poll")]
+    pub poll_interval_ms: u64,
+    /// Where the POS API listens (keep it on loopback).
+    #[serde(default = "default_pos_listen")]
+    pub pos_listen: SocketAddr,
+    /// Bearer token the tills present to the POS API.
+    pub pos_token: String,
+}
+
+fn default_pos_listen() -> SocketAddr {
+    ([127, 0, 0, 1], 7070).into()
+}
+
+fn default_poll() -> u64 {
+    POLL_INTERVAL_MS_DEFAULT
+}
+
+/// The files of an agent data folder.
+#[derive(Debug, Clone)]
+pub struct AgentDir {
+    pub root: PathBuf,
+}
+
+/// A loaded agent.
+pub struct AgentState {
+    pub config: AgentConfig,
+    pub key: SigningKey,
+    pub hq_key: VerifyingKey,
+    pub hq: HqAddress,
+}
+
+impl AgentDir {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+        }
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// Whether an agent was already set up here.
+    pub fn exists(&self) -> bool {
+        self.path("store.key").exists()
+    }
+
+    /// Writes config and key for an enrolled store and creates its database.
+    pub fn create(
+        &self,
+        provisioning: &Provisioning,
+        region: RegionId,
+        key: &SigningKey,
+        pos_listen: SocketAddr,
+    ) -> Result<()> {
+        if self.exists() {
+            bail!(
+                "{} already holds a store agent (store.key exists)",
+                self.root.display()
+            );
+        }
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        let config = AgentConfig {
+            store: provisioning.store.clone(),
+            region,
+            hq_addr: provisioning.hq_addr,
+            hq_cert: provisioning.hq_cert.clone(),
+            hq_public_key: provisioning.hq_public_key.clone(),
+            poll_interval_ms: POLL_INTERVAL_MS_DEFAULT,
+            pos_listen,
+            pos_token: {
+                let mut bytes = [0u8; 24];
+                rand::fill(&mut bytes);
+                hex::encode(bytes)
+            },
+        };
+        write_key(&self.path("store.key"), key)?;
+        let text = format!(
+            "# chainsync store agent configuration\n{}",
+            toml::to_string(&config)?
+        );
+        write_secret(&self.path("agent.toml"), text.as_bytes())?;
+        let state = self.load()?;
+        self.open_replica(&state)?;
+        Ok(())
+    }
+
+    /// Loads config and key.
+    pub fn load(&self) -> Result<AgentState> {
+        let text = std::fs::read_to_string(self.path("agent.toml")).with_context(|| {
+            format!(
+                "reading {}/agent.toml (run `store-agent init` first)",
+                self.root.display()
+            )
+        })?;
+        let config: AgentConfig = toml::from_str(&text).context("agent.toml")?;
+        let key = read_key(&self.path("store.key"))?;
+        // The same checks as the provisioning file it came from.
+        let as_provisioning = Provisioning {
+            store: config.store.clone(),
+            hq_addr: config.hq_addr,
+            hq_cert: config.hq_cert.clone(),
+            hq_public_key: config.hq_public_key.clone(),
+            token: String::new(),
+        };
+        let hq_key = as_provisioning.hq_key().context("agent.toml")?;
+        let hq = HqAddress {
+            addr: config.hq_addr,
+            cert_der: as_provisioning.cert_der().context("agent.toml")?,
+        };
+        Ok(AgentState {
+            config,
+            key,
+            hq_key,
+            hq,
+        })
+    }
+
+    /// Opens the store's replica.
+    pub fn open_replica(&self, state: &AgentState) -> Result<Replica> {
+        let identity = Identity {
+            node: state.config.store.clone(),
+            key: state.key.clone(),
+        };
+        Replica::open(
+            &self.path("store.db"),
+            identity,
+            state.hq_key,
+            Durability::Full,
+        )
+        .with_context(|| format!("opening {}/store.db", self.root.display()))
+    }
+}

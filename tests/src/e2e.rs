@@ -1,0 +1,361 @@
+//! Real processes on loopback: `hq-server` and `store-agent` started from the workspace's target
+//! folder, driven through their CLIs and the POS API, killed with SIGTERM or SIGKILL.
+//!
+//! `cargo test --workspace` builds both binaries before any test runs (each binary's package has
+//! integration tests of its own), so [`bin`] finds them beside the test executable.
+//!
+//! Every wait is bounded ([`wait_until`]); every process is killed when its handle drops.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (`hq-server`, `store-agent`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target folder");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback UDP port nobody listens on right now.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
+/// A loopback TCP port nobody listens on right now.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free tcp port")
+}
+
+/// A running process, killed (SIGKILL) when dropped.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(file)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .spawn()
+            .expect("spawn");
+        Proc { child, log }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns whether it exited with success.
+    pub fn terminate(mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run command")
+}
+
+/// HQ: its data folder and, while running, its process.
+pub struct Hq {
+    pub data: PathBuf,
+    pub addr: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl Hq {
+    /// `hq-server init` in `root/hq` on a free loopback port.
+    pub fn init(root: &Path) -> Hq {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+        let api: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
+        let data = root.join("hq");
+        let hq = Hq { data, addr, api };
+        let (addr, api) = (addr.to_string(), api.to_string());
+        hq.cli_ok(&[
+            "init",
+            "--listen",
+            &addr,
+            "--public-addr",
+            &addr,
+            "--api-listen",
+            &api,
+        ]);
+        hq
+    }
+
+    /// Runs an `hq-server` subcommand with `--data` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("hq-server"));
+        // The subcommand words come first, then --data (every data-using command takes it).
+        cmd.args(args).arg("--data").arg(&self.data);
+        run(&mut cmd)
+    }
+
+    /// Like [`Hq::cli`], asserting success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "hq-server {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `hq-server serve` and waits until it listens.
+    pub fn start(&self) -> Proc {
+        let log = self.data.join(format!("serve-{}.log", rand_suffix()));
+        let proc = Proc::spawn(
+            Command::new(bin("hq-server"))
+                .arg("serve")
+                .arg("--data")
+                .arg(&self.data),
+            log,
+        );
+        wait_until(Duration::from_secs(20), "HQ to listen", || {
+            proc.log_text().contains("listening").then_some(())
+        });
+        proc
+    }
+
+    /// Registers a store and returns its provisioning file.
+    pub fn add_store(&self, id: &str, region: &str) -> PathBuf {
+        let out = self.data.join(format!("{id}.provision"));
+        self.cli_ok(&[
+            "store",
+            "add",
+            "--id",
+            id,
+            "--name",
+            &format!("Store {id}"),
+            "--region",
+            region,
+            "--out",
+            &out.to_string_lossy(),
+        ]);
+        out
+    }
+
+    /// Creates an HQ API token for `role` (admin, readonly, regional:<region>).
+    pub fn token(&self, role: &str) -> String {
+        self.cli_ok(&["token", "add", "--name", "test", "--role", role])
+            .trim()
+            .to_owned()
+    }
+
+    /// An HQ API request with `token`.
+    pub fn api(&self, token: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string().into_bytes());
+        http(self.api, method, path, Some(token), body.as_deref()).expect("HQ API request")
+    }
+
+    /// Opens HQ's replica read-side, beside a running server (WAL allows it).
+    pub fn replica(&self) -> chainsync::replica::Replica {
+        let dir = hq_server::config::HqDir::new(&self.data);
+        let state = dir.load().expect("load HQ");
+        dir.open_replica(&state.key).expect("open HQ replica")
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// A store agent: its data folder, POS address and token.
+#[derive(Debug)]
+pub struct Agent {
+    pub store: String,
+    pub data: PathBuf,
+    pub pos: SocketAddr,
+    pub token: String,
+}
+
+impl Agent {
+    /// `store-agent init` from a provisioning file; HQ must be running.
+    pub fn init(root: &Path, store: &str, provision: &Path) -> Result<Agent, String> {
+        let data = root.join(store);
+        let pos: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
+        let out = run(Command::new(bin("store-agent"))
+            .args(["init", "--provision"])
+            .arg(provision)
+            .arg("--data")
+            .arg(&data)
+            .args(["--pos-listen", &pos.to_string()]));
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let config = std::fs::read_to_string(data.join("agent.toml")).map_err(|e| e.to_string())?;
+        let config: toml::Table = config.parse().map_err(|e| format!("agent.toml: {e}"))?;
+        let token = config
+            .get("pos_token")
+            .and_then(|v| v.as_str())
+            .ok_or("no pos_token")?
+            .to_owned();
+        Ok(Agent {
+            store: store.to_owned(),
+            data,
+            pos,
+            token,
+        })
+    }
+
+    /// Starts `store-agent run` and waits until the POS API answers.
+    pub fn start(&self) -> Proc {
+        let log = self.data.join(format!("run-{}.log", rand_suffix()));
+        let proc = Proc::spawn(
+            Command::new(bin("store-agent"))
+                .arg("run")
+                .arg("--data")
+                .arg(&self.data),
+            log,
+        );
+        wait_until(Duration::from_secs(20), "the POS API to answer", || {
+            self.try_get("/v1/sync").ok().map(|_| ())
+        });
+        proc
+    }
+
+    /// Sets the safety-net poll interval in agent.toml (before start).
+    pub fn set_poll_interval_ms(&self, ms: u64) {
+        let path = self.data.join("agent.toml");
+        let text = std::fs::read_to_string(&path).expect("agent.toml");
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("poll_interval_ms") {
+                    format!("poll_interval_ms = {ms}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&path, text).expect("write agent.toml");
+    }
+
+    /// GET, returning (status, JSON body).
+    pub fn try_get(&self, path: &str) -> std::io::Result<(u16, Value)> {
+        http(self.pos, "GET", path, Some(&self.token), None)
+    }
+
+    /// GET that must answer.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.try_get(path).expect("GET")
+    }
+
+    /// A request with a JSON body.
+    pub fn send(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        http(
+            self.pos,
+            method,
+            path,
+            Some(&self.token),
+            Some(body.to_string().as_bytes()),
+        )
+        .expect("request")
+    }
+
+    /// A request with raw body bytes (for malformed input).
+    pub fn send_raw(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        http(self.pos, method, path, Some(&self.token), Some(body)).expect("request")
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection, JSON answers.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> std::io::Result<(u16, Value)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, serde_json::from_str(json).unwrap_or(Value::Null)))
+}

@@ -1,0 +1,407 @@
+//! End to end with real processes on loopback: `hq-server serve` and `store-agent run`, real
+//! QUIC, real SQLite files, the POS API over real TCP.
+
+use chainsync::ids::NodeId;
+use chainsync_tests::e2e::{Agent, Hq, wait_until};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn node(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+/// A sale of `qty` cola at `agent`, acknowledged; returns the receipt id.
+fn sell(agent: &Agent, qty: i64) -> String {
+    let (status, body) = agent.send(
+        "POST",
+        "/v1/sales",
+        &json!({ "lines": [{ "sku": "cola", "qty": qty }] }),
+    );
+    assert_eq!(status, 201, "{body}");
+    body["receipt_id"].as_str().unwrap().to_owned()
+}
+
+fn price_at(agent: &Agent) -> i64 {
+    let (status, body) = agent.get("/v1/prices/cola");
+    assert_eq!(status, 200, "{body}");
+    body["price_cents"].as_i64().unwrap_or(-1)
+}
+
+fn setup(root: &std::path::Path) -> Hq {
+    let hq = Hq::init(root);
+    hq.cli_ok(&[
+        "product",
+        "add",
+        "--sku",
+        "cola",
+        "--name",
+        "Cola 330 ml",
+        "--category",
+        "drinks",
+    ]);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    hq
+}
+
+// Three stores in two regions: sales flow up, a regional price flows down to exactly that
+// region, a member signed up at one store earns points at another and both see one balance.
+#[test]
+fn three_stores_two_regions_sales_up_prices_down_members_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let provisions: Vec<_> = [("S001", "north"), ("S002", "north"), ("S003", "south")]
+        .iter()
+        .map(|(id, region)| (*id, hq.add_store(id, region)))
+        .collect();
+    let _hq_proc = hq.start();
+    let agents: Vec<Agent> = provisions
+        .iter()
+        .map(|(id, p)| Agent::init(dir.path(), id, p).unwrap())
+        .collect();
+    let _procs: Vec<_> = agents.iter().map(|a| a.start()).collect();
+    for agent in &agents {
+        wait_until(WAIT, "the chain price at every store", || {
+            (price_at(agent) == 129).then_some(())
+        });
+    }
+
+    // Sales flow up.
+    let receipts: Vec<String> = agents.iter().map(|a| sell(a, 2)).collect();
+    let replica = hq.replica();
+    wait_until(WAIT, "HQ to hold every receipt", || {
+        (replica.receipt_count().unwrap() == 3).then_some(())
+    });
+    for (agent, receipt) in agents.iter().zip(&receipts) {
+        assert_eq!(
+            replica.receipt_ids(&node(&agent.store)).unwrap(),
+            vec![receipt.clone()]
+        );
+        assert_eq!(
+            replica
+                .stock_of(&node(&agent.store), &"cola".parse().unwrap())
+                .unwrap(),
+            -2
+        );
+    }
+
+    // A price for region north reaches S001 and S002, not S003.
+    hq.cli_ok(&[
+        "price",
+        "set",
+        "--sku",
+        "cola",
+        "--price",
+        "0.99",
+        "--scope",
+        "region:north",
+    ]);
+    wait_until(WAIT, "the north price at S001 and S002", || {
+        (price_at(&agents[0]) == 99 && price_at(&agents[1]) == 99).then_some(())
+    });
+    assert_eq!(price_at(&agents[2]), 129, "south keeps the chain price");
+
+    // A member signed up at S001 earns points at S003; both see the same balance.
+    let (status, body) = agents[0].send(
+        "PUT",
+        "/v1/members/M42",
+        &json!({ "name": "Ada", "phone": "555-0100" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = agents[0].send("POST", "/v1/members/M42/points", &json!({ "change": 30 }));
+    assert_eq!(status, 201, "{body}");
+    wait_until(WAIT, "the member at S003", || {
+        let (status, body) = agents[2].get("/v1/members/M42");
+        (status == 200 && body["profile"]["name"] == "Ada").then_some(())
+    });
+    let (status, body) = agents[2].send("POST", "/v1/members/M42/points", &json!({ "change": 12 }));
+    assert_eq!(
+        (status, body["balance"].as_i64()),
+        (201, Some(42)),
+        "{body}"
+    );
+    for agent in [&agents[0], &agents[2]] {
+        wait_until(WAIT, "one balance everywhere", || {
+            let (_, body) = agent.get("/v1/members/M42");
+            (body["points"] == 42).then_some(())
+        });
+    }
+}
+
+// A used token cannot enroll again, a store HQ never added cannot enroll, and a revoked store's
+// sales are refused while everyone else keeps flowing.
+#[test]
+fn reused_token_unknown_store_and_revoked_store_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let p1 = hq.add_store("S001", "north");
+    let p2 = hq.add_store("S002", "north");
+    let _hq_proc = hq.start();
+    let a1 = Agent::init(dir.path(), "S001", &p1).unwrap();
+    let a2 = Agent::init(dir.path(), "S002", &p2).unwrap();
+
+    let again = Agent::init(&dir.path().join("again"), "S001", &p1).unwrap_err();
+    assert!(again.contains("already used"), "{again}");
+    let forged = std::fs::read_to_string(&p1)
+        .unwrap()
+        .replace("\"S001\"", "\"S999\"");
+    let forged_path = dir.path().join("forged.provision");
+    std::fs::write(&forged_path, forged).unwrap();
+    let unknown = Agent::init(dir.path(), "S999", &forged_path).unwrap_err();
+    assert!(unknown.contains("never added"), "{unknown}");
+
+    let _p1 = a1.start();
+    let p2proc = a2.start();
+    sell(&a1, 1);
+    sell(&a2, 1);
+    let replica = hq.replica();
+    wait_until(WAIT, "both first sales at HQ", || {
+        (replica.receipt_count().unwrap() == 2).then_some(())
+    });
+
+    hq.cli_ok(&["store", "revoke", "--id", "S002"]);
+    // The revoked store still sells locally (its till must work), but HQ takes nothing more.
+    let late = sell(&a2, 5);
+    sell(&a1, 1);
+    wait_until(WAIT, "S001's second sale at HQ", || {
+        (replica.receipt_count().unwrap() == 3).then_some(())
+    });
+    wait_until(WAIT, "S002's agent to hear it is revoked", || {
+        p2proc.log_text().contains("revoked").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !replica.receipt_ids(&node("S002")).unwrap().contains(&late),
+        "a revoked store's sale reached HQ"
+    );
+    let (_, sync) = a2.get("/v1/sync");
+    assert_eq!(
+        sync["outbox"]["sales"], 1,
+        "the refused sale stays in S002's outbox: {sync}"
+    );
+}
+
+// An agent SIGKILLed right after the POS got its answer delivers that sale after restart,
+// exactly once, whether HQ was up or down at the time.
+#[test]
+fn agent_killed_right_after_an_acknowledged_sale_delivers_it_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let provision = hq.add_store("S001", "north");
+    let hq_proc = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+
+    let proc = agent.start();
+    wait_until(WAIT, "the catalog and price at the store", || {
+        (price_at(&agent) == 129).then_some(())
+    });
+    assert!(proc.terminate(), "the agent stops cleanly on SIGTERM");
+
+    // HQ down: the sale can only be in the store's database when the agent dies.
+    assert!(hq_proc.terminate(), "HQ stops cleanly on SIGTERM");
+    let proc = agent.start();
+    let offline = sell(&agent, 3);
+    proc.kill9();
+
+    // HQ up: kill the agent the instant the sale is acknowledged.
+    let _hq_proc = hq.start();
+    let proc = agent.start();
+    let online = sell(&agent, 4);
+    proc.kill9();
+
+    let _proc = agent.start();
+    let replica = hq.replica();
+    wait_until(WAIT, "both sales at HQ", || {
+        (replica.receipt_count().unwrap() == 2).then_some(())
+    });
+    let mut expected = vec![offline, online];
+    expected.sort();
+    assert_eq!(replica.receipt_ids(&node("S001")).unwrap(), expected);
+    assert_eq!(
+        replica
+            .stock_of(&node("S001"), &"cola".parse().unwrap())
+            .unwrap(),
+        -7,
+        "counted once"
+    );
+    wait_until(WAIT, "an empty outbox", || {
+        (agent.get("/v1/sync").1["outbox"]["sales"] == 0).then_some(())
+    });
+}
+
+// Garbage on HQ's UDP port and malformed POS requests get clear errors and change nothing; HQ
+// keeps serving the enrolled store throughout.
+#[test]
+fn garbage_datagrams_and_bad_pos_requests_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let provision = hq.add_store("S001", "north");
+    let _hq_proc = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    let _proc = agent.start();
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..200u32 {
+        let junk: Vec<u8> = (0..(i % 1200 + 1))
+            .map(|b| (b * 31 + i) as u8)
+            .collect();
+        socket.send_to(&junk, hq.addr).unwrap();
+    }
+
+    let bad: [(&str, serde_json::Value, u16, &str); 6] = [
+        (
+            "/v1/sales",
+            json!({ "lines": [{ "sku": "tea", "qty": 1 }] }),
+            422,
+            "unknown sku tea",
+        ),
+        (
+            "/v1/sales",
+            json!({ "lines": [{ "sku": "cola", "qty": -2 }] }),
+            422,
+            "must be positive",
+        ),
+        (
+            "/v1/sales",
+            json!({ "lines": [{ "sku": "cola", "qty": "two" }] }),
+            400,
+            "invalid type",
+        ),
+        (
+            "/v1/sales",
+            json!({ "lines": [] }),
+            422,
+            "at least one line",
+        ),
+        (
+            "/v1/sales",
+            json!({ "lines": [{ "sku": "cola", "qty": 1 }], "payments": [{ "method": "cash", "amount_cents": 1 }] }),
+            422,
+            "add up",
+        ),
+        (
+            "/v1/stock/received",
+            json!({ "sku": "cola", "qty": 0 }),
+            422,
+            "not allowed",
+        ),
+    ];
+    for (path, body, status, message) in bad {
+        let (got, answer) = agent.send("POST", path, &body);
+        assert_eq!(got, status, "{path} {body}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(message),
+            "{answer}"
+        );
+    }
+    let (got, answer) = agent.send_raw("POST", "/v1/sales", b"{not json");
+    assert_eq!(got, 400, "{answer}");
+    let (got, _) =
+        chainsync_tests::e2e::http(agent.pos, "GET", "/v1/stock", Some("wrong"), None).unwrap();
+    assert_eq!(got, 401);
+
+    let (_, stock) = agent.get("/v1/stock");
+    assert_eq!(stock["stock"], json!([]), "nothing was applied");
+    sell(&agent, 1);
+    let replica = hq.replica();
+    wait_until(WAIT, "the good sale at HQ", || {
+        (replica.receipt_count().unwrap() == 1).then_some(())
+    });
+}
+
+// The HQ API: an admin sets a price that reaches the stores; a regional manager sees only their
+// region (403 for the other), cannot price outside it, and reads consolidated stock with its
+// freshness; a read-only token cannot write; a bad token is refused.
+#[test]
+fn hq_api_roles_consolidated_stock_and_prices() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let p1 = hq.add_store("S001", "north");
+    let p3 = hq.add_store("S003", "south");
+    let _hq_proc = hq.start();
+    let a1 = Agent::init(dir.path(), "S001", &p1).unwrap();
+    let a3 = Agent::init(dir.path(), "S003", &p3).unwrap();
+    let (_x, _y) = (a1.start(), a3.start());
+    for a in [&a1, &a3] {
+        wait_until(WAIT, "the catalog at the store", || {
+            (price_at(a) == 129).then_some(())
+        });
+        let (status, body) = a.send(
+            "POST",
+            "/v1/stock/received",
+            &json!({ "sku": "cola", "qty": 24 }),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    sell(&a1, 4);
+    let admin = hq.token("admin");
+    let north = hq.token("regional:north");
+    let readonly = hq.token("readonly");
+
+    let (status, body) = hq.api(
+        &admin,
+        "POST",
+        "/v1/prices",
+        Some(&json!({ "sku": "cola", "scope": "store:S003", "price_cents": 111 })),
+    );
+    assert_eq!(status, 201, "{body}");
+    wait_until(WAIT, "the store price at S003", || {
+        (price_at(&a3) == 111).then_some(())
+    });
+
+    wait_until(WAIT, "S001's stock at HQ", || {
+        let (_, body) = hq.api(&north, "GET", "/v1/stock?sku=cola", None);
+        (body["totals"]["cola"] == 20).then_some(body)
+    });
+    let (status, body) = hq.api(&north, "GET", "/v1/stock", None);
+    assert_eq!(status, 200);
+    let rows = body["rows"].as_array().unwrap();
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r["region"] == "north"),
+        "only north: {body}"
+    );
+    assert!(
+        rows.iter().all(|r| r["as_of_ms"].as_i64().is_some()),
+        "each figure says how fresh it is: {body}"
+    );
+    let (status, _) = hq.api(&north, "GET", "/v1/stock?region=south", None);
+    assert_eq!(status, 403);
+    let (status, _) = hq.api(&north, "GET", "/v1/stock?store=S003", None);
+    assert_eq!(status, 403);
+    wait_until(WAIT, "both stores' stock at HQ", || {
+        let (_, body) = hq.api(&admin, "GET", "/v1/stock?sku=cola", None);
+        (body["totals"]["cola"] == 44).then_some(())
+    });
+
+    let south_price = json!({ "sku": "cola", "scope": "region:south", "price_cents": 1 });
+    let (status, body) = hq.api(&north, "POST", "/v1/prices", Some(&south_price));
+    assert_eq!(status, 403, "{body}");
+    let north_price = json!({ "sku": "cola", "scope": "region:north", "price_cents": 105 });
+    let (status, body) = hq.api(&north, "POST", "/v1/prices", Some(&north_price));
+    assert_eq!(status, 201, "{body}");
+    wait_until(WAIT, "the north price at S001", || {
+        (price_at(&a1) == 105).then_some(())
+    });
+    let (status, _) = hq.api(&readonly, "POST", "/v1/prices", Some(&north_price));
+    assert_eq!(status, 403);
+    let (status, body) = hq.api(
+        &admin,
+        "POST",
+        "/v1/prices",
+        Some(&json!({ "sku": "tea", "scope": "chain", "price_cents": 1 })),
+    );
+    assert_eq!(status, 422, "{body}");
+    let (status, _) = hq.api("not-a-token", "GET", "/v1/stores", None);
+    assert_eq!(status, 401);
+
+    let (status, body) = hq.api(&north, "GET", "/v1/stores", None);
+    assert_eq!(status, 200);
+    assert_eq!(body["stores"].as_array().unwrap().len(), 1, "{body}");
+    let (_, body) = hq.api(&north, "GET", "/v1/sales", None);
+    assert_eq!(body["rows"][0]["receipts"], 1, "{body}");
+    assert_eq!(body["rows"][0]["store"], "S001", "{body}");
+}
