@@ -180,6 +180,19 @@ pub fn validate<F: Facts>(
     peer: Option<&NodeId>,
     facts: &F,
 ) -> Result<Result<Verdict, ChangeSetError>, F::Error> {
+    validate_preverified(signed, peer, facts, None)
+}
+
+/// [`validate`] for a change set whose signature the caller already checked under
+/// `verified_under` (HQ checks a batch's signatures on several cores before its transaction).
+/// Rule 5 is skipped only if that key is the origin's key as the directory holds it now;
+/// otherwise the signature is checked here as usual. Every other rule runs unchanged.
+pub fn validate_preverified<F: Facts>(
+    signed: &SignedChangeSet,
+    peer: Option<&NodeId>,
+    facts: &F,
+    verified_under: Option<&VerifyingKey>,
+) -> Result<Result<Verdict, ChangeSetError>, F::Error> {
     let change_set = match open(signed) {
         Ok(cs) => cs,
         Err(e) => return Ok(Err(e)),
@@ -199,9 +212,8 @@ pub fn validate<F: Facts>(
     if origin.revoked {
         return Ok(Err(ChangeSetError::Revoked(stream.origin.clone())));
     }
-    let sig = Signature::from_bytes(&signed.sig);
-    let input = signing_input(crate::changeset::CHANGE_SET_SIG_PREFIX, &signed.body);
-    if origin.key.verify(&input, &sig).is_err() {
+    let already_verified = verified_under.is_some_and(|key| *key == origin.key);
+    if !already_verified && signed.verify_signature(&origin.key).is_err() {
         return Ok(Err(ChangeSetError::BadSignature {
             stream: stream.clone(),
             seq: change_set.seq,

@@ -243,9 +243,7 @@ fn garbage_datagrams_and_bad_pos_requests_change_nothing() {
 
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..200u32 {
-        let junk: Vec<u8> = (0..(i % 1200 + 1))
-            .map(|b| (b * 31 + i) as u8)
-            .collect();
+        let junk: Vec<u8> = (0..(i % 1200 + 1)).map(|b| (b * 31 + i) as u8).collect();
         socket.send_to(&junk, hq.addr).unwrap();
     }
 

@@ -709,3 +709,109 @@ fn a_reopened_replica_still_orders_its_writes_after_what_it_observed() {
         "new"
     );
 }
+
+// A batch large enough to have its signatures checked on several threads before the transaction
+// still refuses exactly the change set with a bad signature (and, after it, the gap it leaves),
+// and still applies a store's change set whose key arrives earlier in the same batch.
+#[test]
+fn a_large_batch_checked_in_parallel_refuses_exactly_the_bad_signature() {
+    let (_dir, chain) = chain(2);
+    let (mut hq, mut stores) = chain.bootstrap(1_000);
+    let s1 = chain.stores[0].id.clone();
+    let mut batch: Vec<SignedChangeSet> = (1..=40)
+        .map(|n| {
+            stores[0]
+                .commit_local(Topic::Sales, vec![sale(&s1, n, &[("cola", 1, 100)])], 2_000)
+                .unwrap()
+                .signed
+        })
+        .collect();
+    batch[20].sig[5] ^= 0x01;
+    let report = hq.apply_batch(&batch, Some(&s1), 3_000).unwrap();
+    assert_eq!(report.applied.len(), 20);
+    assert!(
+        matches!(
+            report.rejected[0],
+            chainsync::validate::ChangeSetError::BadSignature { seq: 21, .. }
+        ),
+        "{:?}",
+        report.rejected[0]
+    );
+    assert_eq!(
+        report.rejected.len(),
+        20,
+        "the bad one, then 19 gaps behind it"
+    );
+    assert_eq!(hq.receipt_count().unwrap(), 20);
+    batch[20].sig[5] ^= 0x01;
+    let report = hq.apply_batch(&batch, Some(&s1), 4_000).unwrap();
+    assert_eq!(
+        (
+            report.applied.len(),
+            report.duplicates,
+            report.rejected.len()
+        ),
+        (20, 20, 0)
+    );
+
+    // A relayed batch at a store: a new store's key and, later in the same batch, its members.
+    let new = node("S009");
+    let key = chainsync_tests::key_for("S009");
+    let mut ops = chain.directory_ops();
+    ops.retain(|op| matches!(op, Op::StoreUpsert(s) if s.id == chain.stores[0].id));
+    if let Some(Op::StoreUpsert(s)) = ops.first_mut() {
+        s.id = new.clone();
+        s.public_key = key.verifying_key().to_bytes();
+    }
+    let mut relay = vec![
+        hq.commit_local(Topic::Directory, ops, 5_000)
+            .unwrap()
+            .signed,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let identity = chainsync::replica::Identity {
+        node: new.clone(),
+        key,
+    };
+    let mut s9 = Replica::open(
+        &dir.path().join("s9.db"),
+        identity,
+        chain.hq_key.verifying_key(),
+        Durability::Relaxed,
+    )
+    .unwrap();
+    let directory: Vec<SignedChangeSet> = hq
+        .read_stream(
+            &StreamId::new(NodeId::hq(), Topic::Directory),
+            0,
+            100,
+            usize::MAX,
+        )
+        .unwrap();
+    assert!(
+        s9.apply_batch(&directory, None, 5_500)
+            .unwrap()
+            .rejected
+            .is_empty()
+    );
+    for n in 0..40 {
+        relay.push(
+            s9.commit_local(
+                Topic::Members,
+                vec![Op::Ledger(points(&new, n, &member("M1"), 1))],
+                6_000,
+            )
+            .unwrap()
+            .signed,
+        );
+    }
+    let report = stores[1].apply_batch(&relay, None, 7_000).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(report.applied.len(), 41);
+    assert_eq!(
+        stores[1]
+            .balance(&member("M1"), chainsync::model::LedgerAccount::Points)
+            .unwrap(),
+        40
+    );
+}

@@ -22,13 +22,44 @@ use crate::hlc::Hlc;
 use crate::ids::{NodeId, StreamId, Topic};
 use crate::model::{LedgerAccount, LedgerKind, MovementKind, PriceKind, Receipt, ReceiptLine};
 use rusqlite::{Connection, params};
+use std::collections::BTreeMap;
 
-/// Applies one op of `stream`, stamped `hlc`, inside the caller's transaction.
+/// Stock changes gathered while applying, written once per (store, sku) by [`StockDeltas::flush`]
+/// in the same transaction: a batch of receipts touches the same few skus over and over, and one
+/// upsert per sku instead of one per line is most of the apply cost saved.
+#[derive(Debug, Default)]
+pub(crate) struct StockDeltas(BTreeMap<(String, String), i64>);
+
+impl StockDeltas {
+    fn add(&mut self, store: &NodeId, sku: &str, delta: i64) {
+        let slot = self
+            .0
+            .entry((store.as_str().to_owned(), sku.to_owned()))
+            .or_default();
+        *slot = slot.saturating_add(delta);
+    }
+
+    /// Writes the gathered changes. Must run before the transaction commits.
+    pub(crate) fn flush(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO stock (store, sku, qty) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store, sku) DO UPDATE SET qty = qty + excluded.qty",
+        )?;
+        for ((store, sku), delta) in std::mem::take(&mut self.0) {
+            stmt.execute(params![store, sku, delta])?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies one op of `stream`, stamped `hlc`, inside the caller's transaction; stock changes go
+/// to `stock` (the caller flushes them before committing).
 pub(crate) fn apply_op(
     tx: &Connection,
     stream: &StreamId,
     hlc: Hlc,
     op: &Op,
+    stock: &mut StockDeltas,
 ) -> rusqlite::Result<()> {
     match op {
         Op::RegionUpsert(r) => {
@@ -159,10 +190,10 @@ pub(crate) fn apply_op(
                     m.at_ms
                 ])?;
             if inserted == 1 {
-                add_stock(tx, &m.store, m.sku.as_str(), m.qty_delta)?;
+                stock.add(&m.store, m.sku.as_str(), m.qty_delta);
             }
         }
-        Op::Receipt(r) => apply_receipt(tx, r)?,
+        Op::Receipt(r) => apply_receipt(tx, r, stock)?,
         Op::Return(r) => {
             let refund: i64 = r
                 .refunds
@@ -184,7 +215,7 @@ pub(crate) fn apply_op(
                 ])?;
             if inserted == 1 {
                 for line in &r.lines {
-                    add_stock(tx, &r.store, line.sku.as_str(), line.qty)?;
+                    stock.add(&r.store, line.sku.as_str(), line.qty);
                 }
             }
         }
@@ -207,7 +238,7 @@ pub(crate) fn apply_op(
                     .execute(params![v.original.as_str()])?;
                 if newly_voided == 1 {
                     for line in receipt_lines(tx, v.original.as_str())? {
-                        add_stock(tx, &v.store, line.0.as_str(), line.1)?;
+                        stock.add(&v.store, line.0.as_str(), line.1);
                     }
                 }
             }
@@ -216,7 +247,7 @@ pub(crate) fn apply_op(
     Ok(())
 }
 
-fn apply_receipt(tx: &Connection, r: &Receipt) -> rusqlite::Result<()> {
+fn apply_receipt(tx: &Connection, r: &Receipt, stock: &mut StockDeltas) -> rusqlite::Result<()> {
     let inserted = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO receipts (id, store, sold_at_ms, member, total_cents)
@@ -246,7 +277,7 @@ fn apply_receipt(tx: &Connection, r: &Receipt) -> rusqlite::Result<()> {
     for (line_no, line) in r.lines.iter().enumerate() {
         insert_line(&mut line_stmt, r, line_no, line)?;
         if !already_voided {
-            add_stock(tx, &r.store, line.sku.as_str(), -line.qty)?;
+            stock.add(&r.store, line.sku.as_str(), -line.qty);
         }
     }
     Ok(())
@@ -273,15 +304,6 @@ fn receipt_lines(tx: &Connection, receipt: &str) -> rusqlite::Result<Vec<(String
     let mut stmt = tx.prepare_cached("SELECT sku, qty FROM receipt_lines WHERE receipt = ?1")?;
     let rows = stmt.query_map(params![receipt], |row| Ok((row.get(0)?, row.get(1)?)))?;
     rows.collect()
-}
-
-fn add_stock(tx: &Connection, store: &NodeId, sku: &str, delta: i64) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO stock (store, sku, qty) VALUES (?1, ?2, ?3)
-         ON CONFLICT (store, sku) DO UPDATE SET qty = qty + excluded.qty",
-    )?
-    .execute(params![store.as_str(), sku, delta])?;
-    Ok(())
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -20,6 +20,7 @@
 //!   the hub says it made it durable.
 
 mod apply;
+use apply::StockDeltas;
 mod hq;
 mod query;
 mod report;
@@ -38,6 +39,8 @@ use crate::validate::{
 };
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Schema version this build writes; a database of another version is refused.
@@ -254,10 +257,7 @@ impl Replica {
             ops,
         };
         let signed = SignedChangeSet::sign(&change_set, &self.identity.key)?;
-        let facts = TxFacts {
-            conn: &tx,
-            hq_key: &self.hq_key,
-        };
+        let facts = TxFacts::new(&tx, &self.hq_key);
         let verified = match validate::validate(&signed, None, &facts)? {
             Ok(Verdict::Apply(cs)) => cs,
             Ok(Verdict::Duplicate { stream, seq }) => {
@@ -268,7 +268,9 @@ impl Replica {
             }
             Err(e) => return Err(ReplicaError::Refused(e)),
         };
-        append(&tx, &verified, &signed, now_ms)?;
+        let mut stock = StockDeltas::default();
+        append(&tx, &verified, &signed, now_ms, &mut stock)?;
+        stock.flush(&tx)?;
         also(&tx)?;
         put_meta(
             &tx,
@@ -296,15 +298,18 @@ impl Replica {
         let tx = self.conn.transaction()?;
         let mut report = BatchReport::default();
         let mut newest = self.clock.last();
-        for signed in batch {
-            let facts = TxFacts {
-                conn: &tx,
-                hq_key: &self.hq_key,
-            };
-            match validate::validate(signed, peer, &facts)? {
+        let mut stock = StockDeltas::default();
+        let facts = TxFacts::new(&tx, &self.hq_key);
+        let verified_under = preverify(batch, &facts)?;
+        for (signed, key) in batch.iter().zip(&verified_under) {
+            match validate::validate_preverified(signed, peer, &facts, key.as_ref())? {
                 Ok(Verdict::Apply(cs)) => {
                     newest = newest.max(cs.hlc);
-                    append(&tx, &cs, signed, now_ms)?;
+                    append(&tx, &cs, signed, now_ms, &mut stock)?;
+                    if cs.stream.topic == Topic::Directory {
+                        // Keys, regions or revocations may have changed for what follows.
+                        facts.forget_origins();
+                    }
                     report.applied.push((cs.stream, cs.seq));
                 }
                 Ok(Verdict::Duplicate { .. }) => report.duplicates += 1,
@@ -318,6 +323,7 @@ impl Replica {
                 }
             }
         }
+        stock.flush(&tx)?;
         // The clock must survive a restart having seen what was applied, or the next local
         // edit could lose to an older one from a store whose clock runs ahead.
         self.clock.observe(newest);
@@ -559,12 +565,26 @@ impl Replica {
 struct TxFacts<'a> {
     conn: &'a Connection,
     hq_key: &'a VerifyingKey,
+    /// Directory entries read so far in this transaction: a push batch has one origin, and
+    /// decompressing its key once instead of per change set is measurable.
+    origins: RefCell<HashMap<NodeId, Option<OriginInfo>>>,
 }
 
-impl Facts for TxFacts<'_> {
-    type Error = rusqlite::Error;
+impl<'a> TxFacts<'a> {
+    fn new(conn: &'a Connection, hq_key: &'a VerifyingKey) -> Self {
+        Self {
+            conn,
+            hq_key,
+            origins: RefCell::new(HashMap::new()),
+        }
+    }
 
-    fn origin(&self, node: &NodeId) -> Result<Option<OriginInfo>, rusqlite::Error> {
+    /// Drops cached directory entries (after a directory change set was applied).
+    fn forget_origins(&self) {
+        self.origins.borrow_mut().clear();
+    }
+
+    fn load_origin(&self, node: &NodeId) -> Result<Option<OriginInfo>, rusqlite::Error> {
         if node.is_hq() {
             return Ok(Some(OriginInfo {
                 key: *self.hq_key,
@@ -590,6 +610,63 @@ impl Facts for TxFacts<'_> {
                 may_set_own_prices,
             })
         }))
+    }
+}
+
+/// Batches at least this large have their signatures checked on several threads before the
+/// transaction; smaller ones are not worth the thread start-up.
+const PARALLEL_VERIFY_MIN: usize = 32;
+
+/// Checks the signatures of `batch` on up to [`VERIFY_THREADS_MAX`] threads. For each change set,
+/// the key its signature verified under, or `None` (not checked here: the gate checks it).
+/// Uses single-signature verification, the same as the gate, so every node accepts exactly the
+/// same signatures (batch verification can disagree with it on crafted edge cases).
+fn preverify(
+    batch: &[SignedChangeSet],
+    facts: &TxFacts<'_>,
+) -> rusqlite::Result<Vec<Option<VerifyingKey>>> {
+    let mut keys: Vec<Option<VerifyingKey>> = vec![None; batch.len()];
+    if batch.len() < PARALLEL_VERIFY_MIN {
+        return Ok(keys);
+    }
+    for (signed, slot) in batch.iter().zip(keys.iter_mut()) {
+        if let Ok(cs) = validate::open(signed) {
+            *slot = facts.origin(&cs.stream.origin)?.map(|o| o.key);
+        }
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(VERIFY_THREADS_MAX);
+    let chunk = batch.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (signed, slots) in batch.chunks(chunk).zip(keys.chunks_mut(chunk)) {
+            scope.spawn(move || {
+                for (signed, slot) in signed.iter().zip(slots.iter_mut()) {
+                    if slot.is_some_and(|key| signed.verify_signature(&key).is_err()) {
+                        *slot = None;
+                    }
+                }
+            });
+        }
+    });
+    Ok(keys)
+}
+
+/// Most threads verifying one batch's signatures.
+const VERIFY_THREADS_MAX: usize = 4;
+
+impl Facts for TxFacts<'_> {
+    type Error = rusqlite::Error;
+
+    fn origin(&self, node: &NodeId) -> Result<Option<OriginInfo>, rusqlite::Error> {
+        if let Some(found) = self.origins.borrow().get(node) {
+            return Ok(found.clone());
+        }
+        let found = self.load_origin(node)?;
+        self.origins
+            .borrow_mut()
+            .insert(node.clone(), found.clone());
+        Ok(found)
     }
 
     fn head(&self, stream: &StreamId) -> Result<StreamHead, rusqlite::Error> {
@@ -653,11 +730,12 @@ fn append(
     cs: &ChangeSet,
     signed: &SignedChangeSet,
     now_ms: u64,
+    stock: &mut StockDeltas,
 ) -> rusqlite::Result<()> {
     let id = ensure_stream(tx, &cs.stream)?;
     tx.prepare_cached("INSERT INTO log (stream, seq, body, sig) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![id, cs.seq as i64, signed.body, &signed.sig[..]])?;
-    append_ops(tx, &cs.stream, cs.hlc, &cs.ops)?;
+    append_ops(tx, &cs.stream, cs.hlc, &cs.ops, stock)?;
     tx.prepare_cached(
         "UPDATE streams SET head_seq = ?2, head_hash = ?3, last_applied_ms = ?4,
          halted_reason = NULL, halted_at_ms = NULL WHERE id = ?1",
@@ -672,9 +750,15 @@ fn append(
 }
 
 /// Materializes `ops` of `stream`. Caller holds the transaction.
-fn append_ops(tx: &Connection, stream: &StreamId, hlc: Hlc, ops: &[Op]) -> rusqlite::Result<()> {
+fn append_ops(
+    tx: &Connection,
+    stream: &StreamId,
+    hlc: Hlc,
+    ops: &[Op],
+    stock: &mut StockDeltas,
+) -> rusqlite::Result<()> {
     for op in ops {
-        apply::apply_op(tx, stream, hlc, op)?;
+        apply::apply_op(tx, stream, hlc, op, stock)?;
     }
     Ok(())
 }

@@ -146,6 +146,9 @@ CREATE TABLE voids (
     at_ms    INTEGER NOT NULL,
     reason   TEXT    NOT NULL
 ) WITHOUT ROWID;
+-- Every receipt applied asks whether a void for it arrived first: without this index that is a
+-- scan of every void ever recorded, which at HQ grows without bound.
+CREATE INDEX voids_by_original ON voids (original);
 
 -- HQ only: stores added but not yet enrolled, and their one-time tokens (blake3 of the token).
 CREATE TABLE enrollments (

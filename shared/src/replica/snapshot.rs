@@ -84,7 +84,15 @@ impl Replica {
             return Ok(SnapshotLoad::AlreadyAhead { head_seq: head.seq });
         }
         let id = ensure_stream(&tx, &snapshot.stream)?;
-        append_ops(&tx, &snapshot.stream, snapshot.hlc, &snapshot.ops)?;
+        let mut stock = super::StockDeltas::default();
+        append_ops(
+            &tx,
+            &snapshot.stream,
+            snapshot.hlc,
+            &snapshot.ops,
+            &mut stock,
+        )?;
+        stock.flush(&tx)?;
         tx.execute(
             "DELETE FROM log WHERE stream = ?1 AND seq <= ?2",
             params![id, snapshot.seq as i64],
