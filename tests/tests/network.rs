@@ -1,0 +1,131 @@
+//! Bad input over the network, against a real `hq-server serve`: a client that is not enrolled
+//! and a frame over the size limit each get an `Error` frame naming the problem; HQ keeps serving
+//! the enrolled store. And an agent reconnects by itself after HQ restarts.
+
+use chainsync::protocol::frame::{ErrorCode, FRAME_BYTES_MAX, Frame, FrameDecoder, encode_frame};
+use chainsync::transport::tls::client_config;
+use chainsync_tests::e2e::{Agent, Hq, wait_until};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Opens a session stream to HQ as any client could (HQ's certificate is public), sends `bytes`,
+/// and returns the first frame HQ answers.
+fn first_answer(hq: &Hq, bytes: Vec<u8>) -> Frame {
+    let cert = std::fs::read(hq.data.join("hq-cert.der")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+        endpoint.set_default_client_config(client_config(&cert).unwrap());
+        let conn = endpoint
+            .connect(hq.addr, chainsync::transport::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        let mut decoder = FrameDecoder::default();
+        loop {
+            if let Some(frame) = decoder.next_frame().unwrap() {
+                return frame;
+            }
+            let chunk = tokio::time::timeout(WAIT, recv.read_chunk(65_536, true))
+                .await
+                .unwrap()
+                .unwrap();
+            decoder
+                .push(&chunk.expect("HQ answers before closing").bytes)
+                .unwrap();
+        }
+    })
+}
+
+fn setup(root: &std::path::Path) -> Hq {
+    let hq = Hq::init(root);
+    hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    hq
+}
+
+// A stranger and an oversized frame are told why and cut off; the enrolled store keeps syncing.
+#[test]
+fn unenrolled_clients_and_oversized_frames_are_refused_while_hq_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let provision = hq.add_store("S001", "north");
+    let _hq = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    let _agent = agent.start();
+
+    let hello = encode_frame(&Frame::Hello {
+        node: "S999".into(),
+        cursors: vec![],
+    })
+    .unwrap();
+    match first_answer(&hq, hello) {
+        Frame::Error { code, message } => {
+            assert_eq!(code, ErrorCode::NotEnrolled);
+            assert!(message.contains("S999 is not enrolled"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let oversized = ((FRAME_BYTES_MAX as u32) + 1).to_be_bytes().to_vec();
+    match first_answer(&hq, oversized) {
+        Frame::Error { code, message } => {
+            assert_eq!(code, ErrorCode::BadFrame);
+            assert!(message.contains("over the"), "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let garbage = vec![0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x00];
+    assert!(matches!(first_answer(&hq, garbage), Frame::Error { .. }));
+
+    let (status, body) = agent.send(
+        "POST",
+        "/v1/sales",
+        &json!({ "lines": [{ "sku": "cola", "qty": 1 }] }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let replica = hq.replica();
+    wait_until(WAIT, "the sale at HQ", || {
+        (replica.receipt_count().unwrap() == 1).then_some(())
+    });
+}
+
+// HQ goes down and comes back: the agent keeps selling meanwhile, reconnects by itself, and
+// delivers what it sold; a price set after the restart reaches it without polling.
+#[test]
+fn an_agent_reconnects_after_hq_restarts_and_delivers_what_it_sold() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let provision = hq.add_store("S001", "north");
+    let hq_proc = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    agent.set_poll_interval_ms(600_000);
+    let _agent = agent.start();
+    wait_until(WAIT, "the price at the store", || {
+        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
+    });
+
+    assert!(hq_proc.terminate());
+    wait_until(WAIT, "the agent to notice", || {
+        (agent.get("/v1/sync").1["connected"] == false).then_some(())
+    });
+    let (status, body) = agent.send(
+        "POST",
+        "/v1/sales",
+        &json!({ "lines": [{ "sku": "cola", "qty": 2 }] }),
+    );
+    assert_eq!(status, 201, "the till works while HQ is down: {body}");
+
+    let _hq = hq.start();
+    let replica = hq.replica();
+    wait_until(WAIT, "the sale at HQ after reconnecting", || {
+        (replica.receipt_count().unwrap() == 1).then_some(())
+    });
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.09"]);
+    wait_until(WAIT, "the new price by notification", || {
+        (agent.get("/v1/prices/cola").1["price_cents"] == 109).then_some(())
+    });
+}
