@@ -59,12 +59,16 @@ enum Command {
     /// Manage HQ API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Run a small chain (HQ and four stores, each with its own SQLite replica) in one process:
-    /// stores sell, HQ changes a price, everything syncs, and it prints consolidated stock.
+    /// Run a small chain on this machine: HQ and four store agents (each with its own SQLite
+    /// replica) over QUIC on loopback; stores sell, HQ changes a price, it prints consolidated
+    /// stock, then keeps running until Ctrl-C with its API open.
     Demo {
         /// Folder for the demo's databases (default: a new folder in the system temp folder).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// TCP address of the demo's HQ API.
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        api_listen: SocketAddr,
     },
 }
 
@@ -274,11 +278,17 @@ fn main() -> Result<()> {
             println!("{}", admin::add_token(&HqDir::new(&data), &name, &role)?);
             Ok(())
         }
-        Command::Demo { data } => {
+        Command::Demo { data, api_listen } => {
             let now_ms = chainsync::transport::now_ms();
             let dir = data
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("chainsync-demo-{now_ms}")));
-            hq_server::demo::run(&dir, now_ms)
+            let (stop, shutdown) = tokio::sync::watch::channel(false);
+            let signals = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            signals.spawn(async move {
+                wait_for_signal().await;
+                let _ = stop.send(true);
+            });
+            hq_server::demo::run(&dir, api_listen, shutdown)
         }
     }
 }
