@@ -157,13 +157,7 @@ pub fn set_price(dir: &HqDir, req: PriceRequest) -> Result<()> {
     if req.price_cents < 0 {
         bail!("a price cannot be negative");
     }
-    let kind = match req.kind {
-        PriceKind::Retail => "r",
-        PriceKind::Member => "m",
-        PriceKind::Wholesale => "w",
-    };
-    let id = RecordId::new(format!("hq-{}.{kind}.{from}", req.sku))
-        .with_context(|| format!("sku {} is too long to name a price entry", req.sku))?;
+    let id = crate::csvio::price_entry_id(&req.sku, req.kind, from)?;
     if let Scope::Region(region) = &req.scope
         && !replica.store_ids()?.iter().any(|s| {
             replica
@@ -231,4 +225,117 @@ pub fn add_token(dir: &HqDir, name: &str, role: &str) -> Result<String> {
     let token = hex::encode(bytes);
     replica.add_api_token(&token, name, role, region.as_ref(), now_ms())?;
     Ok(token)
+}
+
+/// What `hq-server promo add` asks for.
+pub struct PromoRequest {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub rule: chainsync::model::PromotionRule,
+    pub skus: Vec<Sku>,
+    pub member_only: bool,
+    pub birthday_only: bool,
+    pub starts_at_ms: Option<i64>,
+    pub ends_at_ms: Option<i64>,
+    pub max_units_per_receipt: Option<u32>,
+}
+
+/// `hq-server promo add`: a promotion in its scope's stream (replacing one of the same id).
+pub fn add_promo(dir: &HqDir, req: PromoRequest) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let starts = req.starts_at_ms.unwrap_or(now_ms() as i64);
+    if req.ends_at_ms.is_some_and(|end| end <= starts) {
+        bail!("the promotion must end after it starts");
+    }
+    for sku in &req.skus {
+        if replica.product(sku)?.is_none() {
+            bail!("sku {sku} is not in the catalog");
+        }
+    }
+    let promo = chainsync::model::Promotion {
+        id: RecordId::new(format!("hq-{}", req.id)).context("promotion id")?,
+        name: req.name,
+        scope: req.scope.clone(),
+        rule: req.rule,
+        skus: req.skus,
+        member_only: req.member_only,
+        birthday_only: req.birthday_only,
+        starts_at_ms: starts,
+        ends_at_ms: req.ends_at_ms,
+        hours: None,
+        max_units_per_receipt: req.max_units_per_receipt,
+    };
+    let id = promo.id.clone();
+    let committed = replica.commit_local(
+        Topic::Promotions(req.scope),
+        vec![Op::PromotionUpsert(promo)],
+        now_ms(),
+    )?;
+    println!(
+        "promotion {id} saved: {} seq {}",
+        committed.stream, committed.seq
+    );
+    Ok(())
+}
+
+/// `hq-server promo remove`.
+pub fn remove_promo(dir: &HqDir, id: &str, scope: Scope) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let id = RecordId::new(format!("hq-{id}")).context("promotion id")?;
+    if !replica
+        .promotions()?
+        .iter()
+        .any(|p| p.id == id && p.scope == scope)
+    {
+        bail!("no promotion {id} in scope {scope}");
+    }
+    let committed = replica.commit_local(
+        Topic::Promotions(scope),
+        vec![Op::PromotionRemove { id: id.clone() }],
+        now_ms(),
+    )?;
+    println!(
+        "promotion {id} removed: {} seq {}",
+        committed.stream, committed.seq
+    );
+    Ok(())
+}
+
+/// Parses a promotion rule: `percent_off:10`, `amount_off:0.50`, `fixed_price:0.99`,
+/// `buy:2:get:1`, `spend:50.00:off:5.00`.
+pub fn parse_rule(text: &str) -> Result<chainsync::model::PromotionRule> {
+    use chainsync::model::PromotionRule;
+    let parts: Vec<&str> = text.split(':').collect();
+    let rule = match parts.as_slice() {
+        ["percent_off", p] => {
+            let bp = (p.parse::<f64>().with_context(|| format!("percent `{p}`"))? * 100.0).round();
+            if !(0.0..=10_000.0).contains(&bp) {
+                bail!("percent off must be 0..=100");
+            }
+            PromotionRule::PercentOff {
+                basis_points: bp as u32,
+            }
+        }
+        ["amount_off", a] => PromotionRule::AmountOff {
+            cents: parse_cents(a)?,
+        },
+        ["fixed_price", a] => PromotionRule::FixedPrice {
+            cents: parse_cents(a)?,
+        },
+        ["buy", n, "get", m] => PromotionRule::BuyNGetM {
+            buy: n.parse().with_context(|| format!("buy `{n}`"))?,
+            get: m.parse().with_context(|| format!("get `{m}`"))?,
+        },
+        ["spend", x, "off", y] => PromotionRule::SpendXGetY {
+            spend_cents: parse_cents(x)?,
+            off_cents: parse_cents(y)?,
+        },
+        _ => bail!(
+            "rule `{text}` is not percent_off:P, amount_off:A, fixed_price:A, buy:N:get:M or spend:X:off:Y"
+        ),
+    };
+    Ok(rule)
 }

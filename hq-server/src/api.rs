@@ -489,8 +489,8 @@ async fn set_price(
         Ok(())
     })
     .await?;
-    let id = RecordId::new(format!("hq-{sku}.{}.{from}", &kind_name(kind)[..1]))
-        .map_err(|_| ApiError::invalid(format!("sku {sku} is too long to name a price entry")))?;
+    let id = crate::csvio::price_entry_id(&sku, kind, from)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let entry = PriceEntry {
         id: id.clone(),
         sku,

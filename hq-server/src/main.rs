@@ -59,6 +59,15 @@ enum Command {
     /// Manage HQ API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage promotions.
+    #[command(subcommand)]
+    Promo(PromoCommand),
+    /// Import products or prices from CSV (all rows checked before anything is written).
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Export consolidated stock to CSV.
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Run a small chain on this machine: HQ and four store agents (each with its own SQLite
     /// replica) over QUIC on loopback; stores sell, HQ changes a price, it prints consolidated
     /// stock, then keeps running until Ctrl-C with its API open.
@@ -105,6 +114,80 @@ enum StoreCommand {
     List {
         #[arg(long, default_value = "hq-data")]
         data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PromoCommand {
+    /// Add a promotion, or replace one with the same id and scope.
+    Add {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        /// Promotion id, e.g. summer-cola.
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// chain, region:<id> or store:<id>.
+        #[arg(long, default_value = "chain")]
+        scope: Scope,
+        /// percent_off:10, amount_off:0.50, fixed_price:0.99, buy:2:get:1 or spend:50.00:off:5.00.
+        #[arg(long)]
+        rule: String,
+        /// Skus it applies to (repeat; none means every sku / the whole receipt).
+        #[arg(long)]
+        sku: Vec<Sku>,
+        #[arg(long)]
+        member_only: bool,
+        #[arg(long)]
+        birthday_only: bool,
+        /// Starts at (Unix ms; default now).
+        #[arg(long)]
+        from_ms: Option<i64>,
+        /// Ends at (Unix ms, exclusive; default open-ended).
+        #[arg(long)]
+        to_ms: Option<i64>,
+        /// At most this many units per receipt.
+        #[arg(long)]
+        max_units: Option<u32>,
+    },
+    /// Remove a promotion.
+    Remove {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "chain")]
+        scope: Scope,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Products: sku,name,category,unit_cost,barcodes (barcodes separated by `;`).
+    Products {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Prices: sku,scope,kind,price,effective_from_ms,effective_to_ms.
+    Prices {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Consolidated stock: store,region,sku,category,qty,as_of_ms.
+    Stock {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
     },
 }
 
@@ -273,6 +356,51 @@ fn main() -> Result<()> {
                 active: true,
             };
             admin::add_product(&HqDir::new(&data), product)
+        }
+        Command::Promo(PromoCommand::Add {
+            data,
+            id,
+            name,
+            scope,
+            rule,
+            sku,
+            member_only,
+            birthday_only,
+            from_ms,
+            to_ms,
+            max_units,
+        }) => {
+            let req = admin::PromoRequest {
+                id,
+                name,
+                scope,
+                rule: admin::parse_rule(&rule)?,
+                skus: sku,
+                member_only,
+                birthday_only,
+                starts_at_ms: from_ms,
+                ends_at_ms: to_ms,
+                max_units_per_receipt: max_units,
+            };
+            admin::add_promo(&HqDir::new(&data), req)
+        }
+        Command::Promo(PromoCommand::Remove { data, id, scope }) => {
+            admin::remove_promo(&HqDir::new(&data), &id, scope)
+        }
+        Command::Import(ImportCommand::Products { data, file }) => {
+            let n = hq_server::csvio::import_products(&HqDir::new(&data), &file)?;
+            println!("imported {n} products");
+            Ok(())
+        }
+        Command::Import(ImportCommand::Prices { data, file }) => {
+            let n = hq_server::csvio::import_prices(&HqDir::new(&data), &file)?;
+            println!("imported {n} price entries");
+            Ok(())
+        }
+        Command::Export(ExportCommand::Stock { data, file }) => {
+            let n = hq_server::csvio::export_stock(&HqDir::new(&data), &file)?;
+            println!("exported {n} stock rows to {}", file.display());
+            Ok(())
         }
         Command::Token(TokenCommand::Add { data, name, role }) => {
             println!("{}", admin::add_token(&HqDir::new(&data), &name, &role)?);

@@ -403,3 +403,113 @@ fn hq_api_roles_consolidated_stock_and_prices() {
     assert_eq!(body["rows"][0]["receipts"], 1, "{body}");
     assert_eq!(body["rows"][0]["store"], "S001", "{body}");
 }
+
+// The catalog and price lists come from CSV, all or nothing; a promotion for one region reaches
+// that region's tills only; stock goes back out to CSV.
+#[test]
+fn csv_import_export_and_regional_promotions() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = Hq::init(dir.path());
+    let products = dir.path().join("products.csv");
+    std::fs::write(
+        &products,
+        "sku,name,category,unit_cost,barcodes\ncola,\"Cola, 330 ml\",drinks,0.55,4000001;4000002\ntea,Green tea,drinks,0.40,\n",
+    )
+    .unwrap();
+    assert!(
+        hq.cli_ok(&["import", "products", "--file", &products.to_string_lossy()])
+            .contains("imported 2 products")
+    );
+    let bad = dir.path().join("bad-prices.csv");
+    std::fs::write(
+        &bad,
+        "sku,scope,kind,price,effective_from_ms,effective_to_ms\ncola,chain,retail,1.29,,\nbiscuit,chain,retail,0.99,,\n",
+    )
+    .unwrap();
+    let out = hq.cli(&["import", "prices", "--file", &bad.to_string_lossy()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sku biscuit is not in the catalog"));
+    let typo = dir.path().join("typo-prices.csv");
+    std::fs::write(
+        &typo,
+        "sku,scope,kind,price,effective_from_ms,effective_to_ms\ncola,chain,retail,1.2.9,,\n",
+    )
+    .unwrap();
+    let out = hq.cli(&["import", "prices", "--file", &typo.to_string_lossy()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        hq.replica().price_entries().unwrap().is_empty(),
+        "a refused import writes nothing"
+    );
+    let prices = dir.path().join("prices.csv");
+    std::fs::write(
+        &prices,
+        "sku,scope,kind,price,effective_from_ms,effective_to_ms\ncola,chain,retail,1.29,0,\ntea,chain,retail,0.89,0,\ncola,region:north,member,0.99,0,\n",
+    )
+    .unwrap();
+    assert!(
+        hq.cli_ok(&["import", "prices", "--file", &prices.to_string_lossy()])
+            .contains("imported 3 price entries")
+    );
+    hq.cli_ok(&[
+        "promo",
+        "add",
+        "--id",
+        "tea-week",
+        "--name",
+        "Tea week",
+        "--scope",
+        "region:north",
+        "--rule",
+        "percent_off:20",
+        "--sku",
+        "tea",
+    ]);
+    let out = hq.cli(&[
+        "promo", "add", "--id", "x", "--name", "x", "--rule", "half_off", "--sku", "tea",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not percent_off"));
+
+    let p1 = hq.add_store("S001", "north");
+    let p2 = hq.add_store("S002", "south");
+    let _hq = hq.start();
+    let (a1, a2) = (
+        Agent::init(dir.path(), "S001", &p1).unwrap(),
+        Agent::init(dir.path(), "S002", &p2).unwrap(),
+    );
+    let (_x, _y) = (a1.start(), a2.start());
+    let promos_for = |a: &Agent| {
+        let (_, body) = a.get("/v1/prices/tea");
+        body["promotions"].as_array().map(|p| p.len())
+    };
+    wait_until(WAIT, "the promotion at the north till", || {
+        (promos_for(&a1) == Some(1)).then_some(())
+    });
+    wait_until(WAIT, "prices at the south till", || {
+        (price_at(&a2) == 129).then_some(())
+    });
+    assert_eq!(promos_for(&a2), Some(0), "south has no tea week");
+    let (_, member_price) = a1.get("/v1/prices/cola?member=M1");
+    assert_eq!(
+        member_price["price_cents"], 99,
+        "a north member pays the member price: {member_price}"
+    );
+
+    sell(&a1, 3);
+    let replica = hq.replica();
+    wait_until(WAIT, "the sale at HQ", || {
+        (replica.receipt_count().unwrap() == 1).then_some(())
+    });
+    let export = dir.path().join("stock.csv");
+    hq.cli_ok(&["export", "stock", "--file", &export.to_string_lossy()]);
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert!(
+        text.starts_with("store,region,sku,category,qty,as_of_ms\n"),
+        "{text}"
+    );
+    assert!(text.contains("S001,north,cola,drinks,-3,"), "{text}");
+}
