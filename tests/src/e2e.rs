@@ -10,6 +10,7 @@ use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary (`hq-server`, `store-agent`).
@@ -41,20 +42,36 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
     }
 }
 
-/// A loopback UDP port nobody listens on right now.
-pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
+/// Ports the tests hand out: below Linux's ephemeral range (32768..), so no client socket opened
+/// meanwhile (QUIC clients bind an ephemeral port) can take one between our check and the
+/// server's bind; handed out once per process, so parallel tests never share one.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+fn free_port(bindable: impl Fn(u16) -> bool) -> u16 {
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    // Start where the process id says, so test binaries run one after another do not walk the
+    // same ports while the previous one's sockets linger.
+    let start = (std::process::id() % u32::from(span)) as u16 + 1;
+    let _ = NEXT_PORT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span {
+        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = TEST_PORTS.start + n % span;
+        if bindable(port) {
+            return port;
+        }
+    }
+    panic!("no free test port in {TEST_PORTS:?}");
 }
 
-/// A loopback TCP port nobody listens on right now.
+/// A loopback UDP port nobody listens on, reserved for this test.
+pub fn free_udp_port() -> u16 {
+    free_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// A loopback TCP port nobody listens on, reserved for this test.
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free tcp port")
+    free_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// A running process, killed (SIGKILL) when dropped.
@@ -176,8 +193,12 @@ impl Hq {
                 .arg(&self.data),
             log,
         );
+        let mut proc = proc;
         wait_until(Duration::from_secs(20), "HQ to listen", || {
-            proc.log_text().contains("listening").then_some(())
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!("hq-server serve exited ({status}): {}", proc.log_text());
+            }
+            proc.log_text().contains("HQ API listening").then_some(())
         });
         proc
     }
@@ -275,7 +296,11 @@ impl Agent {
                 .arg(&self.data),
             log,
         );
+        let mut proc = proc;
         wait_until(Duration::from_secs(20), "the POS API to answer", || {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!("store-agent run exited ({status}): {}", proc.log_text());
+            }
             self.try_get("/v1/sync").ok().map(|_| ())
         });
         proc
