@@ -339,3 +339,13 @@ pub fn parse_rule(text: &str) -> Result<chainsync::model::PromotionRule> {
     };
     Ok(rule)
 }
+
+/// `hq-server store mode`: switches a store's mode; its agent follows at its next exchange
+/// (a realtime agent at once, a batch agent at its next scheduled or requested sync).
+pub fn set_store_mode(dir: &HqDir, store: &NodeId, mode: StoreMode) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    replica.update_store(store, now_ms(), |info| info.mode = mode)?;
+    println!("store {store} is now {}", mode.as_str());
+    Ok(())
+}

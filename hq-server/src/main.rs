@@ -110,6 +110,16 @@ enum StoreCommand {
         #[arg(long)]
         id: NodeId,
     },
+    /// Switch a store between realtime and batch; its agent follows.
+    Mode {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        id: NodeId,
+        /// realtime or batch.
+        #[arg(long)]
+        mode: String,
+    },
     /// List stores with their state and when HQ last heard from them.
     List {
         #[arg(long, default_value = "hq-data")]
@@ -318,6 +328,9 @@ fn main() -> Result<()> {
         }
         Command::Store(StoreCommand::Revoke { data, id }) => {
             admin::revoke_store(&HqDir::new(&data), &id)
+        }
+        Command::Store(StoreCommand::Mode { data, id, mode }) => {
+            admin::set_store_mode(&HqDir::new(&data), &id, admin::parse_mode(&mode)?)
         }
         Command::Store(StoreCommand::List { data }) => admin::list_stores(&HqDir::new(&data)),
         Command::Price(PriceCommand::Set {

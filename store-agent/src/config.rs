@@ -37,11 +37,22 @@ pub struct AgentConfig {
     /// Pull at least this often, in ms, even without a notice from HQ.
     #[serde(default = "default_poll")]
     pub poll_interval_ms: u64,
+    /// Batch mode: connect this often, in ms (default 15 minutes); `store-agent sync now` or
+    /// `POST /v1/sync/now` exchanges at once.
+    #[serde(default = "default_batch_interval")]
+    pub batch_interval_ms: u64,
     /// Where the POS API listens (keep it on loopback).
     #[serde(default = "default_pos_listen")]
     pub pos_listen: SocketAddr,
     /// Bearer token the tills present to the POS API.
     pub pos_token: String,
+}
+
+/// Default batch interval: a quarter of an hour.
+pub const BATCH_INTERVAL_MS_DEFAULT: u64 = 15 * 60 * 1000;
+
+fn default_batch_interval() -> u64 {
+    BATCH_INTERVAL_MS_DEFAULT
 }
 
 fn default_pos_listen() -> SocketAddr {
@@ -104,6 +115,7 @@ impl AgentDir {
             hq_cert: provisioning.hq_cert.clone(),
             hq_public_key: provisioning.hq_public_key.clone(),
             poll_interval_ms: POLL_INTERVAL_MS_DEFAULT,
+            batch_interval_ms: BATCH_INTERVAL_MS_DEFAULT,
             pos_listen,
             pos_token: {
                 let mut bytes = [0u8; 24];

@@ -50,6 +50,11 @@ enum Command {
         #[arg(long, default_value = "store-data")]
         data: PathBuf,
     },
+    /// Exchange everything pending with HQ now (batch mode), through the running agent.
+    Sync {
+        #[command(subcommand)]
+        what: SyncCommand,
+    },
     /// Look up the price of a sku now.
     Price {
         #[arg(long, default_value = "store-data")]
@@ -59,6 +64,15 @@ enum Command {
         /// retail, member or wholesale.
         #[arg(long, default_value = "retail")]
         kind: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// Connect, push the outbox, pull what HQ has, hang up; prints what moved.
+    Now {
+        #[arg(long, default_value = "store-data")]
+        data: PathBuf,
     },
 }
 
@@ -146,6 +160,23 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Sync {
+            what: SyncCommand::Now { data },
+        } => {
+            let state = AgentDir::new(&data).load()?;
+            let (status, body) = post_sync_now(state.config.pos_listen, &state.config.pos_token)
+                .with_context(|| {
+                    format!(
+                        "asking the agent at {} (is `store-agent run` running?)",
+                        state.config.pos_listen
+                    )
+                })?;
+            println!("{body}");
+            if status != 200 {
+                anyhow::bail!("sync failed (HTTP {status})");
+            }
+            Ok(())
+        }
         Command::Price { data, sku, kind } => {
             let dir = AgentDir::new(&data);
             let state = dir.load()?;
@@ -199,4 +230,28 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `POST /v1/sync/now` to the running agent; returns the status and the body.
+fn post_sync_now(addr: std::net::SocketAddr, token: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(150)))?;
+    let request = format!(
+        "POST /v1/sync/now HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }

@@ -19,6 +19,7 @@
 //! | `POST /v1/stock/received`, `/v1/stock/counts`, `/v1/stock/transfers` | stock movements |
 //! | `GET /v1/stock`, `GET /v1/stock/{sku}` | local stock |
 //! | `GET /v1/sync` | link to HQ: connected, last exchange, outbox backlog by topic |
+//! | `POST /v1/sync/now` | exchange everything pending now (batch mode); answers when done |
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -59,6 +60,8 @@ pub struct PosState {
     pub store: NodeId,
     pub region: RegionId,
     pub token: Arc<str>,
+    /// Asks the link to exchange everything now.
+    pub sync_requests: tokio::sync::mpsc::Sender<chainsync::transport::leaf::SyncRequest>,
 }
 
 /// The router of the POS API.
@@ -77,6 +80,7 @@ pub fn router(state: PosState) -> Router {
         .route("/v1/stock/counts", post(stock_count))
         .route("/v1/stock/transfers", post(stock_transfer))
         .route("/v1/sync", get(sync_status))
+        .route("/v1/sync/now", post(sync_now))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(state)
@@ -865,4 +869,36 @@ async fn sync_status(State(state): State<PosState>) -> PosResult {
         "outbox": backlog,
     }))
     .into_response())
+}
+
+/// How long `POST /v1/sync/now` waits for the exchange.
+pub const SYNC_NOW_WAIT_MS: u64 = 120_000;
+
+async fn sync_now(State(state): State<PosState>) -> PosResult {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.sync_requests.try_send(tx).map_err(|_| {
+        PosError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many sync requests waiting; try again",
+        )
+    })?;
+    let outcome = tokio::time::timeout(std::time::Duration::from_millis(SYNC_NOW_WAIT_MS), rx)
+        .await
+        .map_err(|_| {
+            PosError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the exchange with HQ did not finish in time",
+            )
+        })?
+        .map_err(|_| PosError::new(StatusCode::SERVICE_UNAVAILABLE, "the link to HQ stopped"))?;
+    let status = if outcome.error.is_some() {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "mode": outcome.mode, "pushed": outcome.pushed, "pulled": outcome.pulled, "error": outcome.error })),
+    )
+        .into_response())
 }

@@ -1,4 +1,5 @@
-//! `store-agent run`: the agent service: the POS API on loopback and the realtime link to HQ,
+//! `store-agent run`: the agent service: the POS API on loopback and the link to HQ (realtime or
+//! batch, as HQ's directory says),
 //! until shutdown. On shutdown the API stops taking requests, in-flight writes commit, the link
 //! closes, and the database is closed last.
 
@@ -6,9 +7,12 @@ use crate::config::AgentDir;
 use crate::pos::{PosState, router};
 use anyhow::{Context, Result};
 use chainsync::transport::actor::ReplicaHandle;
-use chainsync::transport::leaf::{LinkStatus, RealtimeLink};
+use chainsync::transport::leaf::{LinkStatus, StoreLink};
 use std::sync::Arc;
 use tokio::sync::{Notify, watch};
+
+/// "Sync now" requests waiting for the link at most (each answered when its exchange ends).
+pub const SYNC_REQUESTS_MAX: usize = 16;
 
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> {
@@ -17,11 +21,13 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
     let (handle, thread) = ReplicaHandle::spawn(replica)?;
     let (status, link_status) = watch::channel(LinkStatus::default());
     let local_commits = Arc::new(Notify::new());
-    let link = RealtimeLink {
+    let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(SYNC_REQUESTS_MAX);
+    let link = StoreLink {
         hq: state.hq.clone(),
         node: state.config.store.clone(),
         key: state.key.clone(),
         poll_interval_ms: state.config.poll_interval_ms,
+        batch_interval_ms: state.config.batch_interval_ms,
         replica: handle.clone(),
         local_commits: local_commits.clone(),
         status,
@@ -33,6 +39,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
         store: state.config.store.clone(),
         region: state.config.region.clone(),
         token: state.config.pos_token.clone().into(),
+        sync_requests: sync_tx,
     });
     let listener = tokio::net::TcpListener::bind(state.config.pos_listen)
         .await
@@ -48,7 +55,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
                 .await
         })
     };
-    link.run(shutdown).await;
+    link.run(shutdown, sync_rx).await;
     api.await.context("POS API task")?.context("POS API")?;
     drop(link);
     thread

@@ -513,3 +513,80 @@ fn csv_import_export_and_regional_promotions() {
     );
     assert!(text.contains("S001,north,cola,drinks,-3,"), "{text}");
 }
+
+// A batch store sells all day without talking to HQ; `store-agent sync now` exchanges everything
+// both ways and hangs up; switched to realtime at HQ, the agent follows and stays connected.
+#[test]
+fn a_batch_store_exchanges_on_request_and_follows_a_switch_to_realtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let out = dir.path().join("S001.provision");
+    hq.cli_ok(&[
+        "store",
+        "add",
+        "--id",
+        "S001",
+        "--name",
+        "Kiosk",
+        "--region",
+        "north",
+        "--mode",
+        "batch",
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    let _hq = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &out).unwrap();
+    let _proc = agent.start();
+    let sync_now = || {
+        let out = std::process::Command::new(chainsync_tests::e2e::bin("store-agent"))
+            .args(["sync", "now", "--data"])
+            .arg(&agent.data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // The first scheduled exchange happens at start: the catalog arrives, then the link hangs up.
+    wait_until(WAIT, "the catalog from the first exchange", || {
+        (price_at(&agent) == 129).then_some(())
+    });
+    wait_until(WAIT, "the batch link to hang up", || {
+        (agent.get("/v1/sync").1["connected"] == false).then_some(())
+    });
+
+    let receipt = sell(&agent, 2);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.19"]);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let replica = hq.replica();
+    assert_eq!(
+        replica.receipt_count().unwrap(),
+        0,
+        "a batch store does not push on its own"
+    );
+    assert_eq!(price_at(&agent), 129, "nor does it hear of new prices");
+
+    let outcome = sync_now();
+    assert_eq!(outcome["mode"], "batch", "{outcome}");
+    assert!(
+        outcome["pushed"].as_u64() >= Some(1) && outcome["pulled"].as_u64() >= Some(1),
+        "{outcome}"
+    );
+    assert_eq!(replica.receipt_ids(&node("S001")).unwrap(), vec![receipt]);
+    assert_eq!(price_at(&agent), 119);
+    assert_eq!(agent.get("/v1/sync").1["outbox"]["sales"], 0);
+
+    hq.cli_ok(&["store", "mode", "--id", "S001", "--mode", "realtime"]);
+    sync_now();
+    wait_until(WAIT, "the agent to stay connected", || {
+        (agent.get("/v1/sync").1["connected"] == true).then_some(())
+    });
+    sell(&agent, 1);
+    wait_until(WAIT, "a realtime sale at HQ without asking", || {
+        (replica.receipt_count().unwrap() == 2).then_some(())
+    });
+}

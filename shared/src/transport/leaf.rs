@@ -1,5 +1,6 @@
-//! The agent's side of the QUIC transport: enrollment, and the realtime connection that stays
-//! up, reconnects with jittered backoff, pushes each local commit at once and pulls on notice.
+//! The agent's side of the QUIC transport: enrollment, and the link to HQ in the store's mode:
+//! realtime (stays up, reconnects with jittered backoff, pushes each local commit at once, pulls
+//! on notice) or batch (connects on schedule or on request, exchanges everything, hangs up).
 //!
 //! Invariants: a local commit is already durable before it is pushed, so losing the connection
 //! at any moment loses nothing (the outbox resends); backoff is bounded
@@ -9,13 +10,14 @@
 use super::actor::ReplicaHandle;
 use super::{SERVER_NAME, TransportError, now_ms, read_frame, tls, write_frames};
 use crate::ids::{NodeId, RegionId};
+use crate::model::StoreMode;
 use crate::protocol::frame::FrameDecoder;
 use crate::protocol::session::{LeafSession, enroll_frame, enroll_reply};
 use ed25519_dalek::SigningKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// First reconnect delay.
 pub const RECONNECT_BACKOFF_MS_MIN: u64 = 250;
@@ -90,36 +92,106 @@ pub async fn enroll(
     Ok(region)
 }
 
-/// The realtime link of a store: runs sessions with HQ until `shutdown` turns true.
-pub struct RealtimeLink {
+/// How long one batch exchange may take before it is abandoned (and retried next time).
+pub const BATCH_SESSION_MS_MAX: u64 = 300_000;
+
+/// What one "sync now" did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// `realtime` (already connected: nothing to do) or `batch`.
+    pub mode: String,
+    pub pushed: u64,
+    pub pulled: u64,
+    pub error: Option<String>,
+}
+
+/// A request to exchange everything pending now; answered when the exchange is over.
+pub type SyncRequest = oneshot::Sender<SyncOutcome>;
+
+/// How a session should behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionKind {
+    /// Stay connected until the store's mode changes or the connection fails.
+    Realtime,
+    /// Exchange everything pending, then hang up.
+    Batch,
+}
+
+/// A store's link to HQ. It follows the store's mode as HQ's directory says it: realtime (stay
+/// connected, reconnect with backoff) or batch (connect every `batch_interval_ms`, or when asked
+/// through `sync_requests`, exchange everything pending, hang up).
+pub struct StoreLink {
     pub hq: HqAddress,
     pub node: NodeId,
     pub key: SigningKey,
-    /// Pull at least this often even without a notice.
+    /// Realtime: pull at least this often even without a notice.
     pub poll_interval_ms: u64,
+    /// Batch: connect this often.
+    pub batch_interval_ms: u64,
     pub replica: ReplicaHandle,
     /// Signalled after every local commit, to push at once.
     pub local_commits: Arc<Notify>,
     pub status: watch::Sender<LinkStatus>,
 }
 
-impl RealtimeLink {
-    /// Connects, syncs, stays connected; reconnects with backoff after any failure.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+impl StoreLink {
+    /// The store's mode from its own directory entry (realtime until the directory says).
+    async fn mode(&self) -> StoreMode {
+        let node = self.node.clone();
+        match self.replica.call(move |r| r.store_info(&node)).await {
+            Ok(Ok(Some(info))) => info.mode,
+            _ => StoreMode::Realtime,
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+        mut sync_requests: mpsc::Receiver<SyncRequest>,
+    ) {
         let mut backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+        let mut next_batch_ms = now_ms();
         while !*shutdown.borrow() {
-            let started = now_ms();
-            let result = self.session(&mut shutdown).await;
-            self.status.send_modify(|s| {
-                s.connected = false;
-                s.last_error = result.as_ref().err().map(ToString::to_string);
-            });
-            match &result {
-                Ok(()) => tracing::info!("session with HQ ended"),
-                Err(e) => tracing::warn!("session with HQ failed: {e}"),
+            let kind = match self.mode().await {
+                StoreMode::Batch => SessionKind::Batch,
+                // Hosted stores keep no replica; until hosted mode exists the agent stays live.
+                StoreMode::Realtime | StoreMode::Hosted => SessionKind::Realtime,
+            };
+            if kind == SessionKind::Batch {
+                // Wait for the schedule or a request, answering the request after the exchange.
+                let wait_ms = next_batch_ms.saturating_sub(now_ms());
+                let request = tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => None,
+                    req = sync_requests.recv() => req,
+                    _ = super::stopped(&mut shutdown) => break,
+                };
+                let result = tokio::time::timeout(
+                    Duration::from_millis(BATCH_SESSION_MS_MAX),
+                    self.session(SessionKind::Batch, &mut shutdown, &mut sync_requests),
+                )
+                .await
+                .unwrap_or_else(|_| Err(TransportError::Closed));
+                next_batch_ms = now_ms() + self.batch_interval_ms;
+                let outcome = self.finish(result, "batch");
+                if let Some(req) = request {
+                    let _ = req.send(outcome);
+                }
+                continue;
             }
+            let started = now_ms();
+            let result = self
+                .session(SessionKind::Realtime, &mut shutdown, &mut sync_requests)
+                .await;
+            let failed = result.is_err();
+            self.finish(result, "realtime");
             if *shutdown.borrow() {
                 break;
+            }
+            if !failed {
+                // The session ended because the mode changed: follow it at once.
+                backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+                continue;
             }
             // A session that lasted a while resets the backoff; a quick failure doubles it.
             if now_ms().saturating_sub(started) > RECONNECT_BACKOFF_MS_MAX {
@@ -134,7 +206,32 @@ impl RealtimeLink {
         }
     }
 
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), TransportError> {
+    /// Records how a session ended and makes its outcome.
+    fn finish(&self, result: Result<(u64, u64), TransportError>, mode: &str) -> SyncOutcome {
+        self.status.send_modify(|s| {
+            s.connected = false;
+            s.last_error = result.as_ref().err().map(ToString::to_string);
+        });
+        match &result {
+            Ok(_) => tracing::info!(mode, "session with HQ ended"),
+            Err(e) => tracing::warn!(mode, "session with HQ failed: {e}"),
+        }
+        let (pushed, pulled) = *result.as_ref().unwrap_or(&(0, 0));
+        SyncOutcome {
+            mode: mode.to_owned(),
+            pushed,
+            pulled,
+            error: result.err().map(|e| e.to_string()),
+        }
+    }
+
+    /// One session. Returns the change sets pushed and pulled.
+    async fn session(
+        &self,
+        kind: SessionKind,
+        shutdown: &mut watch::Receiver<bool>,
+        sync_requests: &mut mpsc::Receiver<SyncRequest>,
+    ) -> Result<(u64, u64), TransportError> {
         let (endpoint, conn) = connect(&self.hq).await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let binding = tls::tls_binding(&conn)?;
@@ -155,6 +252,7 @@ impl RealtimeLink {
         write_frames(&mut send, &frames?).await?;
         self.status.send_modify(|s| s.connected = true);
         let mut decoder = FrameDecoder::default();
+        let node = self.node.clone();
         let result = loop {
             let wake_at = session.poll_timeout();
             let sleep_ms = wake_at.map_or(60_000, |t| t.saturating_sub(now_ms()));
@@ -169,9 +267,18 @@ impl RealtimeLink {
                 },
                 _ = self.local_commits.notified() => Step::LocalCommit,
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => Step::Timer,
+                req = sync_requests.recv(), if kind == SessionKind::Realtime => {
+                    // Connected already: everything is exchanged as it happens.
+                    if let Some(req) = req {
+                        let c = session.counters();
+                        let _ = req.send(SyncOutcome { mode: "realtime".into(), pushed: c.pushed_change_sets, pulled: c.pulled_change_sets, error: None });
+                    }
+                    continue;
+                }
                 _ = super::stopped(shutdown) => break Ok(()),
             };
-            let (s, frames) = self
+            let node = node.clone();
+            let (s, frames, mode) = self
                 .replica
                 .call(move |r| {
                     let now = now_ms();
@@ -180,7 +287,8 @@ impl RealtimeLink {
                         Step::LocalCommit => session.local_commit(now, r),
                         Step::Timer => session.handle_timeout(now, r),
                     };
-                    (session, frames)
+                    let mode = r.store_info(&node).ok().flatten().map(|i| i.mode);
+                    (session, frames, mode)
                 })
                 .await?;
             session = s;
@@ -191,11 +299,19 @@ impl RealtimeLink {
                     break Err(e.into());
                 }
             }
+            let done = match kind {
+                SessionKind::Batch => session.is_idle(),
+                SessionKind::Realtime => mode == Some(StoreMode::Batch),
+            };
+            if done {
+                break Ok(());
+            }
         };
         let _ = send.finish();
         conn.close(0u32.into(), b"store disconnects");
         let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
-        result
+        let c = session.counters();
+        result.map(|()| (c.pushed_change_sets, c.pulled_change_sets))
     }
 }
 
