@@ -349,3 +349,46 @@ pub fn set_store_mode(dir: &HqDir, store: &NodeId, mode: StoreMode) -> Result<()
     println!("store {store} is now {}", mode.as_str());
     Ok(())
 }
+
+/// `hq-server bundle export`: the store's bundle, written under a temporary name and renamed, so a
+/// half-written file is never taken for a whole one.
+pub fn export_bundle(dir: &HqDir, store: &NodeId, out: &Path) -> Result<()> {
+    if out.exists() {
+        bail!("{} already exists", out.display());
+    }
+    let state = dir.load()?;
+    let replica = dir.open_replica(&state.key)?;
+    let bytes = chainsync::bundle::hq_bundle(&replica, &state.key, store, now_ms())?;
+    let tmp = out.with_extension("partial");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    println!(
+        "wrote {} for {store} ({} bytes)",
+        out.display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+/// `hq-server bundle import`.
+pub fn import_bundle(dir: &HqDir, file: &Path) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let len = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    if len > chainsync::bundle::BUNDLE_BYTES_MAX as u64 {
+        bail!("{} is {len} bytes, larger than any bundle", file.display());
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let report = chainsync::bundle::import_bundle(&mut replica, &bytes, now_ms())
+        .with_context(|| format!("{} was not imported", file.display()))?;
+    println!(
+        "imported {} from {}: {} change sets applied, {} already here",
+        file.display(),
+        report.from,
+        report.applied,
+        report.duplicates
+    );
+    Ok(())
+}

@@ -68,6 +68,9 @@ enum Command {
     /// Export consolidated stock to CSV.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Bundle files for stores without a network.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Run a small chain on this machine: HQ and four store agents (each with its own SQLite
     /// replica) over QUIC on loopback; stores sell, HQ changes a price, it prints consolidated
     /// stock, then keeps running until Ctrl-C with its API open.
@@ -194,6 +197,27 @@ enum ImportCommand {
 enum ExportCommand {
     /// Consolidated stock: store,region,sku,category,qty,as_of_ms.
     Stock {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Write a store's bundle: what it lacks of the streams it follows, and HQ's acknowledgement
+    /// of what it sent.
+    Export {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        id: NodeId,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import a store's bundle: all of it or, if anything in it is wrong, none of it.
+    Import {
         #[arg(long, default_value = "hq-data")]
         data: PathBuf,
         #[arg(long)]
@@ -414,6 +438,12 @@ fn main() -> Result<()> {
             let n = hq_server::csvio::export_stock(&HqDir::new(&data), &file)?;
             println!("exported {n} stock rows to {}", file.display());
             Ok(())
+        }
+        Command::Bundle(BundleCommand::Export { data, id, out }) => {
+            admin::export_bundle(&HqDir::new(&data), &id, &out)
+        }
+        Command::Bundle(BundleCommand::Import { data, file }) => {
+            admin::import_bundle(&HqDir::new(&data), &file)
         }
         Command::Token(TokenCommand::Add { data, name, role }) => {
             println!("{}", admin::add_token(&HqDir::new(&data), &name, &role)?);

@@ -10,11 +10,13 @@
 //! - [`merge`]: the merge rules as pure functions.
 //! - [`replica`]: the SQLite replica (log, cursors, outbox, materialized tables).
 //! - [`protocol`]: the wire frames, the frame codec and the sans-IO session state machines.
+//! - [`bundle`]: bundle files carrying change sets by hand, for stores without a network.
 //!
 //! Nothing in this crate opens a socket, reads the wall clock or draws OS randomness: callers pass
 //! time (`now_ms`) and nonces in. That is what lets the simulation run a whole chain in one
 //! process, deterministically from a seed.
 
+pub mod bundle;
 pub mod changeset;
 pub mod hlc;
 pub mod ids;

@@ -55,6 +55,21 @@ enum Command {
         #[command(subcommand)]
         what: SyncCommand,
     },
+    /// Write everything HQ has not acknowledged to a bundle file (for a store without a network).
+    Export {
+        #[arg(long, default_value = "store-data")]
+        data: PathBuf,
+        /// The bundle file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import a bundle file from HQ: all of it or, if anything in it is wrong, none of it.
+    Import {
+        #[arg(long, default_value = "store-data")]
+        data: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Look up the price of a sku now.
     Price {
         #[arg(long, default_value = "store-data")]
@@ -177,6 +192,48 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Export { data, out } => {
+            let dir = AgentDir::new(&data);
+            let state = dir.load()?;
+            let replica = dir.open_replica(&state)?;
+            let bytes = chainsync::bundle::store_bundle(
+                &replica,
+                &state.key,
+                chainsync::transport::now_ms(),
+            )?;
+            write_new_file(&out, &bytes)?;
+            let pending: u64 = replica
+                .own_streams()?
+                .iter()
+                .map(|(_, acked, head)| head - acked)
+                .sum();
+            println!(
+                "wrote {} ({} bytes, {pending} change sets for HQ)",
+                out.display(),
+                bytes.len()
+            );
+            Ok(())
+        }
+        Command::Import { data, file } => {
+            let dir = AgentDir::new(&data);
+            let state = dir.load()?;
+            let mut replica = dir.open_replica(&state)?;
+            let bytes = read_bundle_file(&file)?;
+            let report = chainsync::bundle::import_bundle(
+                &mut replica,
+                &bytes,
+                chainsync::transport::now_ms(),
+            )
+            .with_context(|| format!("{} was not imported", file.display()))?;
+            println!(
+                "imported {} from {}: {} change sets applied, {} already here",
+                file.display(),
+                report.from,
+                report.applied,
+                report.duplicates
+            );
+            Ok(())
+        }
         Command::Price { data, sku, kind } => {
             let dir = AgentDir::new(&data);
             let state = dir.load()?;
@@ -254,4 +311,27 @@ fn post_sync_now(addr: std::net::SocketAddr, token: &str) -> Result<(u16, String
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Reads a bundle file, refusing one larger than a bundle can be before reading it.
+fn read_bundle_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > chainsync::bundle::BUNDLE_BYTES_MAX as u64 {
+        anyhow::bail!("{} is {len} bytes, larger than any bundle", path.display());
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Writes a file that must not exist yet (via a temporary name, so a half-written bundle is never
+/// taken for a whole one).
+fn write_new_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    if path.exists() {
+        anyhow::bail!("{} already exists", path.display());
+    }
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
 }

@@ -295,6 +295,29 @@ impl Replica {
         peer: Option<&NodeId>,
         now_ms: u64,
     ) -> Result<BatchReport, ReplicaError> {
+        self.apply_batch_inner(batch, peer, now_ms, false)
+            .map(|r| r.unwrap_or_else(|r| r))
+    }
+
+    /// Like [`Replica::apply_batch`], but all or nothing: if any change set is refused, nothing
+    /// of the batch is kept and `Ok(Err(report))` says why (a bundle file is accepted or rejected
+    /// whole). Duplicates are not refusals: a bundle imported twice is accepted, as a no-op.
+    pub fn apply_batch_all_or_nothing(
+        &mut self,
+        batch: &[SignedChangeSet],
+        peer: Option<&NodeId>,
+        now_ms: u64,
+    ) -> Result<Result<BatchReport, BatchReport>, ReplicaError> {
+        self.apply_batch_inner(batch, peer, now_ms, true)
+    }
+
+    fn apply_batch_inner(
+        &mut self,
+        batch: &[SignedChangeSet],
+        peer: Option<&NodeId>,
+        now_ms: u64,
+        all_or_nothing: bool,
+    ) -> Result<Result<BatchReport, BatchReport>, ReplicaError> {
         let tx = self.conn.transaction()?;
         let mut report = BatchReport::default();
         let mut newest = self.clock.last();
@@ -323,6 +346,10 @@ impl Replica {
                 }
             }
         }
+        if all_or_nothing && !report.rejected.is_empty() {
+            // Dropping the transaction rolls every change of the batch back.
+            return Ok(Err(report));
+        }
         stock.flush(&tx)?;
         // The clock must survive a restart having seen what was applied, or the next local
         // edit could lose to an older one from a store whose clock runs ahead.
@@ -330,7 +357,7 @@ impl Replica {
         let hlc = postcard::to_allocvec(&self.clock.last()).map_err(EncodeError::from)?;
         put_meta(&tx, "hlc", &hlc)?;
         tx.commit()?;
-        Ok(report)
+        Ok(Ok(report))
     }
 
     /// Change sets of `stream` after `after_seq`, in order, at most `max_count` of them and about

@@ -169,6 +169,17 @@ impl Replica {
         Ok(out)
     }
 
+    /// How far `node` last said it holds each stream (from its pulls or bundles).
+    pub fn peer_cursors(
+        &self,
+        node: &NodeId,
+    ) -> Result<Vec<(crate::ids::StreamId, u64)>, ReplicaError> {
+        self.peer_cursor_map(node)?
+            .into_iter()
+            .map(|(name, seq)| Ok((super::parse_stream(&name)?, seq)))
+            .collect()
+    }
+
     fn peer_cursor_map(
         &self,
         node: &NodeId,

@@ -1,0 +1,274 @@
+//! Bundle files with no network at all between HQ and the store (after enrollment): round trip
+//! HQ -> file -> store and back; a replayed bundle changes nothing; a tampered, truncated or
+//! foreign one is refused whole with its reason and changes nothing.
+
+use chainsync::ids::NodeId;
+use chainsync_tests::e2e::{Agent, Hq, bin, wait_until};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn agent_cli(agent: &Agent, args: &[&str]) -> Output {
+    Command::new(bin("store-agent"))
+        .args(args)
+        .arg("--data")
+        .arg(&agent.data)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn err(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+#[test]
+fn bundles_round_trip_without_a_network_and_bad_ones_are_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hq = Hq::init(d);
+    hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    let out1 = path(d, "S001.provision");
+    let out2 = path(d, "S002.provision");
+    for (id, out) in [("S001", &out1), ("S002", &out2)] {
+        hq.cli_ok(&[
+            "store",
+            "add",
+            "--id",
+            id,
+            "--name",
+            id,
+            "--region",
+            "north",
+            "--mode",
+            "batch",
+            "--out",
+            &out.to_string_lossy(),
+        ]);
+    }
+    let (agent, _other) = {
+        let _serve = hq.start(); // enrollment needs HQ once; from here on there is no network
+        (
+            Agent::init(d, "S001", &out1).unwrap(),
+            Agent::init(d, "S002", &out2).unwrap(),
+        )
+    };
+    let replica = hq.replica();
+
+    // HQ -> store: the catalog and prices travel in a file.
+    let b1 = path(d, "hq-to-S001-1.csb");
+    hq.cli_ok(&[
+        "bundle",
+        "export",
+        "--id",
+        "S001",
+        "--out",
+        &b1.to_string_lossy(),
+    ]);
+    let said = ok(agent_cli(
+        &agent,
+        &["import", "--file", &b1.to_string_lossy()],
+    ));
+    assert!(said.contains("from hq"), "{said}");
+    let _proc = agent.start();
+    let (status, body) = agent.send(
+        "POST",
+        "/v1/sales",
+        &json!({ "lines": [{ "sku": "cola", "qty": 2 }] }),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // Store -> HQ.
+    let s1 = path(d, "S001-to-hq-1.csb");
+    ok(agent_cli(
+        &agent,
+        &["export", "--out", &s1.to_string_lossy()],
+    ));
+    let before = replica.receipt_count().unwrap();
+    assert_eq!(before, 0);
+    let said = hq.cli_ok(&["bundle", "import", "--file", &s1.to_string_lossy()]);
+    assert!(said.contains("applied"), "{said}");
+    assert_eq!(
+        replica
+            .receipt_ids(&NodeId::new("S001").unwrap())
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The same bundle again: accepted, nothing new.
+    let said = hq.cli_ok(&["bundle", "import", "--file", &s1.to_string_lossy()]);
+    assert!(said.contains("0 change sets applied"), "{said}");
+    assert_eq!(replica.receipt_count().unwrap(), 1);
+
+    // HQ's next bundle acknowledges the sale: the store's outbox empties; a new price arrives.
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.19"]);
+    let b2 = path(d, "hq-to-S001-2.csb");
+    hq.cli_ok(&[
+        "bundle",
+        "export",
+        "--id",
+        "S001",
+        "--out",
+        &b2.to_string_lossy(),
+    ]);
+
+    // Tampered, truncated and foreign copies are refused whole, and change nothing.
+    let bytes = std::fs::read(&b2).unwrap();
+    let mut tampered = bytes.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x40;
+    let t = path(d, "tampered.csb");
+    std::fs::write(&t, &tampered).unwrap();
+    assert!(
+        err(agent_cli(
+            &agent,
+            &["import", "--file", &t.to_string_lossy()]
+        ))
+        .contains("checksum")
+    );
+    let tr = path(d, "truncated.csb");
+    std::fs::write(&tr, &bytes[..bytes.len() - 100]).unwrap();
+    assert!(
+        err(agent_cli(
+            &agent,
+            &["import", "--file", &tr.to_string_lossy()]
+        ))
+        .contains("truncated bundle")
+    );
+    let f = path(d, "for-S002.csb");
+    hq.cli_ok(&[
+        "bundle",
+        "export",
+        "--id",
+        "S002",
+        "--out",
+        &f.to_string_lossy(),
+    ]);
+    assert!(
+        err(agent_cli(
+            &agent,
+            &["import", "--file", &f.to_string_lossy()]
+        ))
+        .contains("addressed to S002")
+    );
+    let (_, price) = agent.get("/v1/prices/cola");
+    assert_eq!(
+        price["price_cents"], 129,
+        "nothing of the refused bundles was applied"
+    );
+
+    ok(agent_cli(
+        &agent,
+        &["import", "--file", &b2.to_string_lossy()],
+    ));
+    wait_until(Duration::from_secs(5), "the new price", || {
+        (agent.get("/v1/prices/cola").1["price_cents"] == 119).then_some(())
+    });
+    assert_eq!(
+        agent.get("/v1/sync").1["outbox"]["sales"],
+        0,
+        "HQ's bundle acknowledged the sale"
+    );
+    // A replayed old bundle changes nothing either.
+    let said = ok(agent_cli(
+        &agent,
+        &["import", "--file", &b1.to_string_lossy()],
+    ));
+    assert!(said.contains("0 change sets applied"), "{said}");
+
+    // A file that is not a bundle at all.
+    let junk = path(d, "junk.csb");
+    std::fs::write(&junk, b"PK\x03\x04 not a bundle").unwrap();
+    let said = err(hq.cli(&["bundle", "import", "--file", &junk.to_string_lossy()]));
+    assert!(said.contains("not a chainsync bundle"), "{said}");
+}
+
+// A bundle correctly signed by its sender but holding one change set that is not (a store's till
+// software gone wrong, or a forged change set) is refused whole: none of its change sets apply.
+#[test]
+fn a_signed_bundle_with_one_bad_change_set_applies_nothing() {
+    use chainsync::bundle::{
+        BUNDLE_FORMAT, BundleBody, ImportError, import_bundle, read_bundle, write_bundle,
+    };
+    use chainsync::changeset::Op;
+    use chainsync::ids::Topic;
+    use chainsync::protocol::frame::WireChangeSet;
+    use chainsync::replica::Durability;
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chainsync_tests::Chain::new(dir.path(), 1, 1, Durability::Relaxed);
+    let (mut hq, mut stores) = chain.bootstrap(1_000);
+    let s1 = chain.stores[0].id.clone();
+    let key = chain.store_key(&s1);
+    let mut change_sets: Vec<WireChangeSet> = (1..=3)
+        .map(|n| {
+            let receipt = chainsync_tests::receipt(&s1, n, 0, None, &[("cola", 1, 100)]);
+            WireChangeSet::from_signed(
+                &stores[0]
+                    .commit_local(Topic::Sales, vec![Op::Receipt(receipt)], 2_000)
+                    .unwrap()
+                    .signed,
+            )
+        })
+        .collect();
+    change_sets[1].sig[0] ^= 1;
+    let body = BundleBody {
+        format: BUNDLE_FORMAT,
+        from: s1.clone(),
+        to: NodeId::hq(),
+        created_ms: 0,
+        cursors: vec![],
+        acks: vec![],
+        change_sets,
+    };
+    let bytes = write_bundle(&body, &key).unwrap();
+    assert!(
+        read_bundle(&bytes, &NodeId::hq(), |_| Some(key.verifying_key())).is_ok(),
+        "the bundle itself is sound"
+    );
+    match import_bundle(&mut hq, &bytes, 3_000) {
+        Err(ImportError::Rejected { count, first }) => {
+            assert_eq!(count, 2, "the bad one and the gap behind it");
+            assert!(
+                matches!(
+                    first,
+                    chainsync::validate::ChangeSetError::BadSignature { seq: 2, .. }
+                ),
+                "{first}"
+            );
+        }
+        other => panic!("expected a whole refusal, got {other:?}"),
+    }
+    assert_eq!(
+        hq.receipt_count().unwrap(),
+        0,
+        "not even the good first change set was kept"
+    );
+    assert!(
+        hq.stream_status()
+            .unwrap()
+            .iter()
+            .all(|s| s.stream.origin != s1),
+        "no trace of the stream"
+    );
+}
