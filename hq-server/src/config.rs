@@ -29,6 +29,10 @@ pub struct HqConfig {
     /// TCP address of the HQ API. Default `127.0.0.1:7080`.
     #[serde(default = "default_api_listen")]
     pub api_listen: SocketAddr,
+    /// Bundle folder for stores without a network: `inbox/` is watched; for each store bundle
+    /// imported, HQ's answer is written to `outbox/<store>/`. Off if absent.
+    #[serde(default)]
+    pub bundle_folder: Option<PathBuf>,
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -41,6 +45,7 @@ impl Default for HqConfig {
             listen: ([0, 0, 0, 0], 7443).into(),
             public_addr: ([127, 0, 0, 1], 7443).into(),
             api_listen: default_api_listen(),
+            bundle_folder: None,
         }
     }
 }
@@ -132,6 +137,11 @@ pub fn config_text(config: &HqConfig) -> Result<String> {
         format!("public_addr = \"{}\"", config.public_addr),
         "# TCP address of the HQ API (role-scoped tokens: `hq-server token add`).".to_owned(),
         format!("api_listen = \"{}\"", config.api_listen),
+        "# Bundle folder for stores without a network (inbox/ watched, answers in outbox/<store>/).".to_owned(),
+        match &config.bundle_folder {
+            Some(dir) => format!("bundle_folder = {:?}", dir.display().to_string()),
+            None => "# bundle_folder = \"bundles\"".to_owned(),
+        },
         String::new(),
     ]
     .join("\n"))

@@ -59,6 +59,7 @@ pub fn run(dir: &Path, api_listen: SocketAddr, shutdown: watch::Receiver<bool>) 
         listen: quic,
         public_addr: quic,
         api_listen,
+        bundle_folder: None,
     })?;
     let state = hq_dir.load()?;
     let (admin, north) = seed_hq(&hq_dir)?;

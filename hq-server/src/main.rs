@@ -41,6 +41,9 @@ enum Command {
         /// TCP address of the HQ API.
         #[arg(long, default_value = "127.0.0.1:7080")]
         api_listen: SocketAddr,
+        /// Bundle folder for stores without a network (inbox/ watched; answers in outbox/<store>/).
+        #[arg(long)]
+        bundle_folder: Option<PathBuf>,
     },
     /// Run the sync endpoint until SIGTERM or Ctrl-C.
     Serve {
@@ -308,12 +311,14 @@ fn main() -> Result<()> {
             listen,
             public_addr,
             api_listen,
+            bundle_folder,
         } => {
             let dir = HqDir::new(&data);
             dir.init(&HqConfig {
                 listen,
                 public_addr,
                 api_listen,
+                bundle_folder,
             })?;
             println!(
                 "HQ created in {}; start it with: hq-server serve --data {}",

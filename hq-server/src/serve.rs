@@ -37,7 +37,28 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
                 .await
         })
     };
+    let bundles = state.config.bundle_folder.clone().map(|root| {
+        let folders = chainsync::transport::folders::BundleFolders::new(&root);
+        let (events_tx, events_rx) = tokio::sync::mpsc::channel(64);
+        let watcher = tokio::spawn(chainsync::transport::folders::watch_inbox(
+            folders.clone(),
+            hub.replica().clone(),
+            Some(events_tx),
+            shutdown.clone(),
+        ));
+        let answers = tokio::spawn(answer_bundles(
+            folders,
+            hub.replica().clone(),
+            state.key.clone(),
+            events_rx,
+        ));
+        (watcher, answers)
+    });
     hub.serve(endpoint, shutdown).await;
+    if let Some((watcher, answers)) = bundles {
+        watcher.await.context("bundle inbox task")??;
+        answers.await.context("bundle answers task")?;
+    }
     api.await.context("HQ API task")?.context("HQ API")?;
     watcher.await.context("heads watcher")?;
     drop(hub);
@@ -46,4 +67,39 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("the replica thread panicked"))?;
     tracing::info!("HQ stopped");
     Ok(())
+}
+
+/// For each store bundle imported from the inbox, writes HQ's answer (what the store lacks, and
+/// the acknowledgement of what it sent) to `outbox/<store>/`.
+async fn answer_bundles(
+    folders: chainsync::transport::folders::BundleFolders,
+    replica: chainsync::transport::actor::ReplicaHandle,
+    key: ed25519_dalek::SigningKey,
+    mut events: tokio::sync::mpsc::Receiver<chainsync::transport::folders::InboxEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let chainsync::transport::folders::InboxEvent::Imported { report, .. } = event else {
+            continue;
+        };
+        let store = report.from.clone();
+        let key = key.clone();
+        let made = replica
+            .call(move |r| {
+                chainsync::bundle::hq_bundle(r, &key, &store, chainsync::transport::now_ms())
+            })
+            .await;
+        match made {
+            Ok(Ok(bytes)) => {
+                let name = format!("hq-to-{}-{}", report.from, chainsync::transport::now_ms());
+                match folders.write_outbox(Some(report.from.as_str()), &name, &bytes) {
+                    Ok(path) => {
+                        tracing::info!(file = %path.display(), store = %report.from, "bundle answer written")
+                    }
+                    Err(e) => tracing::error!("writing the bundle answer for {}: {e}", report.from),
+                }
+            }
+            Ok(Err(e)) => tracing::error!("building the bundle answer for {}: {e}", report.from),
+            Err(_) => break,
+        }
+    }
 }

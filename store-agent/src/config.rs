@@ -46,6 +46,10 @@ pub struct AgentConfig {
     pub pos_listen: SocketAddr,
     /// Bearer token the tills present to the POS API.
     pub pos_token: String,
+    /// For a store without a network: a folder whose `inbox/` is watched for bundles from HQ and
+    /// whose `outbox/` receives this store's bundles every `batch_interval_ms`. Off if absent.
+    #[serde(default)]
+    pub bundle_folder: Option<PathBuf>,
 }
 
 /// Default batch interval: a quarter of an hour.
@@ -117,6 +121,7 @@ impl AgentDir {
             poll_interval_ms: POLL_INTERVAL_MS_DEFAULT,
             batch_interval_ms: BATCH_INTERVAL_MS_DEFAULT,
             pos_listen,
+            bundle_folder: None,
             pos_token: {
                 let mut bytes = [0u8; 24];
                 rand::fill(&mut bytes);

@@ -33,7 +33,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
         status,
     };
     let pos = router(PosState {
-        replica: handle,
+        replica: handle.clone(),
         local_commits,
         link: link_status,
         store: state.config.store.clone(),
@@ -55,12 +55,94 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
                 .await
         })
     };
+    let bundles = state.config.bundle_folder.clone().map(|root| {
+        let folders = chainsync::transport::folders::BundleFolders::new(&root);
+        let (handle, key, interval) = (
+            handle.clone(),
+            state.key.clone(),
+            state.config.batch_interval_ms,
+        );
+        let (inbox, outbox) = (shutdown.clone(), shutdown.clone());
+        let watcher = tokio::spawn(chainsync::transport::folders::watch_inbox(
+            folders.clone(),
+            handle.clone(),
+            None,
+            inbox,
+        ));
+        let writer = tokio::spawn(write_outbox_bundles(folders, handle, key, interval, outbox));
+        (watcher, writer)
+    });
     link.run(shutdown, sync_rx).await;
+    if let Some((watcher, writer)) = bundles {
+        watcher.await.context("bundle inbox task")??;
+        writer.await.context("bundle outbox task")?;
+    }
     api.await.context("POS API task")?.context("POS API")?;
     drop(link);
+    drop(handle);
     thread
         .join()
         .map_err(|_| anyhow::anyhow!("the replica thread panicked"))?;
     tracing::info!("store agent stopped");
     Ok(())
+}
+
+/// Every `interval_ms`, writes this store's unacknowledged change sets to the bundle outbox, if
+/// they changed since the last bundle written (each bundle holds everything unacknowledged, so
+/// any one of them brings HQ up to date).
+async fn write_outbox_bundles(
+    folders: chainsync::transport::folders::BundleFolders,
+    replica: ReplicaHandle,
+    key: ed25519_dalek::SigningKey,
+    interval_ms: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last_written: Option<OwnStreams> = None;
+    loop {
+        let key = key.clone();
+        let made = replica
+            .call(move |r| -> Result<Option<(Vec<u8>, OwnStreams)>, String> {
+                let streams = r.own_streams().map_err(|e| e.to_string())?;
+                if streams.iter().all(|(_, acked, head)| acked >= head) {
+                    return Ok(None);
+                }
+                let bytes =
+                    chainsync::bundle::store_bundle(r, &key, chainsync::transport::now_ms())
+                        .map_err(|e| e.to_string())?;
+                Ok(Some((bytes, streams)))
+            })
+            .await;
+        match made {
+            Ok(Ok(Some((bytes, streams)))) if last_written.as_ref() != Some(&streams) => {
+                let name = format!(
+                    "{}-{}",
+                    folders_store_name(&streams),
+                    chainsync::transport::now_ms()
+                );
+                match folders.write_outbox(None, &name, &bytes) {
+                    Ok(path) => {
+                        tracing::info!(file = %path.display(), "bundle for HQ written");
+                        last_written = Some(streams);
+                    }
+                    Err(e) => tracing::error!("writing the outbox bundle: {e}"),
+                }
+            }
+            Ok(Err(e)) => tracing::error!("building the outbox bundle: {e}"),
+            Err(_) => break,
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(interval_ms)) => {}
+            _ = chainsync::transport::stopped(&mut shutdown) => break,
+        }
+    }
+}
+
+/// `(stream, acknowledged seq, head seq)` of the store's own streams.
+type OwnStreams = Vec<(chainsync::ids::StreamId, u64, u64)>;
+
+fn folders_store_name(streams: &[(chainsync::ids::StreamId, u64, u64)]) -> String {
+    streams
+        .first()
+        .map_or_else(|| "store".to_owned(), |(s, _, _)| s.origin.to_string())
 }

@@ -62,6 +62,7 @@ fn main() {
             listen: quic,
             public_addr: quic,
             api_listen: api,
+            bundle_folder: None,
         })
         .expect("hq init");
     let state = hq_dir.load().expect("hq load");

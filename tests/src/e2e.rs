@@ -147,12 +147,17 @@ pub struct Hq {
 impl Hq {
     /// `hq-server init` in `root/hq` on a free loopback port.
     pub fn init(root: &Path) -> Hq {
+        Self::init_with(root, &[])
+    }
+
+    /// [`Hq::init`] with more `init` flags.
+    pub fn init_with(root: &Path, extra: &[&str]) -> Hq {
         let addr: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
         let api: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
         let data = root.join("hq");
         let hq = Hq { data, addr, api };
         let (addr, api) = (addr.to_string(), api.to_string());
-        hq.cli_ok(&[
+        let mut args = vec![
             "init",
             "--listen",
             &addr,
@@ -160,7 +165,9 @@ impl Hq {
             &addr,
             "--api-listen",
             &api,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        hq.cli_ok(&args);
         hq
     }
 

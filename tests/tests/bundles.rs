@@ -272,3 +272,125 @@ fn a_signed_bundle_with_one_bad_change_set_applies_nothing() {
         "no trace of the stream"
     );
 }
+
+fn set_agent_option(agent: &Agent, key: &str, value: &str) {
+    let path = agent.data.join("agent.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{key} ")))
+        .map(str::to_owned)
+        .collect();
+    // Top-level keys must come before any table; agent.toml has none, so appending is fine.
+    lines.push(format!("{key} = {value}"));
+    std::fs::write(&path, lines.join("\n")).unwrap();
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+// Watched folders on both sides, carried by hand: HQ's bundle dropped in the store's inbox is
+// imported and filed as processed; the store writes its sales to its outbox by itself; carried to
+// HQ's inbox they are imported and answered in HQ's outbox; a damaged file is filed as rejected
+// beside a reason.
+#[test]
+fn watched_bundle_folders_carry_a_store_without_a_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hq_bundles = path(d, "hq-bundles");
+    let hq = Hq::init_with(d, &["--bundle-folder", &hq_bundles.to_string_lossy()]);
+    hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    let out = path(d, "S001.provision");
+    hq.cli_ok(&[
+        "store",
+        "add",
+        "--id",
+        "S001",
+        "--name",
+        "Island",
+        "--region",
+        "north",
+        "--mode",
+        "batch",
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    let _serve = hq.start();
+    let agent = Agent::init(d, "S001", &out).unwrap();
+    // From here on the store has no network: its HQ address leads nowhere.
+    set_agent_option(&agent, "hq_addr", "\"127.0.0.1:9\"");
+    let store_bundles = path(d, "store-bundles");
+    set_agent_option(
+        &agent,
+        "bundle_folder",
+        &format!("{:?}", store_bundles.to_string_lossy()),
+    );
+    set_agent_option(&agent, "batch_interval_ms", "300");
+    let _agent = agent.start();
+    let wait = Duration::from_secs(20);
+
+    hq.cli_ok(&[
+        "bundle",
+        "export",
+        "--id",
+        "S001",
+        "--out",
+        &store_bundles.join("inbox/hq-1.csb").to_string_lossy(),
+    ]);
+    wait_until(wait, "the store to import HQ's bundle", || {
+        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
+    });
+    wait_until(wait, "the bundle filed as processed", || {
+        (files_in(&store_bundles.join("processed")).len() == 1).then_some(())
+    });
+
+    let (status, body) = agent.send(
+        "POST",
+        "/v1/sales",
+        &json!({ "lines": [{ "sku": "cola", "qty": 3 }] }),
+    );
+    assert_eq!(status, 201, "{body}");
+    let written = wait_until(wait, "the store's outbox bundle", || {
+        files_in(&store_bundles.join("outbox"))
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "csb"))
+    });
+    std::fs::copy(
+        &written,
+        hq_bundles.join("inbox").join(written.file_name().unwrap()),
+    )
+    .unwrap();
+    let replica = hq.replica();
+    wait_until(wait, "HQ to import the store's bundle", || {
+        (replica.receipt_count().unwrap() == 1).then_some(())
+    });
+    let answer = wait_until(wait, "HQ's answer", || {
+        files_in(&hq_bundles.join("outbox/S001")).into_iter().next()
+    });
+    std::fs::copy(&answer, store_bundles.join("inbox/answer.csb")).unwrap();
+    wait_until(wait, "the store's outbox to be acknowledged", || {
+        (agent.get("/v1/sync").1["outbox"]["sales"] == 0).then_some(())
+    });
+
+    let mut damaged = std::fs::read(&answer).unwrap();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    std::fs::write(store_bundles.join("inbox/damaged.csb"), &damaged).unwrap();
+    let reason = wait_until(wait, "the damaged bundle filed as rejected", || {
+        files_in(&store_bundles.join("rejected"))
+            .into_iter()
+            .find(|p| p.to_string_lossy().ends_with(".reason.txt"))
+    });
+    assert!(
+        std::fs::read_to_string(reason)
+            .unwrap()
+            .contains("checksum")
+    );
+    assert!(files_in(&store_bundles.join("inbox")).is_empty());
+}

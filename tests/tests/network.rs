@@ -57,6 +57,9 @@ fn unenrolled_clients_and_oversized_frames_are_refused_while_hq_keeps_serving() 
     let _hq = hq.start();
     let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
     let _agent = agent.start();
+    wait_until(WAIT, "the catalog at the store", || {
+        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
+    });
 
     let hello = encode_frame(&Frame::Hello {
         node: "S999".into(),

@@ -189,8 +189,10 @@ impl StoreLink {
                 break;
             }
             if !failed {
-                // The session ended because the mode changed: follow it at once.
+                // The session ended because the mode changed to batch. Everything was just
+                // exchanged, so the first batch exchange is one interval away.
                 backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+                next_batch_ms = now_ms() + self.batch_interval_ms;
                 continue;
             }
             // A session that lasted a while resets the backoff; a quick failure doubles it.

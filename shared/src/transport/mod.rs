@@ -4,6 +4,7 @@
 //! # Layout
 //! - `tls.rs`: HQ's certificate, server and client configs (the agent pins HQ's certificate).
 //! - `actor.rs`: the replica on its own thread behind a bounded queue.
+//! - `folders.rs`: bundle folders (watched inbox, processed, rejected, outbox).
 //! - `hub.rs`: HQ's endpoint: accept, one task per store connection, notifications fan-out,
 //!   graceful shutdown.
 //! - `leaf.rs`: the agent's side: enrollment, and the realtime connection with reconnect.
@@ -13,6 +14,7 @@
 //! own connection, with an `Error` frame and a log line.
 
 pub mod actor;
+pub mod folders;
 pub mod hub;
 pub mod keyfile;
 pub mod leaf;
