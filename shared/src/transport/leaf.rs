@@ -303,7 +303,8 @@ impl StoreLink {
             }
             let done = match kind {
                 SessionKind::Batch => session.is_idle(),
-                SessionKind::Realtime => mode == Some(StoreMode::Batch),
+                // Finish what is in flight first, then follow the switch to batch.
+                SessionKind::Realtime => mode == Some(StoreMode::Batch) && session.is_idle(),
             };
             if done {
                 break Ok(());
