@@ -359,9 +359,8 @@ pub fn export_bundle(dir: &HqDir, store: &NodeId, out: &Path) -> Result<()> {
     let state = dir.load()?;
     let replica = dir.open_replica(&state.key)?;
     let bytes = chainsync::bundle::hq_bundle(&replica, &state.key, store, now_ms())?;
-    let tmp = out.with_extension("partial");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    chainsync::transport::process::write_new_file(out, &bytes)
+        .with_context(|| format!("writing {}", out.display()))?;
     println!(
         "wrote {} for {store} ({} bytes)",
         out.display(),
@@ -374,13 +373,8 @@ pub fn export_bundle(dir: &HqDir, store: &NodeId, out: &Path) -> Result<()> {
 pub fn import_bundle(dir: &HqDir, file: &Path) -> Result<()> {
     let state = dir.load()?;
     let mut replica = dir.open_replica(&state.key)?;
-    let len = std::fs::metadata(file)
-        .with_context(|| format!("reading {}", file.display()))?
-        .len();
-    if len > chainsync::bundle::BUNDLE_BYTES_MAX as u64 {
-        bail!("{} is {len} bytes, larger than any bundle", file.display());
-    }
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let bytes = chainsync::transport::process::read_bundle_file(file)
+        .with_context(|| format!("reading {}", file.display()))?;
     let report = chainsync::bundle::import_bundle(&mut replica, &bytes, now_ms())
         .with_context(|| format!("{} was not imported", file.display()))?;
     println!(

@@ -291,15 +291,7 @@ enum PriceCommand {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    chainsync::transport::process::init_logs(matches!(format, LogFormat::Json));
 }
 
 fn main() -> Result<()> {
@@ -332,7 +324,7 @@ fn main() -> Result<()> {
             runtime.block_on(async {
                 let (stop, shutdown) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    chainsync::transport::process::stop_signal().await;
                     tracing::info!("shutdown requested");
                     let _ = stop.send(true);
                 });
@@ -461,33 +453,10 @@ fn main() -> Result<()> {
             let (stop, shutdown) = tokio::sync::watch::channel(false);
             let signals = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             signals.spawn(async move {
-                wait_for_signal().await;
+                chainsync::transport::process::stop_signal().await;
                 let _ = stop.send(true);
             });
             hq_server::demo::run(&dir, api_listen, shutdown)
         }
-    }
-}
-
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -92,15 +92,7 @@ enum SyncCommand {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    chainsync::transport::process::init_logs(matches!(format, LogFormat::Json));
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -148,7 +140,7 @@ fn main() -> Result<()> {
         Command::Run { data } => runtime()?.block_on(async {
             let (stop, shutdown) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
-                wait_for_signal().await;
+                chainsync::transport::process::stop_signal().await;
                 tracing::info!("shutdown requested");
                 let _ = stop.send(true);
             });
@@ -201,7 +193,8 @@ fn main() -> Result<()> {
                 &state.key,
                 chainsync::transport::now_ms(),
             )?;
-            write_new_file(&out, &bytes)?;
+            chainsync::transport::process::write_new_file(&out, &bytes)
+                .with_context(|| format!("writing {}", out.display()))?;
             let pending: u64 = replica
                 .own_streams()?
                 .iter()
@@ -218,7 +211,8 @@ fn main() -> Result<()> {
             let dir = AgentDir::new(&data);
             let state = dir.load()?;
             let mut replica = dir.open_replica(&state)?;
-            let bytes = read_bundle_file(&file)?;
+            let bytes = chainsync::transport::process::read_bundle_file(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             let report = chainsync::bundle::import_bundle(
                 &mut replica,
                 &bytes,
@@ -266,29 +260,6 @@ fn main() -> Result<()> {
     }
 }
 
-/// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// `POST /v1/sync/now` to the running agent; returns the status and the body.
 fn post_sync_now(addr: std::net::SocketAddr, token: &str) -> Result<(u16, String)> {
     use std::io::{Read, Write};
@@ -311,27 +282,4 @@ fn post_sync_now(addr: std::net::SocketAddr, token: &str) -> Result<(u16, String
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
-}
-
-/// Reads a bundle file, refusing one larger than a bundle can be before reading it.
-fn read_bundle_file(path: &std::path::Path) -> Result<Vec<u8>> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    if len > chainsync::bundle::BUNDLE_BYTES_MAX as u64 {
-        anyhow::bail!("{} is {len} bytes, larger than any bundle", path.display());
-    }
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// Writes a file that must not exist yet (via a temporary name, so a half-written bundle is never
-/// taken for a whole one).
-fn write_new_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    if path.exists() {
-        anyhow::bail!("{} already exists", path.display());
-    }
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
 }

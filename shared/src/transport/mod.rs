@@ -7,6 +7,7 @@
 //! - `folders.rs`: bundle folders (watched inbox, processed, rejected, outbox).
 //! - `hub.rs`: HQ's endpoint: accept, one task per store connection, notifications fan-out,
 //!   graceful shutdown.
+//! - `process.rs`: logging set-up, stop signals, whole-file writes (both binaries' edges).
 //! - `leaf.rs`: the agent's side: enrollment, and the realtime connection with reconnect.
 //!
 //! Invariants: this is the only module of `chainsync` that touches sockets, the wall clock or OS
@@ -18,6 +19,7 @@ pub mod folders;
 pub mod hub;
 pub mod keyfile;
 pub mod leaf;
+pub mod process;
 pub mod provision;
 pub mod tls;
 
