@@ -6,6 +6,7 @@
 //! can verify each other's member streams). Keys come from fixed seeds, so runs repeat.
 
 pub mod e2e;
+pub mod relay;
 pub mod sim;
 
 use chainsync::changeset::Op;
