@@ -342,8 +342,10 @@ fn frames(change_sets: &[SignedChangeSet]) -> Vec<Frame> {
         },
         Frame::Pull {
             cursors: cursors.clone(),
+            seeding: vec![],
         },
         Frame::Batch {
+            snapshot_parts: vec![],
             change_sets: wire,
             more: true,
         },

@@ -15,6 +15,11 @@ use chainsync::protocol::frame::{self, Frame};
 use chainsync::protocol::{FrameDecoder, encode_frame};
 use libfuzzer_sys::fuzz_target;
 
+/// Some fixed key standing in for HQ's: a fuzzed snapshot is checked against it.
+fn fuzz_hq_key() -> ed25519_dalek::VerifyingKey {
+    ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key()
+}
+
 /// What a session does with a decoded frame, minus the replica.
 fn exercise(frame: &Frame) {
     // Round trip: a decoded frame re-encodes, and the encoding decodes to the same frame.
@@ -23,13 +28,24 @@ fn exercise(frame: &Frame) {
         assert_eq!(&again, frame, "frame changed across a round trip");
     }
     match frame.clone() {
-        Frame::Hello { cursors, .. } | Frame::Pull { cursors } => {
+        Frame::Hello { cursors, .. } => {
             let _ = frame::from_wire_cursors(cursors);
+        }
+        Frame::Pull { cursors, seeding } => {
+            let _ = frame::from_wire_cursors(cursors);
+            let _ = frame::from_wire_seeding(seeding);
         }
         Frame::Welcome { own_heads: heads }
         | Frame::Notify { heads }
         | Frame::PushAck { heads, .. } => {
             let _ = frame::from_wire_cursors(heads);
+        }
+        Frame::Batch { snapshot_parts, .. } if !snapshot_parts.is_empty() => {
+            if let Ok(parts) = frame::from_wire_snapshot_parts(snapshot_parts) {
+                for part in &parts {
+                    let _ = chainsync::validate::validate_snapshot(part, &fuzz_hq_key());
+                }
+            }
         }
         Frame::Push { change_sets } | Frame::Batch { change_sets, .. } => {
             if let Ok(signed) = frame::from_wire_change_sets(change_sets) {
@@ -38,7 +54,17 @@ fn exercise(frame: &Frame) {
                 }
             }
         }
-        Frame::Challenge { .. } | Frame::Auth { .. } | Frame::Error { .. } => {}
+        Frame::Lookup { query, .. } => {
+            let _ = chainsync::lookup::LookupQuery::decode(&query);
+        }
+        Frame::LookupAnswer { answer, .. } => {
+            let _ = chainsync::lookup::LookupAnswer::decode(&answer);
+        }
+        Frame::Challenge { .. }
+        | Frame::Auth { .. }
+        | Frame::Error { .. }
+        | Frame::Enroll { .. }
+        | Frame::Enrolled { .. } => {}
     }
     let _ = frame.name();
 }

@@ -116,13 +116,13 @@ enum StoreCommand {
         #[arg(long)]
         id: NodeId,
     },
-    /// Switch a store between realtime and batch; its agent follows.
+    /// Switch a store between realtime, batch and hosted; its agent follows.
     Mode {
         #[arg(long, default_value = "hq-data")]
         data: PathBuf,
         #[arg(long)]
         id: NodeId,
-        /// realtime or batch.
+        /// realtime, batch or hosted.
         #[arg(long)]
         mode: String,
     },

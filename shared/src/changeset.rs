@@ -49,6 +49,8 @@ pub const CHANGE_SET_BYTES_MAX: usize = 1024 * 1024;
 pub const CHANGE_SET_OPS_MAX: usize = 20_000;
 /// Largest snapshot body: a seed of 50,000 skus with prices fits with room to spare.
 pub const SNAPSHOT_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Most parts one snapshot is cut into.
+pub const SNAPSHOT_PARTS_MAX: u32 = 1_000_000;
 /// `prev` of the first change set of a stream.
 pub const ZERO_HASH: [u8; 32] = [0; 32];
 
@@ -169,6 +171,10 @@ pub struct Snapshot {
     pub seq: u64,
     pub head_hash: [u8; 32],
     pub hlc: Hlc,
+    /// Which part this is, from 0, of `parts`: a large stream travels in parts of bounded size,
+    /// each signed, loaded in order; the stream stands at `seq` once the last is loaded.
+    pub part: u32,
+    pub parts: u32,
     pub ops: Vec<Op>,
 }
 

@@ -442,6 +442,15 @@ pub fn validate_snapshot(
             snapshot.format
         )));
     }
+    if snapshot.parts == 0
+        || snapshot.parts > crate::changeset::SNAPSHOT_PARTS_MAX
+        || snapshot.part >= snapshot.parts
+    {
+        return Err(SnapshotError::Malformed(format!(
+            "part {} of {}",
+            snapshot.part, snapshot.parts
+        )));
+    }
     let input = signing_input(SNAPSHOT_SIG_PREFIX, &signed.body);
     if hq_key
         .verify(&input, &Signature::from_bytes(&signed.sig))

@@ -165,6 +165,17 @@ fn main() -> Result<()> {
                     s.halted_reason.unwrap_or_default()
                 );
             }
+            let mode = replica.store_info(&state.config.store)?.map_or_else(
+                || "not known yet".to_owned(),
+                |i| format!("{:?}", i.mode).to_lowercase(),
+            );
+            println!("mode: {mode}");
+            for p in replica.seeding()? {
+                println!(
+                    "seeding {} from HQ's snapshot at seq {}: part {} of {}",
+                    p.stream, p.seq, p.parts_done, p.parts
+                );
+            }
             Ok(())
         }
         Command::Sync {

@@ -1,5 +1,11 @@
 //! The POS API: HTTP + JSON on loopback, for the tills of this store.
 //!
+//! Prices, promotions and members come from [`Facts`]: the store's own replica in realtime and
+//! batch mode; in hosted mode (no replica) a lookup at HQ, remembered in the lookup cache, and when
+//! HQ cannot be reached the cache (answers say which: `"source"`). Writes go to the store's own
+//! streams in every mode (for a hosted store that is its journal, pushed to HQ at once), and stock
+//! is always read locally: only the store's own streams move its stock, and it holds them all.
+//!
 //! Every request carries `Authorization: Bearer <pos_token>` (from `agent.toml`). Writes are
 //! validated here (unknown sku, non-positive quantity, payments that do not add up …: 422 with a
 //! message naming the problem), then committed as a change set of the store's own stream; the
@@ -31,14 +37,16 @@ use axum::{Json, Router};
 use chainsync::changeset::Op;
 use chainsync::hlc::Hlc;
 use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Sku, StreamId, Topic};
+use chainsync::lookup::{LookupAnswer, LookupQuery, MemberFacts, SkuFacts};
 use chainsync::merge::{self, PromotionContext};
 use chainsync::model::{
     LedgerAccount, LedgerEntry, LedgerKind, MemberEdit, MovementKind, Payment, PaymentMethod,
-    PriceKind, ProfileField, Receipt, ReceiptLine, ReturnRecord, StockMovement, Void,
+    PriceKind, ProfileField, Receipt, ReceiptLine, ReturnRecord, StockMovement, StoreMode, Void,
 };
+use chainsync::protocol::session::LOOKUP_TIMEOUT_MS;
 use chainsync::replica::{Replica, ReplicaError};
 use chainsync::transport::actor::ReplicaHandle;
-use chainsync::transport::leaf::LinkStatus;
+use chainsync::transport::leaf::{LinkStatus, LookupRequest};
 use chainsync::transport::now_ms;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -62,6 +70,8 @@ pub struct PosState {
     pub token: Arc<str>,
     /// Asks the link to exchange everything now.
     pub sync_requests: tokio::sync::mpsc::Sender<chainsync::transport::leaf::SyncRequest>,
+    /// Carries a hosted store's lookups to HQ.
+    pub lookups: tokio::sync::mpsc::Sender<LookupRequest>,
 }
 
 /// The router of the POS API.
@@ -108,6 +118,9 @@ impl PosError {
     }
     fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, message)
+    }
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
 }
 
@@ -200,6 +213,157 @@ fn next_seq(r: &Replica, topic: Topic) -> Result<u64, PosError> {
     Ok(r.head(&StreamId::new(r.node().clone(), topic))?.seq + 1)
 }
 
+// ------------------------------------------------------------------------- facts
+
+/// Where the facts behind an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// This store's replica (realtime and batch).
+    Replica,
+    /// HQ, just now (hosted).
+    Hq,
+    /// The lookup cache, because HQ could not be reached (hosted); the oldest fact's fetch time.
+    Cache { fetched_ms: u64 },
+}
+
+impl Source {
+    fn to_json(self) -> Value {
+        match self {
+            Source::Replica => json!("replica"),
+            Source::Hq => json!("hq"),
+            Source::Cache { fetched_ms } => json!({ "cache_fetched_ms": fetched_ms }),
+        }
+    }
+}
+
+/// What a request needs to know about skus and a member.
+struct Facts {
+    skus: BTreeMap<Sku, SkuFacts>,
+    /// `None` only for a hosted store that could not reach HQ and never looked the member up.
+    member: Option<MemberFacts>,
+    source: Source,
+}
+
+impl PosState {
+    /// Whether this store is hosted (also while its directory entry has not arrived yet: then
+    /// HQ is the only one who knows anything).
+    async fn hosted(&self) -> Result<bool, PosError> {
+        let store = self.store.clone();
+        let info = self.read(move |r| Ok(r.store_info(&store)?)).await?;
+        Ok(info.is_none_or(|i| i.mode == StoreMode::Hosted))
+    }
+
+    /// The facts about `skus` and `member`: from the replica, or for a hosted store from HQ
+    /// (then remembered), or from the cache when HQ cannot be reached.
+    async fn facts(&self, skus: Vec<Sku>, member: Option<MemberId>) -> Result<Facts, PosError> {
+        if !self.hosted().await? {
+            let (store, region) = (self.store.clone(), self.region.clone());
+            return self
+                .read(move |r| {
+                    let skus = r.sku_facts(&store, &region, &skus)?;
+                    let member = member.map(|m| r.member_facts(&m)).transpose()?;
+                    Ok(Facts {
+                        skus: skus.into_iter().map(|f| (f.sku.clone(), f)).collect(),
+                        member,
+                        source: Source::Replica,
+                    })
+                })
+                .await;
+        }
+        match self.ask_hq(&skus, member.as_ref()).await {
+            Ok(facts) => {
+                let skus: Vec<SkuFacts> = facts.skus.values().cloned().collect();
+                let member = facts.member.clone();
+                self.read(move |r| Ok(r.remember(&skus, member.as_ref(), now_ms())?))
+                    .await?;
+                Ok(facts)
+            }
+            Err(why) => self.cached_facts(skus, member, why).await,
+        }
+    }
+
+    async fn ask_hq(&self, skus: &[Sku], member: Option<&MemberId>) -> Result<Facts, String> {
+        if !self.link.borrow().connected {
+            return Err("not connected to HQ".into());
+        }
+        let sku_lookup = async {
+            if skus.is_empty() {
+                return Ok(Vec::new());
+            }
+            match self.lookup(LookupQuery::Skus(skus.to_vec())).await? {
+                LookupAnswer::Skus(facts) => Ok(facts),
+                LookupAnswer::Member(_) => Err("HQ answered another question".to_owned()),
+            }
+        };
+        let member_lookup = async {
+            let Some(member) = member else {
+                return Ok(None);
+            };
+            match self.lookup(LookupQuery::Member(member.clone())).await? {
+                LookupAnswer::Member(facts) => Ok(Some(facts)),
+                LookupAnswer::Skus(_) => Err("HQ answered another question".to_owned()),
+            }
+        };
+        let (skus, member) = tokio::join!(sku_lookup, member_lookup);
+        Ok(Facts {
+            skus: skus?.into_iter().map(|f| (f.sku.clone(), f)).collect(),
+            member: member?,
+            source: Source::Hq,
+        })
+    }
+
+    async fn lookup(&self, query: LookupQuery) -> Result<LookupAnswer, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.lookups
+            .try_send(LookupRequest { query, reply })
+            .map_err(|_| "the link to HQ is busy".to_owned())?;
+        match tokio::time::timeout(std::time::Duration::from_millis(LOOKUP_TIMEOUT_MS), answer)
+            .await
+        {
+            Err(_) => Err(format!("HQ did not answer within {LOOKUP_TIMEOUT_MS} ms")),
+            Ok(Err(_)) => Err("the link to HQ stopped".into()),
+            Ok(Ok(answer)) => answer.map_err(|e| format!("HQ refused the lookup: {e}")),
+        }
+    }
+
+    async fn cached_facts(
+        &self,
+        skus: Vec<Sku>,
+        member: Option<MemberId>,
+        why: String,
+    ) -> Result<Facts, PosError> {
+        self.read(move |r| {
+            let mut oldest = u64::MAX;
+            let mut out = BTreeMap::new();
+            for sku in skus {
+                let Some((facts, fetched_ms)) = r.remembered_sku(&sku)? else {
+                    return Err(PosError::unavailable(format!(
+                        "HQ is unreachable ({why}) and sku {sku} was never looked up at this store"
+                    )));
+                };
+                oldest = oldest.min(fetched_ms);
+                out.insert(sku, facts);
+            }
+            let member = match member {
+                Some(m) => r.remembered_member(&m)?.map(|(facts, fetched_ms)| {
+                    oldest = oldest.min(fetched_ms);
+                    facts
+                }),
+                None => None,
+            };
+            tracing::debug!("answering from the lookup cache: {why}");
+            Ok(Facts {
+                skus: out,
+                member,
+                source: Source::Cache {
+                    fetched_ms: if oldest == u64::MAX { 0 } else { oldest },
+                },
+            })
+        })
+        .await
+    }
+}
+
 fn minted(store: &NodeId, letter: &str, n: u64) -> Result<RecordId, PosError> {
     RecordId::new(format!("{store}-{letter}{n}")).map_err(|e| PosError::invalid(e.to_string()))
 }
@@ -259,13 +423,8 @@ struct SaleRequest {
     promotions_applied: Vec<String>,
 }
 
-fn check_lines(
-    r: &Replica,
-    lines: Vec<SaleLine>,
-    member: bool,
-    store: &NodeId,
-    region: &RegionId,
-) -> Result<Vec<ReceiptLine>, PosError> {
+/// The distinct skus of a request's lines, checking the line count and each sku's form.
+fn line_skus(lines: &[SaleLine]) -> Result<Vec<Sku>, PosError> {
     if lines.is_empty() {
         return Err(PosError::invalid("a receipt needs at least one line"));
     }
@@ -275,13 +434,31 @@ fn check_lines(
             lines.len()
         )));
     }
+    let mut skus = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let sku: Sku = parse(&format!("line {i} sku"), &line.sku)?;
+        if !skus.contains(&sku) {
+            skus.push(sku);
+        }
+    }
+    Ok(skus)
+}
+
+fn check_lines(
+    facts: &Facts,
+    lines: Vec<SaleLine>,
+    member: bool,
+    store: &NodeId,
+    region: &RegionId,
+) -> Result<Vec<ReceiptLine>, PosError> {
+    line_skus(&lines)?;
     let now = now_ms() as i64;
     let mut out = Vec::with_capacity(lines.len());
     for (i, line) in lines.into_iter().enumerate() {
         let sku: Sku = parse(&format!("line {i} sku"), &line.sku)?;
-        if r.product(&sku)?.is_none() {
+        let Some(sku_facts) = facts.skus.get(&sku).filter(|f| f.product.is_some()) else {
             return Err(PosError::invalid(format!("line {i}: unknown sku {sku}")));
-        }
+        };
         if line.qty <= 0 {
             return Err(PosError::invalid(format!(
                 "line {i}: quantity {} must be positive (record returns with POST /v1/returns)",
@@ -293,7 +470,8 @@ fn check_lines(
                 return Err(PosError::invalid(format!("line {i}: negative price {p}")));
             }
             Some(p) => p,
-            None => effective_cents(r, &sku, member, store, region, now)?.ok_or_else(|| {
+            None => merge::shelf_price_cents(&sku_facts.prices, &sku, store, region, now, member)
+                .ok_or_else(|| {
                 PosError::invalid(format!("line {i}: sku {sku} has no price in effect here"))
             })?,
         };
@@ -310,35 +488,18 @@ fn check_lines(
     Ok(out)
 }
 
-fn effective_cents(
-    r: &Replica,
-    sku: &Sku,
-    member: bool,
-    store: &NodeId,
-    region: &RegionId,
-    t_ms: i64,
-) -> Result<Option<i64>, PosError> {
-    let retail = r
-        .effective_price(sku, PriceKind::Retail, store, region, t_ms)?
-        .map(|e| e.price_cents);
-    let member_price = if member {
-        r.effective_price(sku, PriceKind::Member, store, region, t_ms)?
-            .map(|e| e.price_cents)
-    } else {
-        None
-    };
-    Ok(match (retail, member_price) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    })
-}
-
 async fn record_sale(
     State(state): State<PosState>,
     body: Result<Json<SaleRequest>, JsonRejection>,
 ) -> PosResult {
     let Json(req) = body?;
     let (store, region) = (state.store.clone(), state.region.clone());
+    let member = req
+        .member
+        .as_deref()
+        .map(|m| parse::<MemberId>("member", m))
+        .transpose()?;
+    let facts = state.facts(line_skus(&req.lines)?, None).await?;
     let (status, receipt) = state
         .write(move |r| {
             let id = match &req.receipt_no {
@@ -351,12 +512,7 @@ async fn record_sale(
                     json!({ "receipt_id": id.as_str(), "duplicate": true }),
                 ));
             }
-            let member = req
-                .member
-                .as_deref()
-                .map(|m| parse::<MemberId>("member", m))
-                .transpose()?;
-            let lines = check_lines(r, req.lines, member.is_some(), &store, &region)?;
+            let lines = check_lines(&facts, req.lines, member.is_some(), &store, &region)?;
             let mut receipt = Receipt {
                 id,
                 store: store.clone(),
@@ -416,10 +572,11 @@ async fn record_return(
 ) -> PosResult {
     let Json(req) = body?;
     let (store, region) = (state.store.clone(), state.region.clone());
+    let facts = state.facts(line_skus(&req.lines)?, None).await?;
     let answer = state
         .write(move |r| {
             let original: RecordId = parse("original", &req.original)?;
-            let lines = check_lines(r, req.lines, false, &store, &region)?;
+            let lines = check_lines(&facts, req.lines, false, &store, &region)?;
             let refund: i64 = lines.iter().map(ReceiptLine::amount_cents).sum();
             let id = minted(&store, "T", next_seq(r, Topic::Sales)?)?;
             let ret = ReturnRecord {
@@ -505,52 +662,54 @@ async fn price(
 ) -> PosResult {
     let Query(q) = query?;
     let sku: Sku = parse("sku", &sku)?;
-    let (store, region) = (state.store.clone(), state.region.clone());
-    let answer = state
-        .read(move |r| {
-            if r.product(&sku)?.is_none() {
-                return Err(PosError::not_found(format!("unknown sku {sku}")));
-            }
-            let member = q.member.as_deref().map(|m| parse::<MemberId>("member", m)).transpose()?;
-            let t = q.at_ms.unwrap_or(now_ms() as i64);
-            let retail = r.effective_price(&sku, PriceKind::Retail, &store, &region, t)?;
-            let member_entry = match &member {
-                Some(_) => r.effective_price(&sku, PriceKind::Member, &store, &region, t)?,
-                None => None,
-            };
-            let charge = effective_cents(r, &sku, member.is_some(), &store, &region, t)?;
-            let birthday_month = match &member {
-                Some(m) => r
-                    .member_profile(m)?
-                    .get(&ProfileField::Birthday)
-                    .and_then(|b| b.value.get(..2).map(str::to_owned))
-                    .is_some_and(|mm| mm == month_of(t)),
-                None => false,
-            };
-            let ctx = PromotionContext {
-                store: &store,
-                region: &region,
-                t_ms: t,
-                local_hour: ((t / 3_600_000) % 24) as u8,
-                is_member: member.is_some(),
-                birthday_month,
-            };
-            let promotions: Vec<Value> = r
-                .promotions()?
-                .into_iter()
-                .filter(|p| merge::promotion_applies(p, &sku, &ctx))
-                .map(|p| json!({ "id": p.id.as_str(), "name": p.name, "rule": format!("{:?}", p.rule) }))
-                .collect();
-            Ok(json!({
-                "sku": sku.as_str(),
-                "price_cents": charge,
-                "retail": retail.map(|e| json!({ "price_cents": e.price_cents, "scope": e.scope.to_string(), "entry": e.id.as_str() })),
-                "member": member_entry.map(|e| json!({ "price_cents": e.price_cents, "scope": e.scope.to_string(), "entry": e.id.as_str() })),
-                "promotions": promotions,
-            }))
-        })
-        .await?;
-    Ok(Json(answer).into_response())
+    let member = q
+        .member
+        .as_deref()
+        .map(|m| parse::<MemberId>("member", m))
+        .transpose()?;
+    let (store, region) = (&state.store, &state.region);
+    let facts = state.facts(vec![sku.clone()], member.clone()).await?;
+    let Some(f) = facts.skus.get(&sku).filter(|f| f.product.is_some()) else {
+        return Err(PosError::not_found(format!("unknown sku {sku}")));
+    };
+    let t = q.at_ms.unwrap_or(now_ms() as i64);
+    let retail = merge::effective_price(&f.prices, &sku, PriceKind::Retail, store, region, t);
+    let member_entry = member
+        .is_some()
+        .then(|| merge::effective_price(&f.prices, &sku, PriceKind::Member, store, region, t))
+        .flatten();
+    let charge = merge::shelf_price_cents(&f.prices, &sku, store, region, t, member.is_some());
+    let birthday_month = facts.member.as_ref().is_some_and(|m| {
+        m.profile
+            .iter()
+            .find(|(field, _)| *field == ProfileField::Birthday)
+            .and_then(|(_, b)| b.get(..2))
+            .is_some_and(|mm| mm == month_of(t))
+    });
+    let ctx = PromotionContext {
+        store,
+        region,
+        t_ms: t,
+        local_hour: ((t / 3_600_000) % 24) as u8,
+        is_member: member.is_some(),
+        birthday_month,
+    };
+    let promotions: Vec<Value> = f
+        .promotions
+        .iter()
+        .filter(|p| merge::promotion_applies(p, &sku, &ctx))
+        .map(|p| json!({ "id": p.id.as_str(), "name": p.name, "rule": format!("{:?}", p.rule) }))
+        .collect();
+    let entry_json = |e: &chainsync::model::PriceEntry| json!({ "price_cents": e.price_cents, "scope": e.scope.to_string(), "entry": e.id.as_str() });
+    Ok(Json(json!({
+        "sku": sku.as_str(),
+        "price_cents": charge,
+        "retail": retail.map(entry_json),
+        "member": member_entry.map(entry_json),
+        "promotions": promotions,
+        "source": facts.source.to_json(),
+    }))
+    .into_response())
 }
 
 /// `MM` of a Unix-ms time (UTC), by the civil-from-days algorithm.
@@ -568,39 +727,31 @@ fn month_of(t_ms: i64) -> String {
 
 // ------------------------------------------------------------------------- members
 
-fn member_json(r: &Replica, member: &MemberId) -> Result<Option<Value>, PosError> {
-    let profile = r.member_profile(member)?;
-    let points = r.balance(member, LedgerAccount::Points)?;
-    let stored = r.balance(member, LedgerAccount::StoredValue)?;
-    let has_ledger: bool = r
-        .connection()
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM ledger WHERE member = ?1)",
-            [member.as_str()],
-            |row| row.get(0),
-        )
-        .map_err(ReplicaError::from)?;
-    if profile.is_empty() && !has_ledger {
-        return Ok(None);
-    }
-    let fields: BTreeMap<String, String> = profile
-        .into_iter()
-        .map(|(f, v)| (format!("{f:?}").to_lowercase(), v.value))
+fn member_json(m: &MemberFacts, source: Source) -> Value {
+    let fields: BTreeMap<String, &str> = m
+        .profile
+        .iter()
+        .map(|(f, v)| (format!("{f:?}").to_lowercase(), v.as_str()))
         .collect();
-    Ok(Some(
-        json!({ "member": member.as_str(), "profile": fields, "points": points, "stored_value_cents": stored }),
-    ))
+    json!({
+        "member": m.member.as_str(),
+        "profile": fields,
+        "points": m.points,
+        "stored_value_cents": m.stored_value_cents,
+        "source": source.to_json(),
+    })
 }
 
 async fn member(State(state): State<PosState>, Path(id): Path<String>) -> PosResult {
     let member: MemberId = parse("member", &id)?;
-    let answer = state
-        .read(move |r| {
-            member_json(r, &member)?
-                .ok_or_else(|| PosError::not_found(format!("no member {member} here")))
-        })
-        .await?;
-    Ok(Json(answer).into_response())
+    let facts = state.facts(Vec::new(), Some(member.clone())).await?;
+    match facts.member {
+        Some(m) if m.known => Ok(Json(member_json(&m, facts.source)).into_response()),
+        Some(_) => Err(PosError::not_found(format!("no member {member} here"))),
+        None => Err(PosError::unavailable(format!(
+            "HQ is unreachable and member {member} was never looked up at this store"
+        ))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -652,15 +803,37 @@ async fn edit_member(
     if fields.is_empty() {
         return Err(PosError::invalid("no field to set"));
     }
+    // A hosted store answers with what HQ (or its cache) knew, with this edit laid over it.
+    let before = if state.hosted().await? {
+        Some(state.facts(Vec::new(), Some(member.clone())).await?)
+    } else {
+        None
+    };
     let answer = state
         .write(move |r| {
             let edit = MemberEdit {
                 member: member.clone(),
                 hlc: Hlc::default(),
-                fields,
+                fields: fields.clone(),
             };
             r.commit_local(Topic::Members, vec![Op::MemberEdit(edit)], now_ms())?;
-            member_json(r, &member)
+            Ok(match before {
+                None => member_json(&r.member_facts(&member)?, Source::Replica),
+                Some(facts) => {
+                    let mut m = facts.member.unwrap_or(MemberFacts {
+                        member,
+                        profile: Vec::new(),
+                        points: 0,
+                        stored_value_cents: 0,
+                        known: true,
+                    });
+                    for (field, value) in fields {
+                        m.profile.retain(|(f, _)| *f != field);
+                        m.profile.push((field, value));
+                    }
+                    member_json(&m, facts.source)
+                }
+            })
         })
         .await?;
     Ok(Json(answer).into_response())
@@ -685,9 +858,40 @@ async fn ledger(
         return Err(PosError::invalid("change must not be zero"));
     }
     let store = state.store.clone();
+    // A hosted store takes balances from HQ; it only lets a member take from one (redeem,
+    // spend) when HQ's answer is fresh and holds all of this store's earlier member writes.
+    let hosted_facts = if state.hosted().await? {
+        let facts = state.facts(Vec::new(), Some(member.clone())).await?;
+        if req.change < 0 && facts.source != Source::Hq {
+            return Err(PosError::unavailable(
+                "taking from a balance at a hosted store needs HQ, which is unreachable",
+            ));
+        }
+        Some(facts)
+    } else {
+        None
+    };
     let answer = state
         .write(move |r| {
-            let balance = r.balance(&member, account)?;
+            let balance = match &hosted_facts {
+                None => r.balance(&member, account)?,
+                Some(facts) => {
+                    let members = StreamId::new(r.node().clone(), Topic::Members);
+                    let in_flight = r
+                        .own_streams()?
+                        .into_iter()
+                        .any(|(s, acked, head)| s == members && acked < head);
+                    if req.change < 0 && in_flight {
+                        return Err(PosError::unavailable(
+                            "this store's earlier member writes are still on their way to HQ; try again in a moment",
+                        ));
+                    }
+                    facts.member.as_ref().map_or(0, |m| match account {
+                        LedgerAccount::Points => m.points,
+                        LedgerAccount::StoredValue => m.stored_value_cents,
+                    })
+                }
+            };
             if req.change < 0 && balance + req.change < 0 {
                 return Err(PosError::conflict(format!(
                     "balance is {balance}; taking {} would overdraw it",
@@ -714,7 +918,11 @@ async fn ledger(
                 at_ms: now_ms() as i64,
             };
             r.commit_local(Topic::Members, vec![Op::Ledger(entry)], now_ms())?;
-            Ok(json!({ "member": member.as_str(), "balance": r.balance(&member, account)? }))
+            let (after, source) = match &hosted_facts {
+                None => (r.balance(&member, account)?, Source::Replica),
+                Some(facts) => (balance + req.change, facts.source),
+            };
+            Ok(json!({ "member": member.as_str(), "balance": after, "source": source.to_json() }))
         })
         .await?;
     Ok((StatusCode::CREATED, Json(answer)).into_response())
@@ -765,11 +973,12 @@ async fn movement(state: PosState, req: MovementRequest, op: MovementOp) -> PosR
         return Err(PosError::invalid("reference is longer than 200 characters"));
     }
     let store = state.store.clone();
+    let facts = state.facts(vec![sku.clone()], None).await?;
+    if facts.skus.get(&sku).is_none_or(|f| f.product.is_none()) {
+        return Err(PosError::invalid(format!("unknown sku {sku}")));
+    }
     let answer = state
         .write(move |r| {
-            if r.product(&sku)?.is_none() {
-                return Err(PosError::invalid(format!("unknown sku {sku}")));
-            }
             let current = r.stock_of(&store, &sku)?;
             let (kind, delta) = match op {
                 MovementOp::Received if req.qty > 0 => (MovementKind::Received, req.qty),
@@ -857,7 +1066,16 @@ async fn stock_one(State(state): State<PosState>, Path(sku): Path<String>) -> Po
 
 async fn sync_status(State(state): State<PosState>) -> PosResult {
     let link = state.link.borrow().clone();
-    let streams = state.read(|r| Ok(r.own_streams()?)).await?;
+    let (streams, seeding, info) = state
+        .read(|r| {
+            let node = r.node().clone();
+            Ok((r.own_streams()?, r.seeding()?, r.store_info(&node)?))
+        })
+        .await?;
+    let seeding: Vec<Value> = seeding
+        .into_iter()
+        .map(|p| json!({ "stream": p.stream.to_string(), "seq": p.seq, "parts_done": p.parts_done, "parts": p.parts }))
+        .collect();
     let backlog: BTreeMap<String, u64> = streams
         .into_iter()
         .map(|(s, acked, head)| (s.topic.to_string(), head.saturating_sub(acked)))
@@ -867,6 +1085,8 @@ async fn sync_status(State(state): State<PosState>) -> PosResult {
         "last_exchange_ms": link.last_exchange_ms,
         "last_error": link.last_error,
         "outbox": backlog,
+        "mode": info.map(|i| format!("{:?}", i.mode).to_lowercase()),
+        "seeding": seeding,
     }))
     .into_response())
 }

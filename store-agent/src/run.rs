@@ -1,5 +1,5 @@
-//! `store-agent run`: the agent service: the POS API on loopback and the link to HQ (realtime or
-//! batch, as HQ's directory says),
+//! `store-agent run`: the agent service: the POS API on loopback and the link to HQ (realtime,
+//! batch or hosted, as HQ's directory says),
 //! until shutdown. On shutdown the API stops taking requests, in-flight writes commit, the link
 //! closes, and the database is closed last.
 
@@ -13,6 +13,8 @@ use tokio::sync::{Notify, watch};
 
 /// "Sync now" requests waiting for the link at most (each answered when its exchange ends).
 pub const SYNC_REQUESTS_MAX: usize = 16;
+/// Hosted stores: POS lookups waiting for the link at most (more are answered from the cache).
+pub const LOOKUPS_WAITING_MAX: usize = 64;
 
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> {
@@ -22,6 +24,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
     let (status, link_status) = watch::channel(LinkStatus::default());
     let local_commits = Arc::new(Notify::new());
     let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(SYNC_REQUESTS_MAX);
+    let (lookup_tx, lookup_rx) = tokio::sync::mpsc::channel(LOOKUPS_WAITING_MAX);
     let link = StoreLink {
         hq: state.hq.clone(),
         node: state.config.store.clone(),
@@ -40,6 +43,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
         region: state.config.region.clone(),
         token: state.config.pos_token.clone().into(),
         sync_requests: sync_tx,
+        lookups: lookup_tx,
     });
     let listener = tokio::net::TcpListener::bind(state.config.pos_listen)
         .await
@@ -72,7 +76,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
         let writer = tokio::spawn(write_outbox_bundles(folders, handle, key, interval, outbox));
         (watcher, writer)
     });
-    link.run(shutdown, sync_rx).await;
+    link.run(shutdown, sync_rx, lookup_rx).await;
     if let Some((watcher, writer)) = bundles {
         watcher.await.context("bundle inbox task")??;
         writer.await.context("bundle outbox task")?;

@@ -1021,8 +1021,12 @@ impl Sim {
                 .map(|(s, h)| (s, h.seq))
                 .collect();
             for (stream, seq) in &hq_heads {
-                if subscribes(&store.id, &store.region, stream)
-                    && mine.get(stream).copied().unwrap_or(0) != *seq
+                if subscribes(
+                    &store.id,
+                    &store.region,
+                    chainsync::model::StoreMode::Realtime,
+                    stream,
+                ) && mine.get(stream).copied().unwrap_or(0) != *seq
                 {
                     return Ok(false);
                 }

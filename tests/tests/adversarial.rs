@@ -901,7 +901,11 @@ fn garbage_payloads_are_malformed_or_another_version() {
         })
     );
 
-    let good = encode_frame(&Frame::Pull { cursors: vec![] }).unwrap();
+    let good = encode_frame(&Frame::Pull {
+        cursors: vec![],
+        seeding: vec![],
+    })
+    .unwrap();
     let mut longer = good[4..].to_vec();
     longer.push(0);
     let mut framed = (longer.len() as u32).to_be_bytes().to_vec();
@@ -915,7 +919,10 @@ fn garbage_payloads_are_malformed_or_another_version() {
     decoder.push(&good).unwrap();
     assert_eq!(
         decoder.next_frame().unwrap(),
-        Some(Frame::Pull { cursors: vec![] })
+        Some(Frame::Pull {
+            cursors: vec![],
+            seeding: vec![],
+        })
     );
 }
 
@@ -982,7 +989,14 @@ fn the_hub_session_refuses_out_of_turn_frames_unknown_nodes_and_wrong_keys() {
             .unwrap();
         assert_eq!(out.frames, vec![Frame::Challenge { nonce: NONCE }]);
         let err = session
-            .handle(T1, Frame::Pull { cursors: vec![] }, &mut w.hq)
+            .handle(
+                T1,
+                Frame::Pull {
+                    cursors: vec![],
+                    seeding: vec![],
+                },
+                &mut w.hq,
+            )
             .unwrap_err();
         assert_eq!(
             err,
@@ -1111,6 +1125,8 @@ fn a_tampered_or_store_signed_snapshot_is_refused() {
         seq: 4,
         head_hash: w.hq.head(&prices).unwrap().hash,
         hlc: Hlc::default(),
+        part: 0,
+        parts: 1,
         ops: vec![Op::PriceUpsert(price("hq-p1", Scope::Chain, "cola", 1))],
     };
     let store_signed = SignedSnapshot::sign(&by_hand, &key_for("S001")).unwrap();
@@ -1166,6 +1182,8 @@ fn a_snapshot_with_an_op_its_origin_does_not_own_is_refused() {
         seq: 5,
         head_hash: [1; 32],
         hlc: Hlc::default(),
+        part: 0,
+        parts: 1,
         ops: vec![sale(&node("S002"), 7, 1)],
     };
     let signed = SignedSnapshot::sign(&snapshot, &w.chain.hq_key).unwrap();

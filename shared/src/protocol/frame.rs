@@ -50,7 +50,15 @@ pub struct WireCursor {
     pub seq: u64,
 }
 
-/// A signed change set on the wire.
+/// How far a store got seeding a stream from snapshot parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSeed {
+    pub stream: String,
+    pub seq: u64,
+    pub parts_done: u32,
+}
+
+/// A signed change set (or snapshot part: the same two fields) on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireChangeSet {
     pub body: Vec<u8>,
@@ -91,10 +99,16 @@ pub enum Frame {
         heads: Vec<WireCursor>,
         rejected: Vec<String>,
     },
-    /// Store -> HQ: how far I hold the streams I follow; send what I lack.
-    Pull { cursors: Vec<WireCursor> },
-    /// HQ -> store: change sets you lack, in priority order; `more` if there are more.
+    /// Store -> HQ: how far I hold the streams I follow, and how far I got seeding streams from
+    /// snapshots; send what I lack.
+    Pull {
+        cursors: Vec<WireCursor>,
+        seeding: Vec<WireSeed>,
+    },
+    /// HQ -> store: snapshot parts of streams to seed (loaded first), then change sets you
+    /// lack, in priority order; `more` if there are more.
     Batch {
+        snapshot_parts: Vec<WireChangeSet>,
         change_sets: Vec<WireChangeSet>,
         more: bool,
     },
@@ -111,6 +125,12 @@ pub enum Frame {
     Enrolled { region: String },
     /// Either way: the session ends, and why.
     Error { code: ErrorCode, message: String },
+    /// Store -> HQ (hosted stores, which keep no replica): facts about skus or a member; `query`
+    /// is postcard of a [`crate::lookup::LookupQuery`].
+    Lookup { id: u64, query: Vec<u8> },
+    /// HQ -> store: the answer to lookup `id`, postcard of
+    /// `Result<`[`crate::lookup::LookupAnswer`]`, String>`.
+    LookupAnswer { id: u64, answer: Vec<u8> },
 }
 
 impl Frame {
@@ -129,6 +149,8 @@ impl Frame {
             Frame::Enroll { .. } => "Enroll",
             Frame::Enrolled { .. } => "Enrolled",
             Frame::Error { .. } => "Error",
+            Frame::Lookup { .. } => "Lookup",
+            Frame::LookupAnswer { .. } => "LookupAnswer",
         }
     }
 }
@@ -311,6 +333,62 @@ pub fn from_wire_cursors(cursors: Vec<WireCursor>) -> Result<Vec<(StreamId, u64)
         .collect()
 }
 
+/// Seeding progress to its wire form.
+pub fn to_wire_seeding(seeding: &[(StreamId, u64, u32)]) -> Vec<WireSeed> {
+    seeding
+        .iter()
+        .map(|(s, seq, parts_done)| WireSeed {
+            stream: s.to_string(),
+            seq: *seq,
+            parts_done: *parts_done,
+        })
+        .collect()
+}
+
+/// Seeding progress from its wire form, refusing bad stream names and oversized lists.
+pub fn from_wire_seeding(
+    seeding: Vec<WireSeed>,
+) -> Result<std::collections::BTreeMap<StreamId, (u64, u32)>, FrameError> {
+    if seeding.len() > CURSORS_MAX {
+        return Err(FrameError::Malformed(format!(
+            "{} seeding entries (at most {CURSORS_MAX})",
+            seeding.len()
+        )));
+    }
+    seeding
+        .into_iter()
+        .map(|w| {
+            let stream = w
+                .stream
+                .parse()
+                .map_err(|e| FrameError::Malformed(format!("seeding: {e}")))?;
+            Ok((stream, (w.seq, w.parts_done)))
+        })
+        .collect()
+}
+
+/// Snapshot parts from their wire form.
+pub fn from_wire_snapshot_parts(
+    parts: Vec<WireChangeSet>,
+) -> Result<Vec<crate::changeset::SignedSnapshot>, FrameError> {
+    if parts.len() > BATCH_CHANGE_SETS_MAX {
+        return Err(FrameError::Malformed(format!(
+            "{} snapshot parts in one frame (at most {BATCH_CHANGE_SETS_MAX})",
+            parts.len()
+        )));
+    }
+    parts
+        .into_iter()
+        .map(|w| {
+            let signed = w.into_signed()?;
+            Ok(crate::changeset::SignedSnapshot {
+                body: signed.body,
+                sig: signed.sig,
+            })
+        })
+        .collect()
+}
+
 /// Change sets from their wire form.
 pub fn from_wire_change_sets(
     change_sets: Vec<WireChangeSet>,
@@ -410,7 +488,10 @@ mod tests {
         ));
         let mut payload = postcard::to_allocvec(&Envelope {
             version: 9,
-            frame: Frame::Pull { cursors: vec![] },
+            frame: Frame::Pull {
+                cursors: vec![],
+                seeding: vec![],
+            },
         })
         .unwrap();
         assert_eq!(

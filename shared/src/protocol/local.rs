@@ -26,6 +26,8 @@ pub const LOCAL_ROUNDS_MAX: usize = 10_000;
 pub struct LocalSyncStats {
     pub pushed: u64,
     pub pulled: u64,
+    /// Snapshot parts loaded.
+    pub seeded: u64,
     pub rounds: usize,
 }
 
@@ -63,6 +65,7 @@ pub fn sync_pair(
     Ok(LocalSyncStats {
         pushed: counters.pushed_change_sets,
         pulled: counters.pulled_change_sets,
+        seeded: counters.seeded_parts,
         rounds,
     })
 }

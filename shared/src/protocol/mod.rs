@@ -11,11 +11,13 @@ pub mod session;
 
 pub use frame::{Frame, FrameDecoder, FrameError, encode_frame};
 pub use session::{
-    HubOutput, HubSession, HubStore, LeafSession, LeafStore, PeerInfo, SessionError, subscribes,
+    HubOutput, HubSession, HubStore, LeafSession, LeafStore, PeerInfo, SeedPlan, SeedReport,
+    SessionError, subscribes,
 };
 
-use crate::changeset::SignedChangeSet;
+use crate::changeset::{SignedChangeSet, SignedSnapshot};
 use crate::ids::{NodeId, RegionId, StreamId};
+use crate::lookup::{LookupAnswer, LookupQuery};
 use crate::replica::{BatchReport, Replica, ReplicaError};
 use ed25519_dalek::VerifyingKey;
 use std::collections::BTreeMap;
@@ -32,6 +34,7 @@ impl HubStore for Replica {
         Ok(Some(PeerInfo {
             node: info.id,
             region: info.region,
+            mode: info.mode,
             key,
             revoked: info.revoked,
         }))
@@ -66,7 +69,7 @@ impl HubStore for Replica {
         let mut bytes = 0usize;
         // heads() is in priority order, so the batch is too.
         for (stream, head) in self.heads()? {
-            if !subscribes(&peer.node, &peer.region, &stream) {
+            if !subscribes(&peer.node, &peer.region, peer.mode, &stream) {
                 continue;
             }
             let cursor = cursors.get(&stream).copied().unwrap_or(0);
@@ -88,6 +91,55 @@ impl HubStore for Replica {
         Ok((out, false))
     }
 
+    fn seed_for(
+        &mut self,
+        peer: &PeerInfo,
+        cursors: &BTreeMap<StreamId, u64>,
+        seeding: &BTreeMap<StreamId, (u64, u32)>,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> Result<SeedPlan, ReplicaError> {
+        let mut plan = SeedPlan::default();
+        let mut bytes = 0usize;
+        let mut full = false;
+        for (stream, head) in self.heads()? {
+            if !subscribes(&peer.node, &peer.region, peer.mode, &stream) {
+                continue;
+            }
+            let cursor = cursors.get(&stream).copied().unwrap_or(0);
+            let progress = seeding.get(&stream).copied();
+            // Only a store holding nothing of the stream is seeded: one that holds part of it
+            // catches up from the log like any other.
+            let long = head.seq >= crate::replica::SEED_FROM_CHANGE_SETS;
+            if cursor != 0 || !(long || progress.is_some()) || head.seq == 0 {
+                continue;
+            }
+            plan.streams.push(stream.clone());
+            if full {
+                plan.more = true;
+                continue;
+            }
+            let snapshot = self.cached_snapshot(&stream, progress.map(|p| p.0), now_ms)?;
+            let start = match progress {
+                Some((seq, done)) if seq == snapshot.seq => done as usize,
+                _ => 0,
+            };
+            for part in snapshot.parts.iter().skip(start) {
+                if bytes > 0 && bytes + part.body.len() > max_bytes {
+                    full = true;
+                    plan.more = true;
+                    break;
+                }
+                bytes += part.body.len();
+                plan.parts.push(part.clone());
+            }
+            if snapshot.seq < head.seq {
+                plan.more = true; // the log after the snapshot follows on the next pull
+            }
+        }
+        Ok(plan)
+    }
+
     fn enroll(
         &mut self,
         node: &NodeId,
@@ -98,6 +150,27 @@ impl HubStore for Replica {
         Ok(Replica::enroll(self, node, token, public_key, now_ms)?
             .map(|info| info.region)
             .map_err(|e| e.to_string()))
+    }
+
+    fn lookup(
+        &self,
+        peer: &PeerInfo,
+        query: &LookupQuery,
+        now_ms: u64,
+    ) -> Result<LookupAnswer, ReplicaError> {
+        let mut answer =
+            Replica::lookup(self, &peer.node, &peer.region, query).map_err(|e| match e {
+                crate::lookup::LookupError::Storage(e) => e,
+                other => ReplicaError::Corrupt(other.to_string()),
+            })?;
+        // Entries that ended are of no use to the store; leaving them out bounds the answer.
+        if let LookupAnswer::Skus(facts) = &mut answer {
+            for f in facts {
+                f.prices
+                    .retain(|e| e.effective_to_ms.is_none_or(|to| to > now_ms as i64));
+            }
+        }
+        Ok(answer)
     }
 
     fn record_cursors(
@@ -121,6 +194,31 @@ impl LeafStore for Replica {
             .filter(|(s, _)| s.origin != node)
             .map(|(s, h)| (s, h.seq))
             .collect())
+    }
+
+    fn seeding(&self) -> Result<Vec<(StreamId, u64, u32)>, ReplicaError> {
+        Ok(Replica::seeding(self)?
+            .into_iter()
+            .map(|p| (p.stream, p.seq, p.parts_done))
+            .collect())
+    }
+
+    fn load_snapshot_parts(
+        &mut self,
+        parts: &[SignedSnapshot],
+        now_ms: u64,
+    ) -> Result<SeedReport, ReplicaError> {
+        let mut report = SeedReport::default();
+        for part in parts {
+            match self.load_snapshot(part, now_ms) {
+                Ok(crate::replica::SnapshotLoad::Loaded { .. })
+                | Ok(crate::replica::SnapshotLoad::Part { .. }) => report.loaded += 1,
+                Ok(_) => {}
+                Err(ReplicaError::Snapshot(e)) => report.rejected.push(e.to_string()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
     }
 
     fn outbox(

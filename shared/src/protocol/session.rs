@@ -30,10 +30,13 @@
 
 use super::frame::{
     BATCH_BYTES_MAX, BATCH_CHANGE_SETS_MAX, ErrorCode, Frame, FrameError, WireChangeSet,
-    from_wire_change_sets, from_wire_cursors, to_wire_cursors,
+    from_wire_change_sets, from_wire_cursors, from_wire_seeding, from_wire_snapshot_parts,
+    to_wire_cursors, to_wire_seeding,
 };
-use crate::changeset::{SignedChangeSet, signing_input};
+use crate::changeset::{SignedChangeSet, SignedSnapshot, signing_input};
 use crate::ids::{NodeId, RegionId, StreamId, Topic};
+use crate::lookup::{LookupAnswer, LookupQuery};
+use crate::model::StoreMode;
 use crate::replica::BatchReport;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use std::collections::BTreeMap;
@@ -43,6 +46,10 @@ pub const AUTH_SIG_PREFIX: &[u8] = b"chainsync/auth/v1";
 /// How long a store waits for an answer to a push or pull before asking again. Over QUIC nothing
 /// is lost, so this only matters when a frame was (a lost connection ends the session anyway).
 pub const RETRY_MS: u64 = 2_000;
+/// Largest lookup answer HQ sends (well inside a frame).
+pub const LOOKUP_ANSWER_BYTES_MAX: usize = 3 * 1024 * 1024;
+/// How long a store waits for a lookup answer before it reads its cache instead.
+pub const LOOKUP_TIMEOUT_MS: u64 = 1_500;
 /// How long a handshake may take before the store gives up and reconnects.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
@@ -51,6 +58,7 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 pub struct PeerInfo {
     pub node: NodeId,
     pub region: RegionId,
+    pub mode: StoreMode,
     pub key: VerifyingKey,
     pub revoked: bool,
 }
@@ -116,10 +124,15 @@ pub fn auth_message(nonce: &[u8; 32], tls_binding: &[u8]) -> Vec<u8> {
 }
 
 /// Whether a store follows a stream: HQ's directory, catalog and members, the prices and
-/// promotions of its scopes, and every other node's members. Never its own streams.
-pub fn subscribes(node: &NodeId, region: &RegionId, stream: &StreamId) -> bool {
+/// promotions of its scopes, and every other node's members. Never its own streams. A hosted
+/// store keeps no replica and follows only HQ's directory (a few rows per store), which tells
+/// it its mode and its peers; everything else it looks up.
+pub fn subscribes(node: &NodeId, region: &RegionId, mode: StoreMode, stream: &StreamId) -> bool {
     if &stream.origin == node {
         return false;
+    }
+    if mode == StoreMode::Hosted {
+        return stream.origin.is_hq() && stream.topic == Topic::Directory;
     }
     match &stream.topic {
         Topic::Members => true,
@@ -155,6 +168,17 @@ pub trait HubStore {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<(Vec<SignedChangeSet>, bool), Self::Error>;
+    /// Snapshot parts for the streams `peer` is better seeded than replayed (it holds nothing of a
+    /// long stream, or is part-way through seeding one), within `max_bytes`, and which streams
+    /// those are (their log is not sent until the seeding is done).
+    fn seed_for(
+        &mut self,
+        peer: &PeerInfo,
+        cursors: &BTreeMap<StreamId, u64>,
+        seeding: &BTreeMap<StreamId, (u64, u32)>,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> Result<SeedPlan, Self::Error>;
     /// Enrolls `node` with `public_key` if `token` is its unused one-time token; the inner `Err`
     /// is the refusal to tell the agent. Returns the store's region.
     fn enroll(
@@ -164,6 +188,13 @@ pub trait HubStore {
         public_key: [u8; 32],
         now_ms: u64,
     ) -> Result<Result<RegionId, String>, Self::Error>;
+    /// Answers a hosted store's lookup for that store's scopes.
+    fn lookup(
+        &self,
+        peer: &PeerInfo,
+        query: &LookupQuery,
+        now_ms: u64,
+    ) -> Result<LookupAnswer, Self::Error>;
     /// Remembers how far `peer` holds what it follows.
     fn record_cursors(
         &mut self,
@@ -173,11 +204,38 @@ pub trait HubStore {
     ) -> Result<(), Self::Error>;
 }
 
+/// What HQ sends a store to seed streams from snapshots.
+#[derive(Debug, Default, Clone)]
+pub struct SeedPlan {
+    pub parts: Vec<SignedSnapshot>,
+    /// Every stream being seeded, including those whose parts did not fit this time.
+    pub streams: Vec<StreamId>,
+    /// Parts remain, or the log after a snapshot is still to come.
+    pub more: bool,
+}
+
+/// What loading snapshot parts did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SeedReport {
+    /// Parts loaded (the next one of their stream).
+    pub loaded: usize,
+    /// Parts refused, with the reason.
+    pub rejected: Vec<String>,
+}
+
 /// A store's storage as a session needs it.
 pub trait LeafStore {
     type Error: std::fmt::Display;
     /// How far this store holds the streams it follows (not its own).
     fn cursors(&self) -> Result<Vec<(StreamId, u64)>, Self::Error>;
+    /// Streams being seeded from snapshots: `(stream, snapshot seq, parts loaded)`.
+    fn seeding(&self) -> Result<Vec<(StreamId, u64, u32)>, Self::Error>;
+    /// Validates and loads snapshot parts from the hub, each the next of its stream or skipped.
+    fn load_snapshot_parts(
+        &mut self,
+        parts: &[SignedSnapshot],
+        now_ms: u64,
+    ) -> Result<SeedReport, Self::Error>;
     /// Own change sets the hub has not acknowledged, within the limits.
     fn outbox(
         &self,
@@ -318,7 +376,8 @@ impl HubSession {
                 self.state = HubState::Open { peer };
             }
             (HubState::Open { peer }, Frame::Push { change_sets }) => {
-                still_enrolled(store, &peer.node)?;
+                let peer = still_enrolled(store, &peer.node)?;
+                self.state = HubState::Open { peer: peer.clone() };
                 let batch = from_wire_change_sets(change_sets)?;
                 let report = store
                     .apply_push(&peer.node, &batch, now_ms)
@@ -331,18 +390,61 @@ impl HubSession {
                     rejected: out.rejected.clone(),
                 });
             }
-            (HubState::Open { peer }, Frame::Pull { cursors }) => {
-                still_enrolled(store, &peer.node)?;
+            (HubState::Open { peer }, Frame::Pull { cursors, seeding }) => {
+                let peer = still_enrolled(store, &peer.node)?;
+                self.state = HubState::Open { peer: peer.clone() };
                 let cursors = from_wire_cursors(cursors)?;
+                let seeding = from_wire_seeding(seeding)?;
                 store
                     .record_cursors(&peer.node, &cursors, now_ms)
                     .map_err(storage)?;
-                let cursors: BTreeMap<StreamId, u64> = cursors.into_iter().collect();
-                let (change_sets, more) = store
-                    .changes_for(peer, &cursors, BATCH_CHANGE_SETS_MAX, BATCH_BYTES_MAX)
+                let mut cursors: BTreeMap<StreamId, u64> = cursors.into_iter().collect();
+                let plan = store
+                    .seed_for(&peer, &cursors, &seeding, BATCH_BYTES_MAX, now_ms)
                     .map_err(storage)?;
+                // Streams being seeded get no log until their snapshot is in.
+                for stream in &plan.streams {
+                    cursors.insert(stream.clone(), u64::MAX);
+                }
+                // A batch carries snapshot parts or change sets, so it stays within its budget;
+                // the log comes on the next pull.
+                let (change_sets, more) = if plan.parts.is_empty() {
+                    store
+                        .changes_for(&peer, &cursors, BATCH_CHANGE_SETS_MAX, BATCH_BYTES_MAX)
+                        .map_err(storage)?
+                } else {
+                    (Vec::new(), true)
+                };
+                let snapshot_parts = plan
+                    .parts
+                    .iter()
+                    .map(|p| WireChangeSet {
+                        body: p.body.clone(),
+                        sig: p.sig.to_vec(),
+                    })
+                    .collect();
                 let change_sets = change_sets.iter().map(WireChangeSet::from_signed).collect();
-                out.frames.push(Frame::Batch { change_sets, more });
+                out.frames.push(Frame::Batch {
+                    snapshot_parts,
+                    change_sets,
+                    more: more || plan.more,
+                });
+            }
+            (HubState::Open { peer }, Frame::Lookup { id, query }) => {
+                let peer = still_enrolled(store, &peer.node)?;
+                self.state = HubState::Open { peer: peer.clone() };
+                let query = LookupQuery::decode(&query)
+                    .map_err(|e| SessionError::Frame(FrameError::Malformed(e.to_string())))?;
+                let answer = store.lookup(&peer, &query, now_ms).map_err(storage)?;
+                let mut bytes = LookupAnswer::encode(&Ok(answer)).map_err(storage)?;
+                if bytes.len() > LOOKUP_ANSWER_BYTES_MAX {
+                    bytes = LookupAnswer::encode(&Err(format!(
+                        "the answer is {} bytes (at most {LOOKUP_ANSWER_BYTES_MAX}); ask for fewer skus",
+                        bytes.len()
+                    )))
+                    .map_err(storage)?;
+                }
+                out.frames.push(Frame::LookupAnswer { id, answer: bytes });
             }
             (state, frame) => {
                 let state = match state {
@@ -365,7 +467,7 @@ impl HubSession {
         let peer = self.peer()?;
         let heads: Vec<(StreamId, u64)> = moved
             .iter()
-            .filter(|(s, _)| subscribes(&peer.node, &peer.region, s))
+            .filter(|(s, _)| subscribes(&peer.node, &peer.region, peer.mode, s))
             .cloned()
             .collect();
         (!heads.is_empty()).then(|| Frame::Notify {
@@ -374,10 +476,11 @@ impl HubSession {
     }
 }
 
-/// Fails with `Revoked` once HQ has revoked `node`, so a live session ends at its next frame.
-fn still_enrolled<S: HubStore>(store: &S, node: &NodeId) -> Result<(), SessionError> {
+/// The store's directory entry as it is now (its mode may have changed); fails with `Revoked`
+/// once HQ has revoked `node`, so a live session ends at its next frame.
+fn still_enrolled<S: HubStore>(store: &S, node: &NodeId) -> Result<PeerInfo, SessionError> {
     match store.peer(node).map_err(storage)? {
-        Some(peer) if !peer.revoked => Ok(()),
+        Some(peer) if !peer.revoked => Ok(peer),
         Some(_) => Err(SessionError::Revoked(node.clone())),
         None => Err(SessionError::NotEnrolled(node.to_string())),
     }
@@ -419,6 +522,8 @@ pub struct LeafCounters {
     pub pushed_change_sets: u64,
     pub pulled_change_sets: u64,
     pub rejected_change_sets: u64,
+    /// Snapshot parts loaded.
+    pub seeded_parts: u64,
 }
 
 /// The store's side of a session.
@@ -437,6 +542,8 @@ pub struct LeafSession {
     /// A Notify came while a pull was in flight: pull again when its batch is in.
     notified_during_pull: bool,
     counters: LeafCounters,
+    /// Lookup answers received and not yet taken by the driver.
+    answers: Vec<(u64, Result<LookupAnswer, String>)>,
 }
 
 impl LeafSession {
@@ -454,6 +561,7 @@ impl LeafSession {
             last_pull_ms: 0,
             notified_during_pull: false,
             counters: LeafCounters::default(),
+            answers: Vec::new(),
         }
     }
 
@@ -529,19 +637,35 @@ impl LeafSession {
                     self.push_sent_ms = Some(now_ms);
                 }
             }
-            (LeafState::Open, Frame::Batch { change_sets, more }) => {
+            (
+                LeafState::Open,
+                Frame::Batch {
+                    snapshot_parts,
+                    change_sets,
+                    more,
+                },
+            ) => {
+                let parts = from_wire_snapshot_parts(snapshot_parts)?;
                 let batch = from_wire_change_sets(change_sets)?;
+                let seeded = store.load_snapshot_parts(&parts, now_ms).map_err(storage)?;
                 let report = store.apply_from_hub(&batch, now_ms).map_err(storage)?;
                 self.counters.pulled_change_sets += report.applied.len() as u64;
-                self.counters.rejected_change_sets += report.rejected.len() as u64;
+                self.counters.seeded_parts += seeded.loaded as u64;
+                self.counters.rejected_change_sets +=
+                    (report.rejected.len() + seeded.rejected.len()) as u64;
                 self.pull_sent_ms = None;
-                let progressed = !report.applied.is_empty();
+                let progressed = !report.applied.is_empty() || seeded.loaded > 0;
                 if (more && progressed) || std::mem::take(&mut self.notified_during_pull) {
                     out.extend(self.pull(now_ms, store)?);
-                } else if !report.rejected.is_empty() {
+                } else if !report.rejected.is_empty() || !seeded.rejected.is_empty() {
                     // A gap or a bad change set: ask again after the retry delay.
                     self.pull_sent_ms = Some(now_ms);
                 }
+            }
+            (LeafState::Open, Frame::LookupAnswer { id, answer }) => {
+                let answer = LookupAnswer::decode(&answer)
+                    .map_err(|e| SessionError::Frame(FrameError::Malformed(e.to_string())))?;
+                self.answers.push((id, answer));
             }
             (LeafState::Open, Frame::Notify { heads }) => {
                 let heads = from_wire_cursors(heads)?;
@@ -570,6 +694,24 @@ impl LeafSession {
             }
         }
         Ok(out)
+    }
+
+    /// The frame asking HQ `query` under the driver's `id`; the answer comes back through
+    /// [`LeafSession::take_answers`]. Only once the session is open.
+    pub fn lookup(&self, id: u64, query: &LookupQuery) -> Result<Frame, SessionError> {
+        if !self.is_open() {
+            return Err(SessionError::Unexpected {
+                frame: "Lookup",
+                state: "not open",
+            });
+        }
+        let query = query.encode().map_err(storage)?;
+        Ok(Frame::Lookup { id, query })
+    }
+
+    /// Lookup answers received since the last call, by the driver's id.
+    pub fn take_answers(&mut self) -> Vec<(u64, Result<LookupAnswer, String>)> {
+        std::mem::take(&mut self.answers)
     }
 
     /// Call after a local commit: pushes at once if nothing is in flight.
@@ -653,10 +795,12 @@ impl LeafSession {
 
     fn pull<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
         let cursors = store.cursors().map_err(storage)?;
+        let seeding = store.seeding().map_err(storage)?;
         self.pull_sent_ms = Some(now_ms);
         self.last_pull_ms = now_ms;
         Ok(vec![Frame::Pull {
             cursors: to_wire_cursors(&cursors),
+            seeding: to_wire_seeding(&seeding),
         }])
     }
 }

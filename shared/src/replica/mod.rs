@@ -29,7 +29,9 @@ mod snapshot;
 pub use hq::{EnrollError, PendingStore};
 pub use query::{StockRow, StreamStatus};
 pub use report::{SalesReportRow, StockFilter, StockReportRow, StoreReportRow};
-pub use snapshot::SnapshotLoad;
+pub use snapshot::{
+    BuiltSnapshot, SEED_FROM_CHANGE_SETS, SNAPSHOT_PART_BYTES, SeedProgress, SnapshotLoad,
+};
 
 use crate::changeset::{CHANGE_SET_FORMAT, ChangeSet, EncodeError, Op, SignedChangeSet};
 use crate::hlc::{Clock, Hlc};
@@ -128,6 +130,8 @@ pub struct Replica {
     identity: Identity,
     hq_key: VerifyingKey,
     clock: Clock,
+    /// HQ: snapshots built for seeding stores, by stream.
+    snapshot_cache: std::collections::BTreeMap<StreamId, std::sync::Arc<BuiltSnapshot>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -162,6 +166,7 @@ impl Replica {
             identity,
             hq_key,
             clock: Clock::default(),
+            snapshot_cache: Default::default(),
         };
         replica.init_schema()?;
         Ok(replica)
@@ -196,6 +201,21 @@ impl Replica {
                 expected: self.identity.node.to_string(),
             });
         }
+        // Added after the first schema: created on open where missing.
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS lookup_cache (
+                key TEXT PRIMARY KEY,      -- hosted stores: HQ's lookup answers, `sku:…`/`member:…`
+                answer BLOB NOT NULL,
+                fetched_ms INTEGER NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS seeding (  -- streams being seeded from snapshot parts
+                stream INTEGER PRIMARY KEY REFERENCES streams(id),
+                seq INTEGER NOT NULL,
+                parts_done INTEGER NOT NULL,
+                parts INTEGER NOT NULL,
+                updated_ms INTEGER NOT NULL
+            );",
+        )?;
         if let Some(bytes) = get_meta(&tx, "hlc")? {
             let hlc: Hlc = postcard::from_bytes(&bytes)
                 .map_err(|e| ReplicaError::Corrupt(format!("stored clock: {e}")))?;

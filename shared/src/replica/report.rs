@@ -147,10 +147,15 @@ impl Replica {
                 NodeId::new(store.clone()).map_err(|e| ReplicaError::Corrupt(e.to_string()))?;
             let region_id =
                 RegionId::new(region.clone()).map_err(|e| ReplicaError::Corrupt(e.to_string()))?;
+            let store_mode = match mode.as_str() {
+                "hosted" => crate::model::StoreMode::Hosted,
+                "batch" => crate::model::StoreMode::Batch,
+                _ => crate::model::StoreMode::Realtime,
+            };
             let cursors = self.peer_cursor_map(&node)?;
             let backlog: u64 = heads
                 .iter()
-                .filter(|(s, _)| crate::protocol::subscribes(&node, &region_id, s))
+                .filter(|(s, _)| crate::protocol::subscribes(&node, &region_id, store_mode, s))
                 .map(|(s, h)| {
                     h.seq
                         .saturating_sub(cursors.get(&s.to_string()).copied().unwrap_or(0))

@@ -1,6 +1,8 @@
 //! The agent's side of the QUIC transport: enrollment, and the link to HQ in the store's mode:
 //! realtime (stays up, reconnects with jittered backoff, pushes each local commit at once, pulls
-//! on notice) or batch (connects on schedule or on request, exchanges everything, hangs up).
+//! on notice), batch (connects on schedule or on request, exchanges everything, hangs up) or
+//! hosted (stays up like realtime, follows only HQ's directory, and carries the POS's lookups to
+//! HQ: [`LookupRequest`]).
 //!
 //! Invariants: a local commit is already durable before it is pushed, so losing the connection
 //! at any moment loses nothing (the outbox resends); backoff is bounded
@@ -10,6 +12,7 @@
 use super::actor::ReplicaHandle;
 use super::{SERVER_NAME, TransportError, now_ms, read_frame, tls, write_frames};
 use crate::ids::{NodeId, RegionId};
+use crate::lookup::{LookupAnswer, LookupQuery};
 use crate::model::StoreMode;
 use crate::protocol::frame::FrameDecoder;
 use crate::protocol::session::{LeafSession, enroll_frame, enroll_reply};
@@ -108,6 +111,26 @@ pub struct SyncOutcome {
 /// A request to exchange everything pending now; answered when the exchange is over.
 pub type SyncRequest = oneshot::Sender<SyncOutcome>;
 
+/// A question for HQ from the POS of a hosted store; answered with HQ's answer or why there is
+/// none (not connected, refused). The asker bounds its wait ([`crate::protocol::session::LOOKUP_TIMEOUT_MS`]).
+pub struct LookupRequest {
+    pub query: LookupQuery,
+    pub reply: oneshot::Sender<Result<LookupAnswer, String>>,
+}
+
+/// A lookup unanswered for this long ends the session (HQ is taken to be gone).
+pub const LOOKUP_DEADLINE_MS: u64 = 2 * crate::protocol::session::LOOKUP_TIMEOUT_MS;
+
+/// Lookups in flight on one session at most.
+pub const LOOKUPS_IN_FLIGHT_MAX: usize = 64;
+
+/// Answers every waiting lookup with "not connected".
+fn refuse_waiting(lookups: &mut mpsc::Receiver<LookupRequest>) {
+    while let Ok(req) = lookups.try_recv() {
+        let _ = req.reply.send(Err("not connected to HQ".into()));
+    }
+}
+
 /// How a session should behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SessionKind {
@@ -149,18 +172,21 @@ impl StoreLink {
         &self,
         mut shutdown: watch::Receiver<bool>,
         mut sync_requests: mpsc::Receiver<SyncRequest>,
+        mut lookups: mpsc::Receiver<LookupRequest>,
     ) {
         let mut backoff_ms = RECONNECT_BACKOFF_MS_MIN;
         let mut next_batch_ms = now_ms();
         while !*shutdown.borrow() {
             let kind = match self.mode().await {
                 StoreMode::Batch => SessionKind::Batch,
-                // Hosted stores keep no replica; until hosted mode exists the agent stays live.
+                // A hosted store stays connected like a realtime one; HQ sends it only the
+                // directory, and its POS looks the rest up through the session.
                 StoreMode::Realtime | StoreMode::Hosted => SessionKind::Realtime,
             };
             if kind == SessionKind::Batch {
                 // Wait for the schedule or a request, answering the request after the exchange.
                 let wait_ms = next_batch_ms.saturating_sub(now_ms());
+                refuse_waiting(&mut lookups);
                 let request = tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => None,
                     req = sync_requests.recv() => req,
@@ -168,7 +194,12 @@ impl StoreLink {
                 };
                 let result = tokio::time::timeout(
                     Duration::from_millis(BATCH_SESSION_MS_MAX),
-                    self.session(SessionKind::Batch, &mut shutdown, &mut sync_requests),
+                    self.session(
+                        SessionKind::Batch,
+                        &mut shutdown,
+                        &mut sync_requests,
+                        &mut lookups,
+                    ),
                 )
                 .await
                 .unwrap_or_else(|_| Err(TransportError::Closed));
@@ -181,7 +212,12 @@ impl StoreLink {
             }
             let started = now_ms();
             let result = self
-                .session(SessionKind::Realtime, &mut shutdown, &mut sync_requests)
+                .session(
+                    SessionKind::Realtime,
+                    &mut shutdown,
+                    &mut sync_requests,
+                    &mut lookups,
+                )
                 .await;
             let failed = result.is_err();
             self.finish(result, "realtime");
@@ -199,6 +235,7 @@ impl StoreLink {
             if now_ms().saturating_sub(started) > RECONNECT_BACKOFF_MS_MAX {
                 backoff_ms = RECONNECT_BACKOFF_MS_MIN;
             }
+            refuse_waiting(&mut lookups);
             let jittered = backoff_ms / 2 + rand::random_range(0..=backoff_ms / 2);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(jittered)) => {}
@@ -233,6 +270,7 @@ impl StoreLink {
         kind: SessionKind,
         shutdown: &mut watch::Receiver<bool>,
         sync_requests: &mut mpsc::Receiver<SyncRequest>,
+        lookups: &mut mpsc::Receiver<LookupRequest>,
     ) -> Result<(u64, u64), TransportError> {
         let (endpoint, conn) = connect(&self.hq).await?;
         let (mut send, mut recv) = conn.open_bi().await?;
@@ -255,8 +293,25 @@ impl StoreLink {
         self.status.send_modify(|s| s.connected = true);
         let mut decoder = FrameDecoder::default();
         let node = self.node.clone();
+        // Lookups sent and not answered: id -> (sent at, asker).
+        let mut pending: std::collections::HashMap<u64, (u64, oneshot::Sender<_>)> =
+            Default::default();
+        let mut next_lookup_id = 0u64;
         let result = loop {
             let wake_at = session.poll_timeout();
+            // A lookup unanswered this long means HQ is gone even if QUIC has not noticed yet:
+            // end the session so that the POS answers from its cache at once.
+            let lookup_deadline = pending
+                .values()
+                .map(|(sent, _)| sent + LOOKUP_DEADLINE_MS)
+                .min();
+            if lookup_deadline.is_some_and(|t| t <= now_ms()) {
+                break Err(TransportError::Connect {
+                    addr: self.hq.addr,
+                    reason: format!("HQ did not answer a lookup within {LOOKUP_DEADLINE_MS} ms"),
+                });
+            }
+            let wake_at = wake_at.into_iter().chain(lookup_deadline).min();
             let sleep_ms = wake_at.map_or(60_000, |t| t.saturating_sub(now_ms()));
             let step = tokio::select! {
                 frame = read_frame(&mut recv, &mut decoder) => match frame {
@@ -277,6 +332,28 @@ impl StoreLink {
                     }
                     continue;
                 }
+                req = lookups.recv(), if session.is_open() => {
+                    let Some(req) = req else { continue };
+                    pending.retain(|_, (_, reply): &mut (u64, oneshot::Sender<_>)| !reply.is_closed());
+                    if req.reply.is_closed() {
+                        continue; // the asker gave up while the link was down
+                    }
+                    if pending.len() >= LOOKUPS_IN_FLIGHT_MAX {
+                        let _ = req.reply.send(Err("too many lookups waiting for HQ".into()));
+                        continue;
+                    }
+                    next_lookup_id += 1;
+                    match session.lookup(next_lookup_id, &req.query) {
+                        Ok(frame) => {
+                            pending.insert(next_lookup_id, (now_ms(), req.reply));
+                            write_frames(&mut send, &[frame]).await?;
+                        }
+                        Err(e) => {
+                            let _ = req.reply.send(Err(e.to_string()));
+                        }
+                    }
+                    continue;
+                }
                 _ = super::stopped(shutdown) => break Ok(()),
             };
             let node = node.clone();
@@ -284,16 +361,25 @@ impl StoreLink {
                 .replica
                 .call(move |r| {
                     let now = now_ms();
+                    let seeded_before = session.counters().seeded_parts;
                     let frames = match step {
                         Step::Frame(frame) => session.handle(now, frame, r),
                         Step::LocalCommit => session.local_commit(now, r),
                         Step::Timer => session.handle_timeout(now, r),
                     };
+                    if session.counters().seeded_parts != seeded_before {
+                        log_seeding(r);
+                    }
                     let mode = r.store_info(&node).ok().flatten().map(|i| i.mode);
                     (session, frames, mode)
                 })
                 .await?;
             session = s;
+            for (id, answer) in session.take_answers() {
+                if let Some((_, reply)) = pending.remove(&id) {
+                    let _ = reply.send(answer);
+                }
+            }
             match frames {
                 Ok(frames) => write_frames(&mut send, &frames).await?,
                 Err(e) => {
@@ -315,6 +401,25 @@ impl StoreLink {
         let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
         let c = session.counters();
         result.map(|()| (c.pushed_change_sets, c.pulled_change_sets))
+    }
+}
+
+/// Logs how far the streams being seeded from snapshots got.
+fn log_seeding(replica: &crate::replica::Replica) {
+    match replica.seeding() {
+        Ok(progress) if progress.is_empty() => tracing::info!("seeding from HQ's snapshots done"),
+        Ok(progress) => {
+            for p in progress {
+                tracing::info!(
+                    stream = %p.stream,
+                    "seeding from HQ's snapshot at seq {}: part {} of {}",
+                    p.seq,
+                    p.parts_done,
+                    p.parts
+                );
+            }
+        }
+        Err(e) => tracing::warn!("reading seeding progress: {e}"),
     }
 }
 

@@ -1,0 +1,272 @@
+//! Lookups: the facts a till needs about skus and members, gathered in one place so that every
+//! mode computes prices and balances from the same inputs by the same code.
+//!
+//! A realtime or batch store gathers them from its own replica; a hosted store keeps no replica
+//! and asks HQ, which gathers them from its replica for that store's scopes (the `Lookup` frame)
+//! and answers; the hosted agent keeps what it was told in its lookup cache so that it can go on
+//! selling when HQ is unreachable. The till's arithmetic (which price entry wins, which promotions
+//! apply) then runs on the facts with [`crate::merge`], wherever they came from.
+//!
+//! Invariants: facts for a store hold only what the store's scopes cover (HQ never tells a store
+//! another region's prices); a lookup asks for at most [`LOOKUP_SKUS_MAX`] skus, so an answer
+//! always fits one frame; the cache is a memo of answers, never replicated data: nothing in it is
+//! applied to the replica's tables or passed on.
+
+use crate::ids::{MemberId, NodeId, RegionId, Sku};
+use crate::model::{LedgerAccount, PriceEntry, Product, ProfileField, Promotion};
+use crate::replica::{Replica, ReplicaError};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// Most skus in one lookup: a receipt's lines ([`crate::model`] caps a receipt at 500).
+pub const LOOKUP_SKUS_MAX: usize = 500;
+
+/// What a store asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LookupQuery {
+    /// The product, price entries and promotions of these skus.
+    Skus(Vec<Sku>),
+    /// A member's profile and balances.
+    Member(MemberId),
+}
+
+/// What HQ answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LookupAnswer {
+    Skus(Vec<SkuFacts>),
+    Member(MemberFacts),
+}
+
+/// Everything that decides what one sku costs at one store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuFacts {
+    pub sku: Sku,
+    /// `None`: the catalog has no such sku.
+    pub product: Option<Product>,
+    /// Every price entry of the sku whose scope covers the store, in effect or not (an entry
+    /// effective next week is here, so a hosted store offline next week still charges it).
+    pub prices: Vec<PriceEntry>,
+    /// Every promotion covering the store that names the sku or applies to every sku.
+    pub promotions: Vec<Promotion>,
+}
+
+/// A member's profile and balances as the answering node holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberFacts {
+    pub member: MemberId,
+    pub profile: Vec<(ProfileField, String)>,
+    pub points: i64,
+    pub stored_value_cents: i64,
+    /// Whether the node knows the member at all (a profile field or a ledger entry).
+    pub known: bool,
+}
+
+/// Why a lookup could not be made or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("a lookup asks for {0} skus (at most {LOOKUP_SKUS_MAX})")]
+    TooManySkus(usize),
+    #[error("malformed lookup: {0}")]
+    Malformed(String),
+    #[error("storage: {0}")]
+    Storage(#[from] ReplicaError),
+}
+
+impl LookupQuery {
+    /// Checks the size limit.
+    pub fn check(&self) -> Result<(), LookupError> {
+        match self {
+            LookupQuery::Skus(skus) if skus.len() > LOOKUP_SKUS_MAX => {
+                Err(LookupError::TooManySkus(skus.len()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The query's wire bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, LookupError> {
+        postcard::to_allocvec(self).map_err(|e| LookupError::Malformed(e.to_string()))
+    }
+
+    /// A query from wire bytes, size-checked.
+    pub fn decode(bytes: &[u8]) -> Result<Self, LookupError> {
+        let query: Self =
+            postcard::from_bytes(bytes).map_err(|e| LookupError::Malformed(e.to_string()))?;
+        query.check()?;
+        Ok(query)
+    }
+}
+
+impl LookupAnswer {
+    /// The answer's wire bytes (HQ's refusal travels as `Err`).
+    pub fn encode(answer: &Result<LookupAnswer, String>) -> Result<Vec<u8>, LookupError> {
+        postcard::to_allocvec(answer).map_err(|e| LookupError::Malformed(e.to_string()))
+    }
+
+    /// An answer from wire bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Result<LookupAnswer, String>, LookupError> {
+        postcard::from_bytes(bytes).map_err(|e| LookupError::Malformed(e.to_string()))
+    }
+}
+
+impl Replica {
+    /// Answers `query` for `store` in `region` from this replica.
+    pub fn lookup(
+        &self,
+        store: &NodeId,
+        region: &RegionId,
+        query: &LookupQuery,
+    ) -> Result<LookupAnswer, LookupError> {
+        query.check()?;
+        Ok(match query {
+            LookupQuery::Skus(skus) => LookupAnswer::Skus(self.sku_facts(store, region, skus)?),
+            LookupQuery::Member(member) => LookupAnswer::Member(self.member_facts(member)?),
+        })
+    }
+
+    /// The facts of `skus` for `store` in `region`, in the order asked.
+    pub fn sku_facts(
+        &self,
+        store: &NodeId,
+        region: &RegionId,
+        skus: &[Sku],
+    ) -> Result<Vec<SkuFacts>, ReplicaError> {
+        let promotions: Vec<Promotion> = self
+            .promotions()?
+            .into_iter()
+            .filter(|p| p.scope.covers(store, region))
+            .collect();
+        let mut stmt = self
+            .connection()
+            .prepare_cached("SELECT body FROM price_entries WHERE sku = ?1 ORDER BY scope, id")?;
+        let mut out = Vec::with_capacity(skus.len());
+        for sku in skus {
+            let mut prices = Vec::new();
+            let mut rows = stmt.query(params![sku.as_str()])?;
+            while let Some(row) = rows.next()? {
+                let body: Vec<u8> = row.get(0)?;
+                let entry: PriceEntry = postcard::from_bytes(&body)
+                    .map_err(|e| ReplicaError::Corrupt(format!("stored price entry: {e}")))?;
+                if entry.scope.covers(store, region) {
+                    prices.push(entry);
+                }
+            }
+            out.push(SkuFacts {
+                sku: sku.clone(),
+                product: self.product(sku)?,
+                prices,
+                promotions: promotions
+                    .iter()
+                    .filter(|p| p.skus.is_empty() || p.skus.contains(sku))
+                    .cloned()
+                    .collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// A member's profile and balances as this replica holds them.
+    pub fn member_facts(&self, member: &MemberId) -> Result<MemberFacts, ReplicaError> {
+        let profile: Vec<(ProfileField, String)> = self
+            .member_profile(member)?
+            .into_iter()
+            .map(|(f, v)| (f, v.value))
+            .collect();
+        let has_ledger: bool = self.connection().query_row(
+            "SELECT EXISTS (SELECT 1 FROM ledger WHERE member = ?1)",
+            params![member.as_str()],
+            |r| r.get(0),
+        )?;
+        Ok(MemberFacts {
+            member: member.clone(),
+            known: has_ledger || !profile.is_empty(),
+            profile,
+            points: self.balance(member, LedgerAccount::Points)?,
+            stored_value_cents: self.balance(member, LedgerAccount::StoredValue)?,
+        })
+    }
+
+    /// Remembers what HQ answered (hosted stores), replacing older answers about the same
+    /// skus and member.
+    pub fn remember(
+        &self,
+        skus: &[SkuFacts],
+        member: Option<&MemberFacts>,
+        now_ms: u64,
+    ) -> Result<(), ReplicaError> {
+        let mut put = self.connection().prepare_cached(
+            "INSERT OR REPLACE INTO lookup_cache (key, answer, fetched_ms) VALUES (?1, ?2, ?3)",
+        )?;
+        let encode = |what: &str, r: postcard::Result<Vec<u8>>| {
+            r.map_err(|e| ReplicaError::Corrupt(format!("encoding cached {what}: {e}")))
+        };
+        for f in skus {
+            let bytes = encode("sku", postcard::to_allocvec(f))?;
+            put.execute(params![sku_key(&f.sku), bytes, now_ms as i64])?;
+        }
+        if let Some(m) = member {
+            let bytes = encode("member", postcard::to_allocvec(m))?;
+            put.execute(params![member_key(&m.member), bytes, now_ms as i64])?;
+        }
+        Ok(())
+    }
+
+    /// What HQ last said about `sku`, and when.
+    pub fn remembered_sku(&self, sku: &Sku) -> Result<Option<(SkuFacts, u64)>, ReplicaError> {
+        self.remembered(&sku_key(sku))
+    }
+
+    /// What HQ last said about `member`, and when.
+    pub fn remembered_member(
+        &self,
+        member: &MemberId,
+    ) -> Result<Option<(MemberFacts, u64)>, ReplicaError> {
+        self.remembered(&member_key(member))
+    }
+
+    fn remembered<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, u64)>, ReplicaError> {
+        let row: Option<(Vec<u8>, i64)> = self
+            .connection()
+            .prepare_cached("SELECT answer, fetched_ms FROM lookup_cache WHERE key = ?1")?
+            .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        row.map(|(bytes, fetched_ms)| {
+            postcard::from_bytes(&bytes)
+                .map(|facts| (facts, fetched_ms as u64))
+                .map_err(|e| ReplicaError::Corrupt(format!("cached {key}: {e}")))
+        })
+        .transpose()
+    }
+}
+
+fn sku_key(sku: &Sku) -> String {
+    format!("sku:{sku}")
+}
+
+fn member_key(member: &MemberId) -> String {
+    format!("member:{member}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_over_the_sku_limit_is_refused_on_decode() {
+        let skus: Vec<Sku> = (0..=LOOKUP_SKUS_MAX)
+            .map(|i| Sku::new(format!("SKU{i}")).unwrap())
+            .collect();
+        let bytes = postcard::to_allocvec(&LookupQuery::Skus(skus)).unwrap();
+        assert!(matches!(
+            LookupQuery::decode(&bytes),
+            Err(LookupError::TooManySkus(n)) if n == LOOKUP_SKUS_MAX + 1
+        ));
+        assert!(matches!(
+            LookupQuery::decode(&[0xff, 0xff]),
+            Err(LookupError::Malformed(_))
+        ));
+    }
+}
