@@ -242,6 +242,11 @@ struct Facts {
     /// `None` only for a hosted store that could not reach HQ and never looked the member up.
     member: Option<MemberFacts>,
     source: Source,
+    /// The time prices and promotions are evaluated at: this store's clock, or the newest time
+    /// it has seen from HQ if that is later. A store whose clock runs hours behind thus charges
+    /// a price HQ set "now" as soon as the price arrives, not hours later. (Receipts keep the
+    /// store's own clock.)
+    t_ms: i64,
 }
 
 impl PosState {
@@ -266,6 +271,7 @@ impl PosState {
                         skus: skus.into_iter().map(|f| (f.sku.clone(), f)).collect(),
                         member,
                         source: Source::Replica,
+                        t_ms: pricing_time(r),
                     })
                 })
                 .await;
@@ -274,9 +280,13 @@ impl PosState {
             Ok(facts) => {
                 let skus: Vec<SkuFacts> = facts.skus.values().cloned().collect();
                 let member = facts.member.clone();
-                self.read(move |r| Ok(r.remember(&skus, member.as_ref(), now_ms())?))
+                let t_ms = self
+                    .read(move |r| {
+                        r.remember(&skus, member.as_ref(), now_ms())?;
+                        Ok(pricing_time(r))
+                    })
                     .await?;
-                Ok(facts)
+                Ok(Facts { t_ms, ..facts })
             }
             Err(why) => self.cached_facts(skus, member, why).await,
         }
@@ -309,6 +319,7 @@ impl PosState {
             skus: skus?.into_iter().map(|f| (f.sku.clone(), f)).collect(),
             member: member?,
             source: Source::Hq,
+            t_ms: now_ms() as i64,
         })
     }
 
@@ -358,10 +369,16 @@ impl PosState {
                 source: Source::Cache {
                     fetched_ms: if oldest == u64::MAX { 0 } else { oldest },
                 },
+                t_ms: pricing_time(r),
             })
         })
         .await
     }
+}
+
+/// See [`Facts::t_ms`].
+fn pricing_time(r: &Replica) -> i64 {
+    now_ms().max(r.clock().wall_ms) as i64
 }
 
 fn minted(store: &NodeId, letter: &str, n: u64) -> Result<RecordId, PosError> {
@@ -452,7 +469,7 @@ fn check_lines(
     region: &RegionId,
 ) -> Result<Vec<ReceiptLine>, PosError> {
     line_skus(&lines)?;
-    let now = now_ms() as i64;
+    let now = facts.t_ms;
     let mut out = Vec::with_capacity(lines.len());
     for (i, line) in lines.into_iter().enumerate() {
         let sku: Sku = parse(&format!("line {i} sku"), &line.sku)?;
@@ -672,7 +689,7 @@ async fn price(
     let Some(f) = facts.skus.get(&sku).filter(|f| f.product.is_some()) else {
         return Err(PosError::not_found(format!("unknown sku {sku}")));
     };
-    let t = q.at_ms.unwrap_or(now_ms() as i64);
+    let t = q.at_ms.unwrap_or(facts.t_ms);
     let retail = merge::effective_price(&f.prices, &sku, PriceKind::Retail, store, region, t);
     let member_entry = member
         .is_some()

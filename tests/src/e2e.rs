@@ -295,14 +295,18 @@ impl Agent {
 
     /// Starts `store-agent run` and waits until the POS API answers.
     pub fn start(&self) -> Proc {
+        self.start_with_env(&[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (e.g. a preloaded fake clock).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Proc {
         let log = self.data.join(format!("run-{}.log", rand_suffix()));
-        let proc = Proc::spawn(
-            Command::new(bin("store-agent"))
-                .arg("run")
-                .arg("--data")
-                .arg(&self.data),
-            log,
-        );
+        let mut cmd = Command::new(bin("store-agent"));
+        cmd.arg("run").arg("--data").arg(&self.data);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let proc = Proc::spawn(&mut cmd, log);
         let mut proc = proc;
         wait_until(Duration::from_secs(20), "the POS API to answer", || {
             if let Ok(Some(status)) = proc.child.try_wait() {
