@@ -375,7 +375,7 @@ pub fn import_bundle(dir: &HqDir, file: &Path) -> Result<()> {
     let mut replica = dir.open_replica(&state.key)?;
     let bytes = chainsync::transport::process::read_bundle_file(file)
         .with_context(|| format!("reading {}", file.display()))?;
-    let report = chainsync::bundle::import_bundle(&mut replica, &bytes, now_ms())
+    let report = chainsync::transport::process::import_bundle_with_bar(&mut replica, &bytes, file)
         .with_context(|| format!("{} was not imported", file.display()))?;
     println!(
         "imported {} from {}: {} change sets applied, {} already here",

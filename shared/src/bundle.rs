@@ -256,6 +256,16 @@ pub fn import_bundle(
     bytes: &[u8],
     now_ms: u64,
 ) -> Result<ImportReport, ImportError> {
+    import_bundle_with_progress(replica, bytes, now_ms, &mut |_, _| {})
+}
+
+/// [`import_bundle`] calling `progress(change sets checked and applied, total)` as it goes.
+pub fn import_bundle_with_progress(
+    replica: &mut crate::replica::Replica,
+    bytes: &[u8],
+    now_ms: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ImportReport, ImportError> {
     use crate::protocol::HubStore;
     let me = replica.node().clone();
     let at_hq = me.is_hq();
@@ -274,7 +284,12 @@ pub fn import_bundle(
     })?;
     let batch = change_sets(&body)?;
     let peer = at_hq.then(|| body.from.clone());
-    let report = match replica.apply_batch_all_or_nothing(&batch, peer.as_ref(), now_ms)? {
+    let report = match replica.apply_batch_all_or_nothing_with_progress(
+        &batch,
+        peer.as_ref(),
+        now_ms,
+        progress,
+    )? {
         Ok(report) => report,
         Err(report) => {
             let count = report.rejected.len();

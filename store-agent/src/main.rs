@@ -224,12 +224,9 @@ fn main() -> Result<()> {
             let mut replica = dir.open_replica(&state)?;
             let bytes = chainsync::transport::process::read_bundle_file(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let report = chainsync::bundle::import_bundle(
-                &mut replica,
-                &bytes,
-                chainsync::transport::now_ms(),
-            )
-            .with_context(|| format!("{} was not imported", file.display()))?;
+            let report =
+                chainsync::transport::process::import_bundle_with_bar(&mut replica, &bytes, &file)
+                    .with_context(|| format!("{} was not imported", file.display()))?;
             println!(
                 "imported {} from {}: {} change sets applied, {} already here",
                 file.display(),

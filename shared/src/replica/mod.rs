@@ -104,6 +104,9 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+/// How often (in change sets) a long apply reports progress.
+pub const PROGRESS_EVERY: usize = 1_000;
+
 /// What a received batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchReport {
@@ -315,7 +318,7 @@ impl Replica {
         peer: Option<&NodeId>,
         now_ms: u64,
     ) -> Result<BatchReport, ReplicaError> {
-        self.apply_batch_inner(batch, peer, now_ms, false)
+        self.apply_batch_inner(batch, peer, now_ms, false, &mut |_, _| {})
             .map(|r| r.unwrap_or_else(|r| r))
     }
 
@@ -328,7 +331,19 @@ impl Replica {
         peer: Option<&NodeId>,
         now_ms: u64,
     ) -> Result<Result<BatchReport, BatchReport>, ReplicaError> {
-        self.apply_batch_inner(batch, peer, now_ms, true)
+        self.apply_batch_inner(batch, peer, now_ms, true, &mut |_, _| {})
+    }
+
+    /// [`Replica::apply_batch_all_or_nothing`] calling `progress(done, total)` as it goes (every
+    /// [`PROGRESS_EVERY`] change sets and at the end), for a CLI's progress bar.
+    pub fn apply_batch_all_or_nothing_with_progress(
+        &mut self,
+        batch: &[SignedChangeSet],
+        peer: Option<&NodeId>,
+        now_ms: u64,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Result<BatchReport, BatchReport>, ReplicaError> {
+        self.apply_batch_inner(batch, peer, now_ms, true, progress)
     }
 
     fn apply_batch_inner(
@@ -337,6 +352,7 @@ impl Replica {
         peer: Option<&NodeId>,
         now_ms: u64,
         all_or_nothing: bool,
+        progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Result<BatchReport, BatchReport>, ReplicaError> {
         let tx = self.conn.transaction()?;
         let mut report = BatchReport::default();
@@ -344,7 +360,10 @@ impl Replica {
         let mut stock = StockDeltas::default();
         let facts = TxFacts::new(&tx, &self.hq_key);
         let verified_under = preverify(batch, &facts)?;
-        for (signed, key) in batch.iter().zip(&verified_under) {
+        for (i, (signed, key)) in batch.iter().zip(&verified_under).enumerate() {
+            if i % PROGRESS_EVERY == 0 {
+                progress(i, batch.len());
+            }
             match validate::validate_preverified(signed, peer, &facts, key.as_ref())? {
                 Ok(Verdict::Apply(cs)) => {
                     newest = newest.max(cs.hlc);
@@ -370,6 +389,7 @@ impl Replica {
             // Dropping the transaction rolls every change of the batch back.
             return Ok(Err(report));
         }
+        progress(batch.len(), batch.len());
         stock.flush(&tx)?;
         // The clock must survive a restart having seen what was applied, or the next local
         // edit could lose to an older one from a store whose clock runs ahead.

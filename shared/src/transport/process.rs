@@ -1,5 +1,6 @@
 //! What both binaries do the same way at their edges: logging set-up, waiting for a stop signal,
-//! and writing files so that a reader never sees half of one.
+//! writing files so that a reader never sees half of one, and importing a bundle file from the
+//! command line with a progress bar.
 
 use std::path::Path;
 
@@ -16,6 +17,35 @@ pub fn init_logs(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// Imports a bundle read from `file`, all or nothing, showing progress on stderr (a bar on a
+/// terminal; nothing when stderr is not one).
+pub fn import_bundle_with_bar(
+    replica: &mut crate::replica::Replica,
+    bytes: &[u8],
+    file: &Path,
+) -> Result<crate::bundle::ImportReport, crate::bundle::ImportError> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} change sets ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("importing {}", file.display()));
+    let result = crate::bundle::import_bundle_with_progress(
+        replica,
+        bytes,
+        super::now_ms(),
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    );
+    bar.finish_and_clear();
+    result
 }
 
 /// Resolves on Ctrl-C or (on Unix) SIGTERM.
