@@ -143,3 +143,165 @@ fn sigkill_of_agent_and_of_hq_at_random_moments_loses_and_doubles_nothing() {
         expected.len()
     );
 }
+
+/// HQ's members stream: `change_sets` change sets of 500 new members each (long enough that a new
+/// store is seeded from snapshot parts).
+fn write_members(hq: &Hq, change_sets: u64) {
+    use chainsync::changeset::Op;
+    use chainsync::model::{MemberEdit, ProfileField};
+    let mut replica = hq.replica();
+    for c in 0..change_sets {
+        let edits = (0..500)
+            .map(|i| {
+                let n = c * 500 + i;
+                Op::MemberEdit(MemberEdit {
+                    member: format!("M{n}").parse().unwrap(),
+                    hlc: chainsync::hlc::Hlc::default(),
+                    fields: vec![
+                        (ProfileField::Name, format!("Member {n} of the chain")),
+                        (ProfileField::Email, format!("member.{n}@example.org")),
+                    ],
+                })
+            })
+            .collect();
+        replica
+            .commit_local(chainsync::ids::Topic::Members, edits, 1_000 + c)
+            .unwrap();
+    }
+}
+
+/// `n` sales committed straight into the stopped agent's replica, as its POS would while HQ is
+/// unreachable; returns their ids.
+fn sell_offline(agent: &Agent, first: u64, n: u64) -> Vec<String> {
+    use chainsync::changeset::Op;
+    let dir = store_agent::config::AgentDir::new(&agent.data);
+    let state = dir.load().unwrap();
+    let mut replica = dir.open_replica(&state).unwrap();
+    let store = NodeId::new(&agent.store).unwrap();
+    (first..first + n)
+        .map(|i| {
+            let receipt =
+                chainsync_tests::receipt(&store, i, 1_700_000_000_000, None, &[("cola", 1, 129)]);
+            let id = receipt.id.to_string();
+            replica
+                .commit_local(
+                    chainsync::ids::Topic::Sales,
+                    vec![Op::Receipt(receipt)],
+                    1_700_000_000_000 + i,
+                )
+                .unwrap();
+            id
+        })
+        .collect()
+}
+
+/// The store's head of `stream`, read from its database while the agent is down.
+fn store_head(agent: &Agent, stream: &str) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        agent.data.join("store.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.query_row(
+        "SELECT coalesce((SELECT head_seq FROM streams WHERE name = ?1), 0)",
+        [stream],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+// A new store seeding 60,000 members from snapshot parts is SIGKILLed 20 times and ends up with
+// exactly HQ's members; then, with thousands of sales in its backlog, the agent is SIGKILLed 20
+// times mid-push, and HQ 20 times mid-apply: every sale at HQ exactly once.
+#[test]
+fn sigkill_during_seeding_and_during_a_large_backlog_loses_and_doubles_nothing() {
+    const MEMBER_CHANGE_SETS: u64 = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let hq = Hq::init(dir.path());
+    hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    write_members(&hq, MEMBER_CHANGE_SETS);
+    let provision = hq.add_store("S001", "north");
+    let mut hq_proc = Some(hq.start());
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    let mut rng = Rng::new(4242);
+
+    // Seeding, killed at random moments.
+    let mut mid_seeding = 0;
+    for _ in 0..KILLS {
+        let proc = agent.start();
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        proc.kill9();
+        let head = store_head(&agent, "hq/members");
+        if (head as u64) < MEMBER_CHANGE_SETS {
+            mid_seeding += 1;
+        }
+    }
+    let mut agent_proc = Some(agent.start());
+    let replica = hq.replica();
+    let hq_members = replica.member_fields().unwrap();
+    wait_until(WAIT, "the store seeded", || {
+        let (_, sync) = agent.get("/v1/sync");
+        (sync["seeding"] == json!([]) && agent.get("/v1/members/M59999").0 == 200).then_some(())
+    });
+    agent_proc.take().unwrap().kill9();
+    assert!(mid_seeding > 0, "no kill landed during the seeding");
+    assert_eq!(store_head(&agent, "hq/members"), MEMBER_CHANGE_SETS as i64);
+    let store_members: Vec<(String, u8, String)> = {
+        let conn = rusqlite::Connection::open_with_flags(
+            agent.data.join("store.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut stmt = conn
+            .prepare("SELECT member, field, value FROM member_fields ORDER BY member, field")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(
+        store_members == hq_members,
+        "the store holds exactly HQ's members"
+    );
+
+    // A large backlog, the agent killed mid-push.
+    let mut expected = sell_offline(&agent, 1, 3_000);
+    for _ in 0..KILLS {
+        let proc = agent.start();
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        proc.kill9();
+    }
+    // Another backlog, HQ killed mid-apply.
+    expected.extend(sell_offline(&agent, 3_001, 3_000));
+    agent_proc = Some(agent.start());
+    for _ in 0..KILLS {
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        hq_proc.take().unwrap().kill9();
+        hq_proc = Some(hq.start());
+    }
+    let s1 = NodeId::new("S001").unwrap();
+    wait_until(WAIT, "the whole backlog at HQ", || {
+        (replica.receipt_count().unwrap() as usize == expected.len()).then_some(())
+    });
+    expected.sort();
+    assert_eq!(
+        replica.receipt_ids(&s1).unwrap(),
+        expected,
+        "nothing lost, nothing counted twice"
+    );
+    assert_eq!(
+        replica.stock_of(&s1, &"cola".parse().unwrap()).unwrap(),
+        -(expected.len() as i64)
+    );
+    wait_until(WAIT, "the outbox drained", || {
+        (agent.get("/v1/sync").1["outbox"]["sales"] == 0).then_some(())
+    });
+    replica.audit().unwrap();
+    println!(
+        "seeding killed {KILLS} times ({mid_seeding} mid-seeding); {} backlog sales through {KILLS} agent and {KILLS} HQ kills: all at HQ exactly once",
+        expected.len()
+    );
+    drop(agent_proc);
+}
