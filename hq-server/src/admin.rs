@@ -55,21 +55,41 @@ pub fn parse_cents(text: &str) -> Result<i64> {
 }
 
 /// `hq-server store add`: registers a store and writes its provisioning file.
-pub fn add_store(dir: &HqDir, store: PendingStore, out: &Path) -> Result<()> {
+pub fn add_store(dir: &HqDir, store: PendingStore, out: &Path, offline: bool) -> Result<()> {
     let state = dir.load()?;
     let mut replica = dir.open_replica(&state.key)?;
     let mut token_bytes = [0u8; 24];
     rand::fill(&mut token_bytes);
     let token = hex::encode(token_bytes);
     replica.add_store(&store, &token, now_ms())?;
-    let provisioning = Provisioning {
+    let mut provisioning = Provisioning {
         store: store.id.clone(),
         hq_addr: state.config.public_addr,
         hq_cert: hex::encode(&state.cert.cert_der),
         hq_public_key: hex::encode(state.key.verifying_key().to_bytes()),
-        token,
+        token: token.clone(),
+        store_key: None,
+        region: None,
     };
+    if offline {
+        // HQ enrolls the store itself with a key it makes for it; the file carries the key.
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
+        let info = replica
+            .enroll(&store.id, &token, key.verifying_key().to_bytes(), now_ms())?
+            .map_err(|e| anyhow::anyhow!("enrolling {} offline: {e}", store.id))?;
+        provisioning.store_key = Some(hex::encode(key.to_bytes()));
+        provisioning.region = Some(info.region);
+    }
     chainsync::transport::keyfile::write_secret(out, provisioning.to_toml()?.as_bytes())?;
+    if offline {
+        println!(
+            "enrolled store {} offline: {} holds its key; bring it to the store with a bundle \
+             (hq-server bundle export --id {}) and delete it after `store-agent init`",
+            store.id,
+            out.display(),
+            store.id
+        );
+    }
     println!(
         "added store {} ({}, region {}, {}); provisioning file: {}",
         store.id,

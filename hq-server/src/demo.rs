@@ -96,6 +96,8 @@ pub fn run(dir: &Path, api_listen: SocketAddr, shutdown: watch::Receiver<bool>) 
             hq_cert: hex::encode(&state.cert.cert_der),
             hq_public_key: hex::encode(state.key.verifying_key().to_bytes()),
             token,
+            store_key: None,
+            region: None,
         };
         let pos = free_local_tcp()?;
         let agent_dir = AgentDir::new(&dir.join(id));

@@ -108,6 +108,10 @@ enum StoreCommand {
         /// Where to write the provisioning file.
         #[arg(long)]
         out: PathBuf,
+        /// Enroll the store here and now, for a store with no network at all: the provisioning
+        /// file then holds the store's key (keep it secret; delete it after `store-agent init`).
+        #[arg(long)]
+        offline: bool,
     },
     /// Cut a store off: its connections are refused and its change sets rejected.
     Revoke {
@@ -338,6 +342,7 @@ fn main() -> Result<()> {
             region,
             mode,
             out,
+            offline,
         }) => {
             let store = PendingStore {
                 id,
@@ -345,7 +350,7 @@ fn main() -> Result<()> {
                 region: admin::parse_region(&region)?,
                 mode: admin::parse_mode(&mode)?,
             };
-            admin::add_store(&HqDir::new(&data), store, &out)
+            admin::add_store(&HqDir::new(&data), store, &out, offline)
         }
         Command::Store(StoreCommand::Revoke { data, id }) => {
             admin::revoke_store(&HqDir::new(&data), &id)

@@ -156,6 +156,8 @@ impl AgentDir {
             hq_cert: config.hq_cert.clone(),
             hq_public_key: config.hq_public_key.clone(),
             token: String::new(),
+            store_key: None,
+            region: None,
         };
         let hq_key = as_provisioning.hq_key().context("agent.toml")?;
         let hq = HqAddress {

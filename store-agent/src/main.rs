@@ -115,6 +115,19 @@ fn main() -> Result<()> {
             let text = std::fs::read_to_string(&provision)
                 .with_context(|| format!("reading {}", provision.display()))?;
             let provisioning = Provisioning::from_toml(&text)?;
+            if let (Some(key), Some(region)) =
+                (provisioning.store_key()?, provisioning.region.clone())
+            {
+                // HQ enrolled this store offline: nothing to ask HQ.
+                dir.create(&provisioning, region.clone(), &key, pos_listen)?;
+                println!(
+                    "store {} set up from an offline provisioning file (region {region}); import \
+                     HQ's bundle (store-agent import --file …) before the first sale, and delete {}",
+                    provisioning.store,
+                    provision.display()
+                );
+                return Ok(());
+            }
             let key = SigningKey::generate(&mut rand::rng());
             let hq = HqAddress {
                 addr: provisioning.hq_addr,

@@ -143,6 +143,8 @@ fn main() {
             hq_cert: hex::encode(&state.cert.cert_der),
             hq_public_key: hex::encode(state.key.verifying_key().to_bytes()),
             token: token.clone(),
+            store_key: None,
+            region: None,
         };
         let pos: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
         let agent_dir = AgentDir::new(&dir.path().join(store.id.as_str()));

@@ -165,6 +165,8 @@ fn main() {
                 hq_cert: hex::encode(&hq_state.cert.cert_der),
                 hq_public_key: hex::encode(hq_state.key.verifying_key().to_bytes()),
                 token: token.clone(),
+                store_key: None,
+                region: None,
             };
             let pos: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
             let agent_dir = AgentDir::new(&dir.path().join(store.id.as_str()));

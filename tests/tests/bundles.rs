@@ -394,3 +394,112 @@ fn watched_bundle_folders_carry_a_store_without_a_network() {
     );
     assert!(files_in(&store_bundles.join("inbox")).is_empty());
 }
+
+// A store with no network at all, ever: HQ enrolls it offline (the provisioning file carries its
+// key), the agent sets up without a connection, and everything travels in bundle files. HQ's
+// server never runs in this test. A tampered offline provisioning file is refused.
+#[test]
+fn a_store_enrolled_offline_works_by_bundles_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hq = Hq::init(d);
+    hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    let provision = path(d, "S001.provision");
+    let said = hq.cli_ok(&[
+        "store",
+        "add",
+        "--id",
+        "S001",
+        "--name",
+        "Island kiosk",
+        "--region",
+        "north",
+        "--mode",
+        "batch",
+        "--offline",
+        "--out",
+        &provision.to_string_lossy(),
+    ]);
+    assert!(said.contains("enrolled store S001 offline"), "{said}");
+
+    // A provisioning file whose key was cut short is refused with the field named.
+    let text = std::fs::read_to_string(&provision).unwrap();
+    let broken = path(d, "broken.provision");
+    let cut = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("store_key") {
+                "store_key = \"abcd\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&broken, cut).unwrap();
+    let out = Command::new(bin("store-agent"))
+        .args(["init", "--provision"])
+        .arg(&broken)
+        .arg("--data")
+        .arg(d.join("broken"))
+        .output()
+        .unwrap();
+    let why = err(out);
+    assert!(why.contains("store_key"), "{why}");
+
+    // No HQ running: init succeeds from the file alone.
+    let agent = Agent::init(d, "S001", &provision).unwrap();
+    let hq_bundle = path(d, "hq-to-S001.csb");
+    hq.cli_ok(&[
+        "bundle",
+        "export",
+        "--id",
+        "S001",
+        "--out",
+        &hq_bundle.to_string_lossy(),
+    ]);
+    ok(agent_cli(
+        &agent,
+        &["import", "--file", &hq_bundle.to_string_lossy()],
+    ));
+    let _proc = agent.start();
+    let (status, body) = agent.send(
+        "POST",
+        "/v1/sales",
+        &json!({ "lines": [{ "sku": "cola", "qty": 3 }] }),
+    );
+    assert_eq!((status, &body["total_cents"]), (201, &json!(387)), "{body}");
+    let store_bundle = path(d, "S001-to-hq.csb");
+    ok(agent_cli(
+        &agent,
+        &["export", "--out", &store_bundle.to_string_lossy()],
+    ));
+    hq.cli_ok(&[
+        "bundle",
+        "import",
+        "--file",
+        &store_bundle.to_string_lossy(),
+    ]);
+    let replica = hq.replica();
+    let s1 = NodeId::new("S001").unwrap();
+    assert_eq!(replica.receipt_ids(&s1).unwrap().len(), 1);
+    assert_eq!(replica.stock_of(&s1, &"cola".parse().unwrap()).unwrap(), -3);
+    // HQ's acknowledgement goes back by bundle too; then the store's outbox is empty.
+    let ack = path(d, "hq-to-S001-2.csb");
+    hq.cli_ok(&[
+        "bundle",
+        "export",
+        "--id",
+        "S001",
+        "--out",
+        &ack.to_string_lossy(),
+    ]);
+    ok(agent_cli(
+        &agent,
+        &["import", "--file", &ack.to_string_lossy()],
+    ));
+    wait_until(Duration::from_secs(20), "the outbox empty", || {
+        (agent.get("/v1/sync").1["outbox"]["sales"] == 0).then_some(())
+    });
+}

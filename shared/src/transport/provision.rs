@@ -1,6 +1,11 @@
 //! The provisioning file HQ writes for a new store (`hq-server store add`) and the agent reads
 //! (`store-agent init --provision FILE`): where HQ is, how to trust it, and a one-time token.
 //!
+//! For a store with no network at all (`hq-server store add --offline`), HQ enrolls the store
+//! itself: it generates the store's key, publishes its public half in the directory at once, and
+//! the file carries the secret half (`store_key`) and the region, so that `store-agent init`
+//! needs no connection. Such a file is as secret as the key: hand it over, init, delete it.
+//!
 //! ```toml
 //! store = "S001"
 //! hq_addr = "127.0.0.1:7443"
@@ -24,6 +29,12 @@ pub struct Provisioning {
     pub hq_cert: String,
     pub hq_public_key: String,
     pub token: String,
+    /// Offline enrollment: the store's signing key, hex (already enrolled at HQ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_key: Option<String>,
+    /// Offline enrollment: the store's region (an online agent learns it when enrolling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<crate::ids::RegionId>,
 }
 
 /// Why a provisioning file is unusable.
@@ -52,6 +63,13 @@ impl Provisioning {
             toml::from_str(text).map_err(|e| ProvisionError::Parse(e.to_string()))?;
         p.cert_der()?;
         p.hq_key()?;
+        p.store_key()?;
+        if p.store_key.is_some() != p.region.is_some() {
+            return Err(ProvisionError::Field {
+                field: "store_key",
+                reason: "an offline provisioning file has both store_key and region".into(),
+            });
+        }
         if p.token.len() < 16 {
             return Err(ProvisionError::Field {
                 field: "token",
@@ -67,6 +85,24 @@ impl Provisioning {
             field: "hq_cert",
             reason: e.to_string(),
         })
+    }
+
+    /// The store's key, for a store HQ enrolled offline.
+    pub fn store_key(&self) -> Result<Option<ed25519_dalek::SigningKey>, ProvisionError> {
+        let Some(text) = &self.store_key else {
+            return Ok(None);
+        };
+        let bytes: [u8; 32] = hex::decode(text)
+            .map_err(|e| ProvisionError::Field {
+                field: "store_key",
+                reason: e.to_string(),
+            })?
+            .try_into()
+            .map_err(|_| ProvisionError::Field {
+                field: "store_key",
+                reason: "not 32 bytes".into(),
+            })?;
+        Ok(Some(ed25519_dalek::SigningKey::from_bytes(&bytes)))
     }
 
     /// HQ's public key.
