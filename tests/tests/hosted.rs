@@ -67,7 +67,7 @@ fn a_hosted_store_reads_through_to_hq_sells_offline_and_drains_its_journal_once(
     ]);
     let hq_proc = hq.start();
     let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
-    let _agent_proc = agent.start();
+    let agent_proc = agent.start();
 
     // Reads come from HQ.
     let price = wait_until(WAIT, "the price of cola from HQ", || {
@@ -131,6 +131,13 @@ fn a_hosted_store_reads_through_to_hq_sells_offline_and_drains_its_journal_once(
     let (status, body) = sale(&agent, "3", "cola");
     assert_eq!((status, &body["duplicate"]), (200, &json!(true)), "{body}");
     assert_eq!(agent.get("/v1/sync").1["outbox"]["sales"], 5);
+
+    // The agent is killed outright while HQ is still down: the journal is on disk.
+    agent_proc.kill9();
+    let _agent_proc = agent.start();
+    assert_eq!(agent.get("/v1/sync").1["outbox"]["sales"], 5);
+    let (status, body) = agent.get("/v1/prices/cola");
+    assert_eq!(status, 200, "the cache survives too: {body}");
 
     // HQ comes back: the journal drains, in order, exactly once.
     let _hq_proc = hq.start();
