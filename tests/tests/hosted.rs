@@ -177,4 +177,15 @@ fn a_hosted_store_reads_through_to_hq_sells_offline_and_drains_its_journal_once(
     wait_until(WAIT, "the realtime sale at HQ", || {
         (replica.receipt_ids(&node("S001")).unwrap().len() == 7).then_some(())
     });
+
+    // And back to hosted: answers come from HQ again, and a new HQ price is there at once.
+    hq.cli_ok(&["store", "mode", "--id", "S001", "--mode", "hosted"]);
+    wait_until(WAIT, "answers from HQ again", || {
+        let (status, body) = agent.get("/v1/prices/chips");
+        (status == 200 && body["source"] == "hq").then_some(())
+    });
+    hq.cli_ok(&["price", "set", "--sku", "chips", "--price", "2.29"]);
+    wait_until(WAIT, "HQ's new price through the hosted store", || {
+        (agent.get("/v1/prices/chips").1["price_cents"] == 229).then_some(())
+    });
 }
