@@ -41,6 +41,10 @@ pub struct AgentConfig {
     /// `POST /v1/sync/now` exchanges at once.
     #[serde(default = "default_batch_interval")]
     pub batch_interval_ms: u64,
+    /// Batch mode: scheduled exchanges only inside this daily window, `HH:MM-HH:MM` in UTC
+    /// (e.g. `"01:00-04:00"`, or `"22:00-06:00"` across midnight). Any time if absent.
+    #[serde(default)]
+    pub batch_window_utc: Option<String>,
     /// Where the POS API listens (keep it on loopback).
     #[serde(default = "default_pos_listen")]
     pub pos_listen: SocketAddr,
@@ -76,6 +80,8 @@ pub struct AgentDir {
 /// A loaded agent.
 pub struct AgentState {
     pub config: AgentConfig,
+    /// `batch_window_utc`, parsed.
+    pub batch_window: Option<chainsync::transport::leaf::DailyWindow>,
     pub key: SigningKey,
     pub hq_key: VerifyingKey,
     pub hq: HqAddress,
@@ -120,6 +126,7 @@ impl AgentDir {
             hq_public_key: provisioning.hq_public_key.clone(),
             poll_interval_ms: POLL_INTERVAL_MS_DEFAULT,
             batch_interval_ms: BATCH_INTERVAL_MS_DEFAULT,
+            batch_window_utc: None,
             pos_listen,
             bundle_folder: None,
             pos_token: {
@@ -164,7 +171,14 @@ impl AgentDir {
             addr: config.hq_addr,
             cert_der: as_provisioning.cert_der().context("agent.toml")?,
         };
+        let batch_window = config
+            .batch_window_utc
+            .as_deref()
+            .map(chainsync::transport::leaf::DailyWindow::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("agent.toml batch_window_utc: {e}"))?;
         Ok(AgentState {
+            batch_window,
             config,
             key,
             hq_key,

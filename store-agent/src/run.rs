@@ -31,6 +31,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
         key: state.key.clone(),
         poll_interval_ms: state.config.poll_interval_ms,
         batch_interval_ms: state.config.batch_interval_ms,
+        batch_window: state.batch_window,
         replica: handle.clone(),
         local_commits: local_commits.clone(),
         status,

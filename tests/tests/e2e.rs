@@ -603,3 +603,87 @@ fn a_batch_store_exchanges_on_request_and_follows_a_switch_to_realtime() {
         (replica.receipt_count().unwrap() == 2).then_some(())
     });
 }
+
+// A batch store with a daily window makes no scheduled exchange outside it (after the first
+// contact, which tells it its mode), while `sync now` still works; a window that is not a time of day stops the agent with the key named.
+#[test]
+fn a_batch_store_keeps_to_its_daily_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let out = dir.path().join("S001.provision");
+    hq.cli_ok(&[
+        "store",
+        "add",
+        "--id",
+        "S001",
+        "--name",
+        "Night owl",
+        "--region",
+        "north",
+        "--mode",
+        "batch",
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    let _hq = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &out).unwrap();
+    let config = agent.data.join("agent.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let set = |extra: &str| {
+        let text: String = original
+            .lines()
+            .filter(|l| !l.starts_with("batch_interval_ms"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&config, format!("{text}batch_interval_ms = 500\n{extra}")).unwrap();
+    };
+    let store_agent = |args: &[&str]| {
+        std::process::Command::new(chainsync_tests::e2e::bin("store-agent"))
+            .args(args)
+            .arg("--data")
+            .arg(&agent.data)
+            .output()
+            .unwrap()
+    };
+
+    set("batch_window_utc = \"25:00-01:00\"\n");
+    let out = store_agent(&["status"]);
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("batch_window_utc"), "{why}");
+
+    // A one-hour window starting two hours from now (UTC).
+    let hour = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+        % 24) as u32;
+    set(&format!(
+        "batch_window_utc = \"{:02}:00-{:02}:00\"\n",
+        (hour + 2) % 24,
+        (hour + 3) % 24
+    ));
+    let _proc = agent.start();
+    // The first contact (the agent learns its mode) brings the catalog; then it hangs up.
+    wait_until(WAIT, "the catalog from the first contact", || {
+        (price_at(&agent) == 129).then_some(())
+    });
+    wait_until(WAIT, "the batch link to hang up", || {
+        (agent.get("/v1/sync").1["connected"] == false).then_some(())
+    });
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.19"]);
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(
+        price_at(&agent),
+        129,
+        "no scheduled exchange outside the window (the interval is 500 ms)"
+    );
+    let out = store_agent(&["sync", "now"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(price_at(&agent), 119, "sync now works at any time");
+}

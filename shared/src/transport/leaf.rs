@@ -131,6 +131,67 @@ fn refuse_waiting(lookups: &mut mpsc::Receiver<LookupRequest>) {
     }
 }
 
+/// A daily window for scheduled batch exchanges, in UTC minutes of the day: `[start, end)`,
+/// wrapping midnight when `end <= start` (`22:00-06:00`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DailyWindow {
+    pub start_min: u32,
+    pub end_min: u32,
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+impl DailyWindow {
+    /// Parses `HH:MM-HH:MM` (UTC).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let minute = |part: &str| -> Result<u32, String> {
+            let (h, m) = part
+                .trim()
+                .split_once(':')
+                .ok_or_else(|| format!("`{part}` is not HH:MM"))?;
+            let (h, m): (u32, u32) = (
+                h.parse().map_err(|_| format!("hour in `{part}`"))?,
+                m.parse().map_err(|_| format!("minute in `{part}`"))?,
+            );
+            if h > 23 || m > 59 {
+                return Err(format!("`{part}` is not a time of day"));
+            }
+            Ok(h * 60 + m)
+        };
+        let (a, b) = text
+            .split_once('-')
+            .ok_or_else(|| format!("`{text}` is not HH:MM-HH:MM"))?;
+        let window = Self {
+            start_min: minute(a)?,
+            end_min: minute(b)?,
+        };
+        if window.start_min == window.end_min {
+            return Err(format!("`{text}` is an empty window"));
+        }
+        Ok(window)
+    }
+
+    /// Whether `t_ms` (Unix ms) falls in the window.
+    pub fn contains(&self, t_ms: u64) -> bool {
+        let m = ((t_ms % DAY_MS) / 60_000) as u32;
+        if self.start_min < self.end_min {
+            (self.start_min..self.end_min).contains(&m)
+        } else {
+            m >= self.start_min || m < self.end_min
+        }
+    }
+
+    /// The first moment at or after `t_ms` inside the window.
+    pub fn next_open(&self, t_ms: u64) -> u64 {
+        if self.contains(t_ms) {
+            return t_ms;
+        }
+        let day = t_ms - t_ms % DAY_MS;
+        let start = day + u64::from(self.start_min) * 60_000;
+        if start > t_ms { start } else { start + DAY_MS }
+    }
+}
+
 /// How a session should behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SessionKind {
@@ -151,6 +212,8 @@ pub struct StoreLink {
     pub poll_interval_ms: u64,
     /// Batch: connect this often.
     pub batch_interval_ms: u64,
+    /// Batch: connect on schedule only inside this daily window (`sync now` works any time).
+    pub batch_window: Option<DailyWindow>,
     pub replica: ReplicaHandle,
     /// Signalled after every local commit, to push at once.
     pub local_commits: Arc<Notify>,
@@ -185,7 +248,11 @@ impl StoreLink {
             };
             if kind == SessionKind::Batch {
                 // Wait for the schedule or a request, answering the request after the exchange.
-                let wait_ms = next_batch_ms.saturating_sub(now_ms());
+                let due = match self.batch_window {
+                    Some(window) => window.next_open(next_batch_ms.max(now_ms())),
+                    None => next_batch_ms,
+                };
+                let wait_ms = due.saturating_sub(now_ms());
                 refuse_waiting(&mut lookups);
                 let request = tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => None,
@@ -427,4 +494,26 @@ enum Step {
     Frame(crate::protocol::frame::Frame),
     LocalCommit,
     Timer,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: u64 = 3_600_000;
+
+    #[test]
+    fn a_daily_window_opens_at_its_start_and_wraps_midnight() {
+        let night = DailyWindow::parse("22:00-06:00").unwrap();
+        let day0 = 20_000 * DAY_MS;
+        assert!(night.contains(day0 + 23 * H) && night.contains(day0 + 5 * H));
+        assert!(!night.contains(day0 + 12 * H));
+        assert_eq!(night.next_open(day0 + 12 * H), day0 + 22 * H);
+        assert_eq!(night.next_open(day0 + 2 * H), day0 + 2 * H);
+        let early = DailyWindow::parse("02:30-04:00").unwrap();
+        assert_eq!(early.next_open(day0 + 5 * H), day0 + DAY_MS + 2 * H + H / 2);
+        for bad in ["02:00", "25:00-01:00", "02:00-02:00", "aa:bb-01:00"] {
+            assert!(DailyWindow::parse(bad).is_err(), "{bad}");
+        }
+    }
 }
