@@ -132,6 +132,9 @@ impl IntoResponse for PosError {
 
 impl From<ReplicaError> for PosError {
     fn from(e: ReplicaError) -> Self {
+        if let ReplicaError::Restoring(why) = e {
+            return Self::new(StatusCode::SERVICE_UNAVAILABLE, why);
+        }
         tracing::error!("replica: {e}");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("storage: {e}"))
     }

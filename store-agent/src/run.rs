@@ -19,7 +19,18 @@ pub const LOOKUPS_WAITING_MAX: usize = 64;
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> {
     let state = dir.load()?;
-    let replica = dir.open_replica(&state)?;
+    // `init` creates the database; missing now, it was lost (a disk replaced, a file deleted),
+    // and what this store sold before may be at HQ: no write until HQ has said how far it holds
+    // the store's own streams, and those are restored first.
+    let lost = !dir.root.join("store.db").exists();
+    let mut replica = dir.open_replica(&state)?;
+    if lost {
+        tracing::warn!(
+            "store.db was missing: created afresh; sales wait until HQ has said what it holds of \
+             this store, and its history is restored from HQ"
+        );
+        replica.await_hub_heads()?;
+    }
     let (handle, thread) = ReplicaHandle::spawn(replica)?;
     let (status, link_status) = watch::channel(LinkStatus::default());
     let local_commits = Arc::new(Notify::new());

@@ -69,7 +69,8 @@ impl HubStore for Replica {
         let mut bytes = 0usize;
         // heads() is in priority order, so the batch is too.
         for (stream, head) in self.heads()? {
-            if !subscribes(&peer.node, &peer.region, peer.mode, &stream) {
+            let own = stream.origin == peer.node && cursors.contains_key(&stream);
+            if !own && !subscribes(&peer.node, &peer.region, peer.mode, &stream) {
                 continue;
             }
             let cursor = cursors.get(&stream).copied().unwrap_or(0);
@@ -103,15 +104,18 @@ impl HubStore for Replica {
         let mut bytes = 0usize;
         let mut full = false;
         for (stream, head) in self.heads()? {
-            if !subscribes(&peer.node, &peer.region, peer.mode, &stream) {
+            // A store restoring its own lost history asks for its own streams by name.
+            let own = stream.origin == peer.node && cursors.contains_key(&stream);
+            if !own && !subscribes(&peer.node, &peer.region, peer.mode, &stream) {
                 continue;
             }
             let cursor = cursors.get(&stream).copied().unwrap_or(0);
             let progress = seeding.get(&stream).copied();
             // Only a store holding nothing of the stream is seeded: one that holds part of it
-            // catches up from the log like any other.
+            // catches up from the log like any other. Its own streams always come as a
+            // snapshot: HQ-signed, so they load even if the store's key changed since.
             let long = head.seq >= crate::replica::SEED_FROM_CHANGE_SETS;
-            if cursor != 0 || !(long || progress.is_some()) || head.seq == 0 {
+            if cursor != 0 || !(long || own || progress.is_some()) || head.seq == 0 {
                 continue;
             }
             plan.streams.push(stream.clone());
@@ -188,12 +192,19 @@ impl LeafStore for Replica {
 
     fn cursors(&self) -> Result<Vec<(StreamId, u64)>, ReplicaError> {
         let node = self.node().clone();
-        Ok(self
+        let mut cursors: Vec<(StreamId, u64)> = self
             .heads()?
             .into_iter()
             .filter(|(s, _)| s.origin != node)
             .map(|(s, h)| (s, h.seq))
-            .collect())
+            .collect();
+        // Own streams whose history HQ holds further (the database here was lost): asked for
+        // like any other stream, to be restored.
+        for (stream, _) in self.own_streams_behind()? {
+            let head = self.head(&stream)?.seq;
+            cursors.push((stream, head));
+        }
+        Ok(cursors)
     }
 
     fn seeding(&self) -> Result<Vec<(StreamId, u64, u32)>, ReplicaError> {

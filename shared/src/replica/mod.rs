@@ -87,6 +87,11 @@ pub enum ReplicaError {
     /// Stored data does not decode: the file was damaged or written by a broken build.
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    /// A local write while this node's own history is not all here: HQ holds more of the stream
+    /// than this replica (its database was lost and is being restored), or the replica was
+    /// created afresh and has not heard from HQ yet. Writing now would fork the stream.
+    #[error("{0}")]
+    Restoring(String),
 }
 
 /// A node's identity: its id and the key that signs what it originates.
@@ -211,6 +216,10 @@ impl Replica {
                 answer BLOB NOT NULL,
                 fetched_ms INTEGER NOT NULL
             );
+            CREATE TABLE IF NOT EXISTS restore_own (  -- own streams HQ holds further than here
+                name TEXT PRIMARY KEY,
+                hub_seq INTEGER NOT NULL
+            );
             CREATE TABLE IF NOT EXISTS seeding (  -- streams being seeded from snapshot parts
                 stream INTEGER PRIMARY KEY REFERENCES streams(id),
                 seq INTEGER NOT NULL,
@@ -270,6 +279,24 @@ impl Replica {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let head = stream_head(&tx, &stream)?;
+        if get_meta(&tx, "awaiting_hub_heads")?.is_some() {
+            return Err(ReplicaError::Restoring(
+                "this store's database was created afresh: writes wait until HQ has said how far \
+                 it holds the store's own history"
+                    .into(),
+            ));
+        }
+        let at_hub: Option<i64> = tx
+            .prepare_cached("SELECT hub_seq FROM restore_own WHERE name = ?1")?
+            .query_row(params![stream.to_string()], |r| r.get(0))
+            .optional()?;
+        if let Some(at_hub) = at_hub.filter(|s| *s as u64 > head.seq) {
+            return Err(ReplicaError::Restoring(format!(
+                "HQ holds {stream} up to seq {at_hub}, this store only up to {}: its history is \
+                 being restored from HQ, and writes wait until it is",
+                head.seq
+            )));
+        }
         let hlc = self.clock.tick(now_ms);
         let change_set = ChangeSet {
             format: CHANGE_SET_FORMAT,
@@ -520,6 +547,19 @@ impl Replica {
     /// even when it is lower than before (a hub restored from backup): the outbox then resends.
     pub fn set_hub_acked(&mut self, acked: &[(StreamId, u64)]) -> Result<(), ReplicaError> {
         let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM meta WHERE key = 'awaiting_hub_heads'", [])?;
+        {
+            // HQ holding more of an own stream than this replica means its history was lost
+            // here: remember how far HQ holds it, so that writes wait and the stream is restored.
+            let mut behind = tx.prepare_cached(
+                "INSERT OR REPLACE INTO restore_own (name, hub_seq) VALUES (?1, ?2)",
+            )?;
+            for (stream, seq) in acked {
+                if stream.origin == self.identity.node && stream_head(&tx, stream)?.seq < *seq {
+                    behind.execute(params![stream.to_string(), *seq as i64])?;
+                }
+            }
+        }
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE streams SET hub_acked_seq = min(?2, head_seq) WHERE name = ?1 AND origin = ?3",
@@ -534,6 +574,30 @@ impl Replica {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Marks a replica created afresh under an existing store: local writes wait until the hub
+    /// has said how far it holds this node's own streams ([`Replica::set_hub_acked`]).
+    pub fn await_hub_heads(&mut self) -> Result<(), ReplicaError> {
+        put_meta(&self.conn, "awaiting_hub_heads", b"1")?;
+        Ok(())
+    }
+
+    /// Own streams HQ holds further than this replica, with HQ's seq: to restore from HQ.
+    pub fn own_streams_behind(&self) -> Result<Vec<(StreamId, u64)>, ReplicaError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, hub_seq FROM restore_own ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, hub_seq) = row?;
+            let stream = parse_stream(&name)?;
+            if self.head(&stream)?.seq < hub_seq as u64 {
+                out.push((stream, hub_seq as u64));
+            }
+        }
+        Ok(out)
     }
 
     /// Hub side: records how far `node` holds each stream (from its pull cursors), for backlog and

@@ -1,0 +1,94 @@
+//! A store whose database is lost (a disk replaced, the file deleted) while its key survives:
+//! the agent refuses to sell until HQ has said what it holds of the store, restores the store's
+//! own history from HQ's signed snapshots, and goes on from there without forking its streams.
+
+use chainsync::ids::NodeId;
+use chainsync_tests::e2e::{Agent, Hq, wait_until};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn sale(agent: &Agent, receipt_no: &str) -> (u16, serde_json::Value) {
+    agent.send(
+        "POST",
+        "/v1/sales",
+        &json!({ "receipt_no": receipt_no, "lines": [{ "sku": "cola", "qty": 1 }] }),
+    )
+}
+
+#[test]
+fn a_store_that_lost_its_database_restores_its_history_from_hq_before_selling() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = Hq::init(dir.path());
+    hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    let provision = hq.add_store("S001", "north");
+    let hq_proc = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    let proc = agent.start();
+    wait_until(WAIT, "the catalog", || {
+        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
+    });
+    for n in 1..=3 {
+        assert_eq!(sale(&agent, &n.to_string()).0, 201);
+    }
+    let (status, body) = agent.send("POST", "/v1/members/M1/points", &json!({ "change": 25 }));
+    assert_eq!(status, 201, "{body}");
+    let replica = hq.replica();
+    let s1 = NodeId::new("S001").unwrap();
+    wait_until(WAIT, "the sales at HQ", || {
+        (replica.receipt_ids(&s1).unwrap().len() == 3).then_some(())
+    });
+    wait_until(WAIT, "the outbox empty", || {
+        (agent.get("/v1/sync").1["outbox"]["members"] == 0).then_some(())
+    });
+
+    // The disk is replaced while HQ is unreachable: the agent comes back with no database.
+    proc.kill9();
+    hq_proc.kill9();
+    for file in ["store.db", "store.db-wal", "store.db-shm"] {
+        let _ = std::fs::remove_file(agent.data.join(file));
+    }
+    let _proc = agent.start();
+    let (status, body) = sale(&agent, "4");
+    assert_eq!(status, 503, "no sale before HQ has spoken: {body}");
+    // A write that needs no catalog is refused too, for the reason that matters here.
+    let (status, body) = agent.send("PUT", "/v1/members/M1", &json!({ "name": "Ann" }));
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("afresh"), "{body}");
+
+    // HQ is back: the store's own streams come back as HQ-signed snapshots, then it sells on.
+    let _hq_proc = hq.start();
+    let (status, body) = wait_until(WAIT, "selling again", || {
+        let (status, body) = sale(&agent, "4");
+        (status != 503).then_some((status, body))
+    });
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["seq"], 4,
+        "the sale continues the restored stream: {body}"
+    );
+    let (status, body) = sale(&agent, "2");
+    assert_eq!(
+        (status, &body["duplicate"]),
+        (200, &json!(true)),
+        "the restored history knows receipt 2: {body}"
+    );
+    wait_until(WAIT, "the fourth sale at HQ", || {
+        (replica.receipt_ids(&s1).unwrap().len() == 4).then_some(())
+    });
+    let halted: Vec<_> = replica
+        .stream_status()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.halted_reason.is_some())
+        .collect();
+    assert!(halted.is_empty(), "no stream forked: {halted:?}");
+    assert_eq!(replica.stock_of(&s1, &"cola".parse().unwrap()).unwrap(), -4);
+    let (_, stock) = agent.get("/v1/stock/cola");
+    assert_eq!(stock["qty"], -4, "the store's stock is whole again");
+    let (status, body) = agent.send("POST", "/v1/members/M1/points", &json!({ "change": 5 }));
+    assert_eq!((status, &body["balance"]), (201, &json!(30)), "{body}");
+    replica.audit().unwrap();
+}
