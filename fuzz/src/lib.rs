@@ -72,6 +72,7 @@ impl Facts for MemFacts {
             key: k.verifying_key(),
             revoked: node.as_str() == "S002",
             may_set_own_prices: node.as_str() == "S001",
+            retired_keys: Vec::new(),
         }))
     }
 

@@ -101,6 +101,42 @@ pub fn add_store(dir: &HqDir, store: PendingStore, out: &Path, offline: bool) ->
     Ok(())
 }
 
+/// `hq-server store replace`: a new provisioning file for a store whose machine (and key) was
+/// lost. Enrolling with it gives the store a new key; the old one stays valid for what it signed.
+pub fn replace_store(dir: &HqDir, id: &NodeId, out: &Path, offline: bool) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let mut token_bytes = [0u8; 24];
+    rand::fill(&mut token_bytes);
+    let token = hex::encode(token_bytes);
+    let info = replica.replace_store(id, &token, now_ms())?;
+    let mut provisioning = Provisioning {
+        store: id.clone(),
+        hq_addr: state.config.public_addr,
+        hq_cert: hex::encode(&state.cert.cert_der),
+        hq_public_key: hex::encode(state.key.verifying_key().to_bytes()),
+        token: token.clone(),
+        store_key: None,
+        region: None,
+    };
+    if offline {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
+        replica
+            .enroll(id, &token, key.verifying_key().to_bytes(), now_ms())?
+            .map_err(|e| anyhow::anyhow!("enrolling {id} offline: {e}"))?;
+        provisioning.store_key = Some(hex::encode(key.to_bytes()));
+        provisioning.region = Some(info.region.clone());
+    }
+    chainsync::transport::keyfile::write_secret(out, provisioning.to_toml()?.as_bytes())?;
+    println!(
+        "store {id} ({}) can be set up again from {}: its new key takes over when it enrolls, and \
+         it restores what it sold before from HQ",
+        info.name,
+        out.display()
+    );
+    Ok(())
+}
+
 /// `hq-server store revoke`.
 pub fn revoke_store(dir: &HqDir, store: &NodeId) -> Result<()> {
     let state = dir.load()?;

@@ -113,6 +113,20 @@ enum StoreCommand {
         #[arg(long)]
         offline: bool,
     },
+    /// A new provisioning file for a store whose machine or key was lost; the store enrolls again
+    /// with a new key and gets back its own history from HQ.
+    Replace {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        id: NodeId,
+        /// Where to write the provisioning file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Enroll the new key here and now (see `store add --offline`).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Cut a store off: its connections are refused and its change sets rejected.
     Revoke {
         #[arg(long, default_value = "hq-data")]
@@ -352,6 +366,12 @@ fn main() -> Result<()> {
             };
             admin::add_store(&HqDir::new(&data), store, &out, offline)
         }
+        Command::Store(StoreCommand::Replace {
+            data,
+            id,
+            out,
+            offline,
+        }) => admin::replace_store(&HqDir::new(&data), &id, &out, offline),
         Command::Store(StoreCommand::Revoke { data, id }) => {
             admin::revoke_store(&HqDir::new(&data), &id)
         }

@@ -54,6 +54,26 @@ pub struct StoreInfo {
     pub may_set_own_prices: bool,
     /// A revoked store's connections are refused and its change sets rejected.
     pub revoked: bool,
+    /// Keys the store signed with before it was replaced (a dead machine, a lost key), each with
+    /// how far it signed each of the store's streams: its change sets up to there still verify
+    /// for anyone replaying them, and nothing after.
+    pub retired_keys: Vec<RetiredKey>,
+}
+
+/// A store key that was replaced, and the last seq it signed in each of the store's streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredKey {
+    pub public_key: [u8; 32],
+    pub valid_through: Vec<(crate::ids::Topic, u64)>,
+}
+
+impl RetiredKey {
+    /// Whether this key may have signed change set `seq` of the store's `topic` stream.
+    pub fn covers(&self, topic: &crate::ids::Topic, seq: u64) -> bool {
+        self.valid_through
+            .iter()
+            .any(|(t, through)| t == topic && seq <= *through)
+    }
 }
 
 /// A product of the catalog.

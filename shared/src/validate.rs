@@ -38,6 +38,8 @@ pub struct OriginInfo {
     pub revoked: bool,
     /// Stores only: may write `prices@store:<self>`.
     pub may_set_own_prices: bool,
+    /// Stores only: keys replaced, each valid up to a seq per stream.
+    pub retired_keys: Vec<crate::model::RetiredKey>,
 }
 
 /// A stream's head: the last applied seq and its hash (seq 0 and [`ZERO_HASH`] before the first).
@@ -213,7 +215,17 @@ pub fn validate_preverified<F: Facts>(
         return Ok(Err(ChangeSetError::Revoked(stream.origin.clone())));
     }
     let already_verified = verified_under.is_some_and(|key| *key == origin.key);
-    if !already_verified && signed.verify_signature(&origin.key).is_err() {
+    // A change set from before the store's key was replaced verifies under the retired key, if
+    // that key signed this stream at least that far.
+    let under_retired = || {
+        origin
+            .retired_keys
+            .iter()
+            .filter(|k| k.covers(&stream.topic, change_set.seq))
+            .filter_map(|k| VerifyingKey::from_bytes(&k.public_key).ok())
+            .any(|k| signed.verify_signature(&k).is_ok())
+    };
+    if !already_verified && signed.verify_signature(&origin.key).is_err() && !under_retired() {
         return Ok(Err(ChangeSetError::BadSignature {
             stream: stream.clone(),
             seq: change_set.seq,

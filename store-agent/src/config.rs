@@ -142,7 +142,10 @@ impl AgentDir {
         );
         write_secret(&self.path("agent.toml"), text.as_bytes())?;
         let state = self.load()?;
-        self.open_replica(&state)?;
+        // Nothing is written until HQ has said how far it holds this store's own streams (on
+        // the first connection, or in its first bundle): a store replaced after its machine
+        // died must restore what it sold before, not start its streams over.
+        self.open_replica(&state)?.await_hub_heads()?;
         Ok(())
     }
 

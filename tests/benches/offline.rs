@@ -303,6 +303,8 @@ fn main() {
     store2
         .apply_batch(&entries, None, 1)
         .expect("directory at S0002");
+    // As HQ's first bundle would: HQ holds nothing of S0002's own streams yet.
+    store2.set_hub_acked(&[]).expect("hub heads");
     sell_offline(&mut store2, &s2, receipts);
     let started = Instant::now();
     let bytes = chainsync::bundle::store_bundle(&store2, key2, 2).expect("bundle");

@@ -146,6 +146,7 @@ impl Chain {
                 public_key: self.store_key(&s.id).verifying_key().to_bytes(),
                 may_set_own_prices: false,
                 revoked: false,
+                retired_keys: vec![],
             })
         }));
         ops

@@ -1283,3 +1283,51 @@ fn a_valid_snapshot_seeds_a_fresh_store_that_then_follows_the_stream() {
     assert_eq!(fingerprint(&fresh), before);
     fresh.audit().unwrap();
 }
+
+// After a store's key is replaced, the old key verifies only what it signed before: a change set
+// it signs past that point is a bad signature and changes nothing; the new key's is applied.
+#[test]
+fn a_retired_key_signs_nothing_after_the_replacement() {
+    let mut w = world();
+    let s1 = node("S001");
+    let sales = stream("S001", Topic::Sales);
+    let head = w.hq.head(&sales).unwrap();
+    let new_key = key_for("S001-replacement");
+    w.hq.update_store(&s1, T1, |info| {
+        info.retired_keys.push(chainsync::model::RetiredKey {
+            public_key: info.public_key,
+            valid_through: vec![(Topic::Sales, head.seq)],
+        });
+        info.public_key = new_key.verifying_key().to_bytes();
+    })
+    .unwrap();
+    let before = fingerprint(&w.hq);
+    let by_old = forge(
+        &sales,
+        head.seq + 1,
+        head.hash,
+        vec![sale(&s1, 77, 1)],
+        &key_for("S001"),
+    );
+    let report = w.hq.apply_batch(&[by_old], Some(&s1), T1).unwrap();
+    assert!(
+        matches!(&report.rejected[..], [ChangeSetError::BadSignature { seq, .. }] if *seq == head.seq + 1),
+        "{:?}",
+        report.rejected
+    );
+    let mut after = fingerprint(&w.hq);
+    after.heads.retain(|(s, _)| s.topic != Topic::Directory);
+    let mut expected = before;
+    expected.heads.retain(|(s, _)| s.topic != Topic::Directory);
+    assert_eq!(after, expected);
+    let by_new = forge(
+        &sales,
+        head.seq + 1,
+        head.hash,
+        vec![sale(&s1, 78, 1)],
+        &new_key,
+    );
+    let report = w.hq.apply_batch(&[by_new], Some(&s1), T1).unwrap();
+    assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+    assert_eq!(w.hq.head(&sales).unwrap().seq, head.seq + 1);
+}

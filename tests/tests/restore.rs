@@ -92,3 +92,83 @@ fn a_store_that_lost_its_database_restores_its_history_from_hq_before_selling() 
     assert_eq!((status, &body["balance"]), (201, &json!(30)), "{body}");
     replica.audit().unwrap();
 }
+
+// A store whose machine died with its key: HQ issues a replacement provisioning file, the new
+// agent enrolls with a new key, gets back the store's history and sells on from there; a store
+// that joins later replays the replaced store's member history (the old key up to the
+// replacement, the new key after it) and agrees on the balance.
+#[test]
+fn a_store_replaced_after_losing_its_key_continues_its_history_under_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = Hq::init(dir.path());
+    hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    let provision = hq.add_store("S001", "north");
+    let _hq_proc = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    let proc = agent.start();
+    wait_until(WAIT, "the catalog", || {
+        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
+    });
+    for n in 1..=3 {
+        assert_eq!(sale(&agent, &n.to_string()).0, 201);
+    }
+    let (status, body) = agent.send("POST", "/v1/members/M1/points", &json!({ "change": 25 }));
+    assert_eq!(status, 201, "{body}");
+    wait_until(WAIT, "everything at HQ", || {
+        let sync = agent.get("/v1/sync").1;
+        (sync["outbox"]["sales"] == 0 && sync["outbox"]["members"] == 0).then_some(())
+    });
+
+    // The machine dies, key and all; HQ issues a replacement and the store is set up again.
+    proc.kill9();
+    std::fs::remove_dir_all(&agent.data).unwrap();
+    let replacement = dir.path().join("S001-replacement.provision");
+    let said = hq.cli_ok(&[
+        "store",
+        "replace",
+        "--id",
+        "S001",
+        "--out",
+        &replacement.to_string_lossy(),
+    ]);
+    assert!(said.contains("set up again"), "{said}");
+    let agent = Agent::init(dir.path(), "S001", &replacement).unwrap();
+    let _proc = agent.start();
+    let (status, body) = wait_until(WAIT, "selling again", || {
+        let (status, body) = sale(&agent, "4");
+        (status != 503).then_some((status, body))
+    });
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["seq"], 4,
+        "the sale continues the store's stream: {body}"
+    );
+    assert_eq!(sale(&agent, "2").1["duplicate"], true);
+    let (status, body) = agent.send("POST", "/v1/members/M1/points", &json!({ "change": 5 }));
+    assert_eq!((status, &body["balance"]), (201, &json!(30)), "{body}");
+    let replica = hq.replica();
+    let s1 = NodeId::new("S001").unwrap();
+    wait_until(WAIT, "the new sale at HQ", || {
+        (replica.receipt_ids(&s1).unwrap().len() == 4).then_some(())
+    });
+    // The token of the replacement works once.
+    let again = Agent::init(&dir.path().join("again"), "S001", &replacement);
+    assert!(again.is_err(), "a used replacement token enrolled again");
+
+    // A store joining now replays S001's member history, signed by both keys.
+    let provision2 = hq.add_store("S002", "north");
+    let other = Agent::init(dir.path(), "S002", &provision2).unwrap();
+    let _other_proc = other.start();
+    wait_until(WAIT, "S001's points at S002", || {
+        (other.get("/v1/members/M1").1["points"] == 30).then_some(())
+    });
+    let halted: Vec<_> = replica
+        .stream_status()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.halted_reason.is_some())
+        .collect();
+    assert!(halted.is_empty(), "no stream halted at HQ: {halted:?}");
+    replica.audit().unwrap();
+}

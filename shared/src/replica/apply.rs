@@ -81,6 +81,14 @@ pub(crate) fn apply_op(
                 s.may_set_own_prices,
                 s.revoked
             ])?;
+            tx.prepare_cached("DELETE FROM store_retired_keys WHERE store = ?1")?
+                .execute(params![s.id.as_str()])?;
+            if !s.retired_keys.is_empty() {
+                let body = postcard::to_allocvec(&s.retired_keys)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                tx.prepare_cached("INSERT INTO store_retired_keys (store, body) VALUES (?1, ?2)")?
+                    .execute(params![s.id.as_str(), body])?;
+            }
         }
         Op::ProductUpsert(p) => {
             tx.prepare_cached(

@@ -98,6 +98,32 @@ impl Replica {
         Ok(())
     }
 
+    /// Issues a new one-time token for a store already in the directory whose machine or key was
+    /// lost: enrolling with it replaces the store's key ([`Replica::enroll`]).
+    pub fn replace_store(
+        &mut self,
+        store: &NodeId,
+        token: &str,
+        now_ms: u64,
+    ) -> Result<StoreInfo, ReplicaError> {
+        let info = self.store_info(store)?.ok_or_else(|| {
+            ReplicaError::Invalid(format!("store {store} is not in the directory"))
+        })?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO enrollments (store, name, region, mode, token_hash, created_ms, used_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+            params![
+                store.as_str(),
+                info.name,
+                info.region.as_str(),
+                info.mode.as_str(),
+                &token_hash(token)[..],
+                now_ms as i64
+            ],
+        )?;
+        Ok(info)
+    }
+
     /// Enrolls `store` with the key its agent generated, if `token` is its unused token.
     pub fn enroll(
         &mut self,
@@ -132,6 +158,31 @@ impl Replica {
             public_key,
             may_set_own_prices: false,
             revoked: false,
+            retired_keys: Vec::new(),
+        };
+        // A store already in the directory is being replaced: its old key is retired with how
+        // far it signed each stream, and the new key takes over from there.
+        let info = match self.store_info(store)? {
+            None => info,
+            Some(old) => {
+                let valid_through = self
+                    .heads()?
+                    .into_iter()
+                    .filter(|(s, h)| &s.origin == store && h.seq > 0)
+                    .map(|(s, h)| (s.topic, h.seq))
+                    .collect();
+                let mut retired_keys = old.retired_keys.clone();
+                retired_keys.push(crate::model::RetiredKey {
+                    public_key: old.public_key,
+                    valid_through,
+                });
+                StoreInfo {
+                    public_key,
+                    revoked: false,
+                    retired_keys,
+                    ..old
+                }
+            }
         };
         let store_id = store.as_str().to_owned();
         self.commit_local_with(

@@ -216,6 +216,10 @@ impl Replica {
                 answer BLOB NOT NULL,
                 fetched_ms INTEGER NOT NULL
             );
+            CREATE TABLE IF NOT EXISTS store_retired_keys (  -- replaced store keys, postcard
+                store TEXT PRIMARY KEY,
+                body BLOB NOT NULL
+            );
             CREATE TABLE IF NOT EXISTS restore_own (  -- own streams HQ holds further than here
                 name TEXT PRIMARY KEY,
                 hub_seq INTEGER NOT NULL
@@ -721,8 +725,10 @@ impl<'a> TxFacts<'a> {
                 key: *self.hq_key,
                 revoked: false,
                 may_set_own_prices: true,
+                retired_keys: Vec::new(),
             }));
         }
+        let retired_keys = retired_keys(self.conn, node)?;
         let row: Option<(Vec<u8>, bool, bool)> = self
             .conn
             .prepare_cached(
@@ -739,6 +745,7 @@ impl<'a> TxFacts<'a> {
                 key,
                 revoked,
                 may_set_own_prices,
+                retired_keys,
             })
         }))
     }
@@ -815,6 +822,21 @@ impl Facts for TxFacts<'_> {
             .optional()?;
         Ok(body.map(|b| crate::changeset::body_hash(&b)))
     }
+}
+
+/// A store's retired keys (empty if it never had one replaced). One that does not decode counts
+/// as none: its old change sets then fail to verify, which halts rather than accepts.
+fn retired_keys(
+    conn: &Connection,
+    store: &NodeId,
+) -> rusqlite::Result<Vec<crate::model::RetiredKey>> {
+    let body: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT body FROM store_retired_keys WHERE store = ?1")?
+        .query_row(params![store.as_str()], |r| r.get(0))
+        .optional()?;
+    Ok(body
+        .and_then(|b| postcard::from_bytes(&b).ok())
+        .unwrap_or_default())
 }
 
 fn stream_head(conn: &Connection, stream: &StreamId) -> rusqlite::Result<StreamHead> {

@@ -251,6 +251,7 @@ impl Replica {
             public_key: key.try_into().map_err(|_| corrupt("key"))?,
             may_set_own_prices,
             revoked,
+            retired_keys: super::retired_keys(&self.conn, store)?,
         }))
     }
 
