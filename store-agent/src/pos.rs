@@ -257,28 +257,69 @@ impl PosState {
     /// HQ is the only one who knows anything).
     async fn hosted(&self) -> Result<bool, PosError> {
         let store = self.store.clone();
-        let info = self.read(move |r| Ok(r.store_info(&store)?)).await?;
-        Ok(info.is_none_or(|i| i.mode == StoreMode::Hosted))
+        self.read(move |r| is_hosted(r, &store)).await
     }
 
     /// The facts about `skus` and `member`: from the replica, or for a hosted store from HQ
     /// (then remembered), or from the cache when HQ cannot be reached.
     async fn facts(&self, skus: Vec<Sku>, member: Option<MemberId>) -> Result<Facts, PosError> {
-        if !self.hosted().await? {
-            let (store, region) = (self.store.clone(), self.region.clone());
-            return self
-                .read(move |r| {
-                    let skus = r.sku_facts(&store, &region, &skus)?;
-                    let member = member.map(|m| r.member_facts(&m)).transpose()?;
-                    Ok(Facts {
-                        skus: skus.into_iter().map(|f| (f.sku.clone(), f)).collect(),
-                        member,
-                        source: Source::Replica,
-                        t_ms: pricing_time(r),
-                    })
-                })
-                .await;
+        let (store, region) = (self.store.clone(), self.region.clone());
+        let (skus_again, member_again) = (skus.clone(), member.clone());
+        let local = self
+            .read(move |r| {
+                if is_hosted(r, &store)? {
+                    return Ok(None);
+                }
+                local_facts(r, &store, &region, &skus_again, member_again.as_ref()).map(Some)
+            })
+            .await?;
+        match local {
+            Some(facts) => Ok(facts),
+            None => self.hosted_facts(skus, member).await,
         }
+    }
+
+    /// Runs `f` on the replica thread with the facts about `skus` and `member`, then wakes the
+    /// link: one trip to the replica thread when the facts are local (realtime, batch), a lookup
+    /// first when the store is hosted.
+    async fn write_with_facts<R: Send + 'static, F>(
+        &self,
+        skus: Vec<Sku>,
+        member: Option<MemberId>,
+        f: F,
+    ) -> Result<R, PosError>
+    where
+        F: FnOnce(&mut Replica, Facts) -> Result<R, PosError> + Send + 'static,
+    {
+        let (store, region) = (self.store.clone(), self.region.clone());
+        let (skus_again, member_again) = (skus.clone(), member.clone());
+        let done = self
+            .replica
+            .call(move |r| -> Result<Result<R, F>, PosError> {
+                if is_hosted(r, &store)? {
+                    return Ok(Err(f));
+                }
+                let facts = local_facts(r, &store, &region, &skus_again, member_again.as_ref())?;
+                f(r, facts).map(Ok)
+            })
+            .await??;
+        let result = match done {
+            Ok(result) => result,
+            Err(f) => {
+                let facts = self.hosted_facts(skus, member).await?;
+                self.replica.call(move |r| f(r, facts)).await??
+            }
+        };
+        self.local_commits.notify_one();
+        Ok(result)
+    }
+
+    /// A hosted store's facts: from HQ (then remembered), or from the cache.
+    async fn hosted_facts(
+        &self,
+        skus: Vec<Sku>,
+        member: Option<MemberId>,
+    ) -> Result<Facts, PosError> {
         match self.ask_hq(&skus, member.as_ref()).await {
             Ok(facts) => {
                 let skus: Vec<SkuFacts> = facts.skus.values().cloned().collect();
@@ -377,6 +418,31 @@ impl PosState {
         })
         .await
     }
+}
+
+/// Whether this store is hosted (also while its directory entry has not arrived yet: then HQ is
+/// the only one who knows anything).
+fn is_hosted(r: &Replica, store: &NodeId) -> Result<bool, PosError> {
+    Ok(r.store_info(store)?
+        .is_none_or(|i| i.mode == StoreMode::Hosted))
+}
+
+/// Facts from this store's own replica.
+fn local_facts(
+    r: &Replica,
+    store: &NodeId,
+    region: &RegionId,
+    skus: &[Sku],
+    member: Option<&MemberId>,
+) -> Result<Facts, PosError> {
+    let skus = r.sku_facts(store, region, skus)?;
+    let member = member.map(|m| r.member_facts(m)).transpose()?;
+    Ok(Facts {
+        skus: skus.into_iter().map(|f| (f.sku.clone(), f)).collect(),
+        member,
+        source: Source::Replica,
+        t_ms: pricing_time(r),
+    })
 }
 
 /// See [`Facts::t_ms`].
@@ -519,9 +585,9 @@ async fn record_sale(
         .as_deref()
         .map(|m| parse::<MemberId>("member", m))
         .transpose()?;
-    let facts = state.facts(line_skus(&req.lines)?, None).await?;
+    let skus = line_skus(&req.lines)?;
     let (status, receipt) = state
-        .write(move |r| {
+        .write_with_facts(skus, None, move |r, facts| {
             let id = match &req.receipt_no {
                 Some(no) => parse::<RecordId>("receipt_no", &format!("{store}-P{no}"))?,
                 None => minted(&store, "R", next_seq(r, Topic::Sales)?)?,
@@ -592,9 +658,9 @@ async fn record_return(
 ) -> PosResult {
     let Json(req) = body?;
     let (store, region) = (state.store.clone(), state.region.clone());
-    let facts = state.facts(line_skus(&req.lines)?, None).await?;
+    let skus = line_skus(&req.lines)?;
     let answer = state
-        .write(move |r| {
+        .write_with_facts(skus, None, move |r, facts| {
             let original: RecordId = parse("original", &req.original)?;
             let lines = check_lines(&facts, req.lines, false, &store, &region)?;
             let refund: i64 = lines.iter().map(ReceiptLine::amount_cents).sum();
@@ -993,12 +1059,11 @@ async fn movement(state: PosState, req: MovementRequest, op: MovementOp) -> PosR
         return Err(PosError::invalid("reference is longer than 200 characters"));
     }
     let store = state.store.clone();
-    let facts = state.facts(vec![sku.clone()], None).await?;
-    if facts.skus.get(&sku).is_none_or(|f| f.product.is_none()) {
-        return Err(PosError::invalid(format!("unknown sku {sku}")));
-    }
     let answer = state
-        .write(move |r| {
+        .write_with_facts(vec![sku.clone()], None, move |r, facts| {
+            if facts.skus.get(&sku).is_none_or(|f| f.product.is_none()) {
+                return Err(PosError::invalid(format!("unknown sku {sku}")));
+            }
             let current = r.stock_of(&store, &sku)?;
             let (kind, delta) = match op {
                 MovementOp::Received if req.qty > 0 => (MovementKind::Received, req.qty),

@@ -121,9 +121,9 @@ fn three_stores_two_regions_sales_up_prices_down_members_everywhere() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = agents[0].send("POST", "/v1/members/M42/points", &json!({ "change": 30 }));
     assert_eq!(status, 201, "{body}");
-    wait_until(WAIT, "the member at S003", || {
+    wait_until(WAIT, "the member and the points at S003", || {
         let (status, body) = agents[2].get("/v1/members/M42");
-        (status == 200 && body["profile"]["name"] == "Ada").then_some(())
+        (status == 200 && body["profile"]["name"] == "Ada" && body["points"] == 30).then_some(())
     });
     let (status, body) = agents[2].send("POST", "/v1/members/M42/points", &json!({ "change": 12 }));
     assert_eq!(
