@@ -142,10 +142,7 @@ impl AgentDir {
         );
         write_secret(&self.path("agent.toml"), text.as_bytes())?;
         let state = self.load()?;
-        // Nothing is written until HQ has said how far it holds this store's own streams (on
-        // the first connection, or in its first bundle): a store replaced after its machine
-        // died must restore what it sold before, not start its streams over.
-        self.open_replica(&state)?.await_hub_heads()?;
+        self.open_replica(&state)?;
         Ok(())
     }
 
@@ -190,17 +187,24 @@ impl AgentDir {
     }
 
     /// Opens the store's replica.
+    ///
+    /// A database that does not exist yet is created waiting for HQ's first word: nothing is
+    /// written until HQ has said how far it holds this store's own streams (on the first
+    /// connection, or in its first bundle). For a new store that is a formality; for one whose
+    /// database was lost, or that was replaced after its machine died, it is what keeps the
+    /// store from starting its streams over instead of restoring what it sold before.
     pub fn open_replica(&self, state: &AgentState) -> Result<Replica> {
         let identity = Identity {
             node: state.config.store.clone(),
             key: state.key.clone(),
         };
-        Replica::open(
-            &self.path("store.db"),
-            identity,
-            state.hq_key,
-            Durability::Full,
-        )
-        .with_context(|| format!("opening {}/store.db", self.root.display()))
+        let path = self.path("store.db");
+        let fresh = !path.exists();
+        let mut replica = Replica::open(&path, identity, state.hq_key, Durability::Full)
+            .with_context(|| format!("opening {}/store.db", self.root.display()))?;
+        if fresh {
+            replica.await_hub_heads()?;
+        }
+        Ok(replica)
     }
 }

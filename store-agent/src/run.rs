@@ -22,15 +22,13 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
     // `init` creates the database; missing now, it was lost (a disk replaced, a file deleted),
     // and what this store sold before may be at HQ: no write until HQ has said how far it holds
     // the store's own streams, and those are restored first.
-    let lost = !dir.root.join("store.db").exists();
-    let mut replica = dir.open_replica(&state)?;
-    if lost {
+    if !dir.root.join("store.db").exists() {
         tracing::warn!(
             "store.db was missing: created afresh; sales wait until HQ has said what it holds of \
              this store, and its history is restored from HQ"
         );
-        replica.await_hub_heads()?;
     }
+    let replica = dir.open_replica(&state)?;
     let (handle, thread) = ReplicaHandle::spawn(replica)?;
     let (status, link_status) = watch::channel(LinkStatus::default());
     let local_commits = Arc::new(Notify::new());

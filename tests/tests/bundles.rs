@@ -503,3 +503,112 @@ fn a_store_enrolled_offline_works_by_bundles_alone() {
         (agent.get("/v1/sync").1["outbox"]["sales"] == 0).then_some(())
     });
 }
+
+// A store with no line whose database is lost gets its history back by bundles: HQ's next bundle
+// tells it how far HQ holds its streams (writes wait), the store's bundle then asks for
+// everything, HQ's answer carries its own streams with the rest, and it sells on from there.
+#[test]
+fn a_store_with_no_line_restores_a_lost_database_by_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let hq = Hq::init(d);
+    hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    let provision = path(d, "S001.provision");
+    hq.cli_ok(&[
+        "store",
+        "add",
+        "--id",
+        "S001",
+        "--name",
+        "Island",
+        "--region",
+        "north",
+        "--mode",
+        "batch",
+        "--offline",
+        "--out",
+        &provision.to_string_lossy(),
+    ]);
+    let agent = Agent::init(d, "S001", &provision).unwrap();
+    let mut hop = 0;
+    let mut hq_to_store = |agent: &Agent| {
+        hop += 1;
+        let file = path(d, &format!("hq-to-S001-{hop}.csb"));
+        hq.cli_ok(&[
+            "bundle",
+            "export",
+            "--id",
+            "S001",
+            "--out",
+            &file.to_string_lossy(),
+        ]);
+        ok(agent_cli(
+            agent,
+            &["import", "--file", &file.to_string_lossy()],
+        ))
+    };
+    let store_to_hq = |agent: &Agent, name: &str| {
+        let file = path(d, name);
+        ok(agent_cli(
+            agent,
+            &["export", "--out", &file.to_string_lossy()],
+        ));
+        hq.cli_ok(&["bundle", "import", "--file", &file.to_string_lossy()])
+    };
+    let sale = |agent: &Agent, no: &str| {
+        agent.send(
+            "POST",
+            "/v1/sales",
+            &json!({ "receipt_no": no, "lines": [{ "sku": "cola", "qty": 1 }] }),
+        )
+    };
+
+    hq_to_store(&agent);
+    {
+        let _proc = agent.start();
+        for no in ["1", "2"] {
+            assert_eq!(sale(&agent, no).0, 201);
+        }
+    }
+    store_to_hq(&agent, "S001-to-hq-1.csb");
+    hq_to_store(&agent);
+
+    // The database is lost. HQ's next bundle says what HQ holds of the store: writes wait.
+    for file in ["store.db", "store.db-wal", "store.db-shm"] {
+        let _ = std::fs::remove_file(agent.data.join(file));
+    }
+    hq_to_store(&agent);
+    {
+        let _proc = agent.start();
+        let (status, body) = sale(&agent, "3");
+        assert_eq!(
+            status, 503,
+            "nothing sold before the history is back: {body}"
+        );
+    }
+    // The store asks for everything; HQ's answer restores it.
+    store_to_hq(&agent, "S001-to-hq-2.csb");
+    hq_to_store(&agent);
+    let _proc = agent.start();
+    let (status, body) = sale(&agent, "3");
+    assert_eq!((status, &body["seq"]), (201, &json!(3)), "{body}");
+    assert_eq!(
+        sale(&agent, "2").1["duplicate"],
+        true,
+        "receipt 2 is known again"
+    );
+    store_to_hq(&agent, "S001-to-hq-3.csb");
+    let replica = hq.replica();
+    let s1 = NodeId::new("S001").unwrap();
+    assert_eq!(replica.receipt_ids(&s1).unwrap().len(), 3);
+    assert!(
+        replica
+            .stream_status()
+            .unwrap()
+            .iter()
+            .all(|s| s.halted_reason.is_none()),
+        "no stream forked at HQ"
+    );
+    assert_eq!(replica.stock_of(&s1, &"cola".parse().unwrap()).unwrap(), -3);
+}

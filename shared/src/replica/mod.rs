@@ -613,6 +613,10 @@ impl Replica {
         now_ms: u64,
     ) -> Result<(), ReplicaError> {
         let tx = self.conn.transaction()?;
+        // The cursors are the whole of what the node holds: a stream it no longer lists (its
+        // database was lost or restored from an older copy) is one it holds nothing of.
+        tx.prepare_cached("DELETE FROM peer_cursors WHERE node = ?1")?
+            .execute(params![node.as_str()])?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO peer_cursors (node, stream, seq, seen_ms)
