@@ -23,15 +23,12 @@
 
 use chainsync::ids::NodeId;
 use chainsync::replica::PendingStore;
-use chainsync::transport::leaf::{HqAddress, enroll};
-use chainsync::transport::provision::Provisioning;
-use chainsync_tests::e2e::{free_tcp_port, free_udp_port, http};
+use chainsync_tests::e2e::{enroll_in_process, free_tcp_port, free_udp_port, http};
 use hq_server::config::{HqConfig, HqDir};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use store_agent::config::AgentDir;
 
 const PRICE_ROUNDS: usize = 5;
 const SALES_PER_AGENT: usize = 20;
@@ -125,33 +122,14 @@ fn main() {
     );
 
     // Agents: enroll each through the real path, then run them all.
-    let hq_address = HqAddress {
-        addr: quic,
-        cert_der: state.cert.cert_der.clone(),
-    };
     let setup = Instant::now();
     let mut fleet = Vec::new();
     let mut tasks = Vec::new();
     for (store, token) in &tokens {
-        let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
-        let region = runtime
-            .block_on(enroll(&hq_address, &store.id, token, &key))
-            .expect("enroll");
-        let provisioning = Provisioning {
-            store: store.id.clone(),
-            hq_addr: quic,
-            hq_cert: hex::encode(&state.cert.cert_der),
-            hq_public_key: hex::encode(state.key.verifying_key().to_bytes()),
-            token: token.clone(),
-            store_key: None,
-            region: None,
-        };
-        let pos: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
-        let agent_dir = AgentDir::new(&dir.path().join(store.id.as_str()));
-        agent_dir
-            .create(&provisioning, region, &key, pos)
-            .expect("agent dir");
-        let pos_token = agent_dir.load().expect("agent load").config.pos_token;
+        let (agent_dir, _key) =
+            enroll_in_process(&runtime, &state, quic, &store.id, token, dir.path());
+        let loaded = agent_dir.load().expect("agent load");
+        let (pos, pos_token) = (loaded.config.pos_listen, loaded.config.pos_token);
         let shutdown = shutdown.clone();
         tasks.push(runtime.spawn(async move { store_agent::run::run(&agent_dir, shutdown).await }));
         fleet.push(FleetAgent {

@@ -28,9 +28,7 @@ use chainsync::hlc::Hlc;
 use chainsync::ids::{NodeId, RecordId, Scope, StreamId, Topic};
 use chainsync::model::{MemberEdit, PriceEntry, PriceKind, Product, ProfileField, StoreMode};
 use chainsync::replica::{Durability, Identity, PendingStore, Replica};
-use chainsync::transport::leaf::{HqAddress, enroll};
-use chainsync::transport::provision::Provisioning;
-use chainsync_tests::e2e::{free_tcp_port, free_udp_port};
+use chainsync_tests::e2e::{enroll_in_process, free_tcp_port, free_udp_port};
 use hq_server::config::{HqConfig, HqDir};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -142,10 +140,6 @@ fn main() {
         let hq_dir = hq_dir.clone();
         runtime.spawn(async move { hq_server::serve::serve(&hq_dir, hq_shutdown).await })
     };
-    let hq_address = HqAddress {
-        addr: quic,
-        cert_der: hq_state.cert.cert_der.clone(),
-    };
     wait_for("HQ to listen", || {
         std::net::TcpStream::connect(api).ok().map(|_| ())
     });
@@ -155,25 +149,7 @@ fn main() {
     let agents: Vec<(AgentDir, ed25519_dalek::SigningKey)> = stores
         .iter()
         .map(|(store, token)| {
-            let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
-            let region = runtime
-                .block_on(enroll(&hq_address, &store.id, token, &key))
-                .expect("enroll");
-            let provisioning = Provisioning {
-                store: store.id.clone(),
-                hq_addr: quic,
-                hq_cert: hex::encode(&hq_state.cert.cert_der),
-                hq_public_key: hex::encode(hq_state.key.verifying_key().to_bytes()),
-                token: token.clone(),
-                store_key: None,
-                region: None,
-            };
-            let pos: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
-            let agent_dir = AgentDir::new(&dir.path().join(store.id.as_str()));
-            agent_dir
-                .create(&provisioning, region, &key, pos)
-                .expect("agent dir");
-            (agent_dir, key)
+            enroll_in_process(&runtime, &hq_state, quic, &store.id, token, dir.path())
         })
         .collect();
 

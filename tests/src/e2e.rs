@@ -364,3 +364,44 @@ impl Agent {
 }
 
 pub use hq_server::demo::http_request as http;
+
+/// Enrolls `store` at the HQ of `hq` (running in this process, listening on `quic`) through the
+/// real enrollment path and creates its agent folder under `root`, with a free POS port. For
+/// benchmarks that run HQ and agents in one process.
+pub fn enroll_in_process(
+    runtime: &tokio::runtime::Runtime,
+    hq: &hq_server::config::HqState,
+    quic: SocketAddr,
+    store: &chainsync::ids::NodeId,
+    token: &str,
+    root: &Path,
+) -> (store_agent::config::AgentDir, ed25519_dalek::SigningKey) {
+    let hq_address = chainsync::transport::leaf::HqAddress {
+        addr: quic,
+        cert_der: hq.cert.cert_der.clone(),
+    };
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
+    let region = runtime
+        .block_on(chainsync::transport::leaf::enroll(
+            &hq_address,
+            store,
+            token,
+            &key,
+        ))
+        .expect("enroll");
+    let provisioning = chainsync::transport::provision::Provisioning {
+        store: store.clone(),
+        hq_addr: quic,
+        hq_cert: hex::encode(&hq.cert.cert_der),
+        hq_public_key: hex::encode(hq.key.verifying_key().to_bytes()),
+        token: token.to_owned(),
+        store_key: None,
+        region: None,
+    };
+    let pos: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
+    let agent_dir = store_agent::config::AgentDir::new(&root.join(store.as_str()));
+    agent_dir
+        .create(&provisioning, region, &key, pos)
+        .expect("agent dir");
+    (agent_dir, key)
+}
