@@ -58,29 +58,9 @@ pub fn parse_cents(text: &str) -> Result<i64> {
 pub fn add_store(dir: &HqDir, store: PendingStore, out: &Path, offline: bool) -> Result<()> {
     let state = dir.load()?;
     let mut replica = dir.open_replica(&state.key)?;
-    let mut token_bytes = [0u8; 24];
-    rand::fill(&mut token_bytes);
-    let token = hex::encode(token_bytes);
+    let token = new_token();
     replica.add_store(&store, &token, now_ms())?;
-    let mut provisioning = Provisioning {
-        store: store.id.clone(),
-        hq_addr: state.config.public_addr,
-        hq_cert: hex::encode(&state.cert.cert_der),
-        hq_public_key: hex::encode(state.key.verifying_key().to_bytes()),
-        token: token.clone(),
-        store_key: None,
-        region: None,
-    };
-    if offline {
-        // HQ enrolls the store itself with a key it makes for it; the file carries the key.
-        let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
-        let info = replica
-            .enroll(&store.id, &token, key.verifying_key().to_bytes(), now_ms())?
-            .map_err(|e| anyhow::anyhow!("enrolling {} offline: {e}", store.id))?;
-        provisioning.store_key = Some(hex::encode(key.to_bytes()));
-        provisioning.region = Some(info.region);
-    }
-    chainsync::transport::keyfile::write_secret(out, provisioning.to_toml()?.as_bytes())?;
+    write_provisioning(&state, &mut replica, &store.id, token, offline, out)?;
     if offline {
         println!(
             "enrolled store {} offline: {} holds its key; bring it to the store with a bundle \
@@ -106,34 +86,58 @@ pub fn add_store(dir: &HqDir, store: PendingStore, out: &Path, offline: bool) ->
 pub fn replace_store(dir: &HqDir, id: &NodeId, out: &Path, offline: bool) -> Result<()> {
     let state = dir.load()?;
     let mut replica = dir.open_replica(&state.key)?;
-    let mut token_bytes = [0u8; 24];
-    rand::fill(&mut token_bytes);
-    let token = hex::encode(token_bytes);
+    let token = new_token();
     let info = replica.replace_store(id, &token, now_ms())?;
-    let mut provisioning = Provisioning {
-        store: id.clone(),
-        hq_addr: state.config.public_addr,
-        hq_cert: hex::encode(&state.cert.cert_der),
-        hq_public_key: hex::encode(state.key.verifying_key().to_bytes()),
-        token: token.clone(),
-        store_key: None,
-        region: None,
-    };
-    if offline {
-        let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
-        replica
-            .enroll(id, &token, key.verifying_key().to_bytes(), now_ms())?
-            .map_err(|e| anyhow::anyhow!("enrolling {id} offline: {e}"))?;
-        provisioning.store_key = Some(hex::encode(key.to_bytes()));
-        provisioning.region = Some(info.region.clone());
-    }
-    chainsync::transport::keyfile::write_secret(out, provisioning.to_toml()?.as_bytes())?;
+    write_provisioning(&state, &mut replica, id, token, offline, out)?;
     println!(
         "store {id} ({}) can be set up again from {}: its new key takes over when it enrolls, and \
          it restores what it sold before from HQ",
         info.name,
         out.display()
     );
+    Ok(())
+}
+
+/// A fresh one-time enrollment token.
+fn new_token() -> String {
+    let mut token_bytes = [0u8; 24];
+    rand::fill(&mut token_bytes);
+    hex::encode(token_bytes)
+}
+
+/// Writes the provisioning file for `store` with its one-time `token`. Offline, HQ enrolls the
+/// store itself with a key it makes for it, and the file carries that key and the region.
+fn write_provisioning(
+    state: &crate::config::HqState,
+    replica: &mut chainsync::replica::Replica,
+    store: &NodeId,
+    token: String,
+    offline: bool,
+    out: &Path,
+) -> Result<()> {
+    let mut provisioning = Provisioning {
+        store: store.clone(),
+        hq_addr: state.config.public_addr,
+        hq_cert: hex::encode(&state.cert.cert_der),
+        hq_public_key: hex::encode(state.key.verifying_key().to_bytes()),
+        token,
+        store_key: None,
+        region: None,
+    };
+    if offline {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
+        let info = replica
+            .enroll(
+                store,
+                &provisioning.token,
+                key.verifying_key().to_bytes(),
+                now_ms(),
+            )?
+            .map_err(|e| anyhow::anyhow!("enrolling {store} offline: {e}"))?;
+        provisioning.store_key = Some(hex::encode(key.to_bytes()));
+        provisioning.region = Some(info.region);
+    }
+    chainsync::transport::keyfile::write_secret(out, provisioning.to_toml()?.as_bytes())?;
     Ok(())
 }
 

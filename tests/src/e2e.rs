@@ -212,20 +212,21 @@ impl Hq {
 
     /// Registers a store and returns its provisioning file.
     pub fn add_store(&self, id: &str, region: &str) -> PathBuf {
+        self.add_store_with(id, region, &[]).0
+    }
+
+    /// Registers a store with more `store add` flags (`--mode batch`, `--offline`); returns its
+    /// provisioning file and what the command printed.
+    pub fn add_store_with(&self, id: &str, region: &str, flags: &[&str]) -> (PathBuf, String) {
         let out = self.data.join(format!("{id}.provision"));
-        self.cli_ok(&[
-            "store",
-            "add",
-            "--id",
-            id,
-            "--name",
-            &format!("Store {id}"),
-            "--region",
-            region,
-            "--out",
-            &out.to_string_lossy(),
-        ]);
-        out
+        let name = format!("Store {id}");
+        let out_text = out.to_string_lossy().into_owned();
+        let mut args = vec![
+            "store", "add", "--id", id, "--name", &name, "--region", region, "--out", &out_text,
+        ];
+        args.extend_from_slice(flags);
+        let said = self.cli_ok(&args);
+        (out, said)
     }
 
     /// Creates an HQ API token for `role` (admin, readonly, regional:<region>).

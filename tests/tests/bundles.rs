@@ -48,24 +48,8 @@ fn bundles_round_trip_without_a_network_and_bad_ones_are_refused_whole() {
     let hq = Hq::init(d);
     hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
     hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
-    let out1 = path(d, "S001.provision");
-    let out2 = path(d, "S002.provision");
-    for (id, out) in [("S001", &out1), ("S002", &out2)] {
-        hq.cli_ok(&[
-            "store",
-            "add",
-            "--id",
-            id,
-            "--name",
-            id,
-            "--region",
-            "north",
-            "--mode",
-            "batch",
-            "--out",
-            &out.to_string_lossy(),
-        ]);
-    }
+    let (out1, _) = hq.add_store_with("S001", "north", &["--mode", "batch"]);
+    let (out2, _) = hq.add_store_with("S002", "north", &["--mode", "batch"]);
     let (agent, _other) = {
         let _serve = hq.start(); // enrollment needs HQ once; from here on there is no network
         (
@@ -306,21 +290,7 @@ fn watched_bundle_folders_carry_a_store_without_a_network() {
     let hq = Hq::init_with(d, &["--bundle-folder", &hq_bundles.to_string_lossy()]);
     hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
     hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
-    let out = path(d, "S001.provision");
-    hq.cli_ok(&[
-        "store",
-        "add",
-        "--id",
-        "S001",
-        "--name",
-        "Island",
-        "--region",
-        "north",
-        "--mode",
-        "batch",
-        "--out",
-        &out.to_string_lossy(),
-    ]);
+    let (out, _) = hq.add_store_with("S001", "north", &["--mode", "batch"]);
     let _serve = hq.start();
     let agent = Agent::init(d, "S001", &out).unwrap();
     // From here on the store has no network: its HQ address leads nowhere.
@@ -405,22 +375,7 @@ fn a_store_enrolled_offline_works_by_bundles_alone() {
     let hq = Hq::init(d);
     hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
     hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
-    let provision = path(d, "S001.provision");
-    let said = hq.cli_ok(&[
-        "store",
-        "add",
-        "--id",
-        "S001",
-        "--name",
-        "Island kiosk",
-        "--region",
-        "north",
-        "--mode",
-        "batch",
-        "--offline",
-        "--out",
-        &provision.to_string_lossy(),
-    ]);
+    let (provision, said) = hq.add_store_with("S001", "north", &["--mode", "batch", "--offline"]);
     assert!(said.contains("enrolled store S001 offline"), "{said}");
 
     // A provisioning file whose key was cut short is refused with the field named.
@@ -514,22 +469,7 @@ fn a_store_with_no_line_restores_a_lost_database_by_bundles() {
     let hq = Hq::init(d);
     hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
     hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
-    let provision = path(d, "S001.provision");
-    hq.cli_ok(&[
-        "store",
-        "add",
-        "--id",
-        "S001",
-        "--name",
-        "Island",
-        "--region",
-        "north",
-        "--mode",
-        "batch",
-        "--offline",
-        "--out",
-        &provision.to_string_lossy(),
-    ]);
+    let (provision, _) = hq.add_store_with("S001", "north", &["--mode", "batch", "--offline"]);
     let agent = Agent::init(d, "S001", &provision).unwrap();
     let mut hop = 0;
     let mut hq_to_store = |agent: &Agent| {

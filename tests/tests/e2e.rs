@@ -533,21 +533,7 @@ fn csv_import_export_and_regional_promotions() {
 fn a_batch_store_exchanges_on_request_and_follows_a_switch_to_realtime() {
     let dir = tempfile::tempdir().unwrap();
     let hq = setup(dir.path());
-    let out = dir.path().join("S001.provision");
-    hq.cli_ok(&[
-        "store",
-        "add",
-        "--id",
-        "S001",
-        "--name",
-        "Kiosk",
-        "--region",
-        "north",
-        "--mode",
-        "batch",
-        "--out",
-        &out.to_string_lossy(),
-    ]);
+    let (out, _) = hq.add_store_with("S001", "north", &["--mode", "batch"]);
     let _hq = hq.start();
     let agent = Agent::init(dir.path(), "S001", &out).unwrap();
     let _proc = agent.start();
@@ -610,21 +596,7 @@ fn a_batch_store_exchanges_on_request_and_follows_a_switch_to_realtime() {
 fn a_batch_store_keeps_to_its_daily_window() {
     let dir = tempfile::tempdir().unwrap();
     let hq = setup(dir.path());
-    let out = dir.path().join("S001.provision");
-    hq.cli_ok(&[
-        "store",
-        "add",
-        "--id",
-        "S001",
-        "--name",
-        "Night owl",
-        "--region",
-        "north",
-        "--mode",
-        "batch",
-        "--out",
-        &out.to_string_lossy(),
-    ]);
+    let (out, _) = hq.add_store_with("S001", "north", &["--mode", "batch"]);
     let _hq = hq.start();
     let agent = Agent::init(dir.path(), "S001", &out).unwrap();
     let config = agent.data.join("agent.toml");

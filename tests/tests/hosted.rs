@@ -50,21 +50,7 @@ fn a_hosted_store_reads_through_to_hq_sells_offline_and_drains_its_journal_once(
     }
     hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
     hq.cli_ok(&["price", "set", "--sku", "chips", "--price", "2.49"]);
-    let provision = dir.path().join("S001.provision");
-    hq.cli_ok(&[
-        "store",
-        "add",
-        "--id",
-        "S001",
-        "--name",
-        "Kiosk",
-        "--region",
-        "north",
-        "--mode",
-        "hosted",
-        "--out",
-        &provision.to_string_lossy(),
-    ]);
+    let (provision, _) = hq.add_store_with("S001", "north", &["--mode", "hosted"]);
     let hq_proc = hq.start();
     let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
     let agent_proc = agent.start();

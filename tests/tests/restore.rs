@@ -3,7 +3,7 @@
 //! own history from HQ's signed snapshots, and goes on from there without forking its streams.
 
 use chainsync::ids::NodeId;
-use chainsync_tests::e2e::{Agent, Hq, wait_until};
+use chainsync_tests::e2e::{Agent, Hq, Proc, wait_until};
 use serde_json::json;
 use std::time::Duration;
 
@@ -17,15 +17,14 @@ fn sale(agent: &Agent, receipt_no: &str) -> (u16, serde_json::Value) {
     )
 }
 
-#[test]
-fn a_store_that_lost_its_database_restores_its_history_from_hq_before_selling() {
-    let dir = tempfile::tempdir().unwrap();
-    let hq = Hq::init(dir.path());
+/// HQ and S001 running, S001 with three sales and 25 points for M1, all of it at HQ.
+fn store_with_history(root: &std::path::Path) -> (Hq, Proc, Agent, Proc) {
+    let hq = Hq::init(root);
     hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
     hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
     let provision = hq.add_store("S001", "north");
     let hq_proc = hq.start();
-    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    let agent = Agent::init(root, "S001", &provision).unwrap();
     let proc = agent.start();
     wait_until(WAIT, "the catalog", || {
         (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
@@ -35,6 +34,17 @@ fn a_store_that_lost_its_database_restores_its_history_from_hq_before_selling() 
     }
     let (status, body) = agent.send("POST", "/v1/members/M1/points", &json!({ "change": 25 }));
     assert_eq!(status, 201, "{body}");
+    wait_until(WAIT, "everything at HQ", || {
+        let sync = agent.get("/v1/sync").1;
+        (sync["outbox"]["sales"] == 0 && sync["outbox"]["members"] == 0).then_some(())
+    });
+    (hq, hq_proc, agent, proc)
+}
+
+#[test]
+fn a_store_that_lost_its_database_restores_its_history_from_hq_before_selling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hq, hq_proc, agent, proc) = store_with_history(dir.path());
     let replica = hq.replica();
     let s1 = NodeId::new("S001").unwrap();
     wait_until(WAIT, "the sales at HQ", || {
@@ -100,25 +110,7 @@ fn a_store_that_lost_its_database_restores_its_history_from_hq_before_selling() 
 #[test]
 fn a_store_replaced_after_losing_its_key_continues_its_history_under_a_new_key() {
     let dir = tempfile::tempdir().unwrap();
-    let hq = Hq::init(dir.path());
-    hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
-    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
-    let provision = hq.add_store("S001", "north");
-    let _hq_proc = hq.start();
-    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
-    let proc = agent.start();
-    wait_until(WAIT, "the catalog", || {
-        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
-    });
-    for n in 1..=3 {
-        assert_eq!(sale(&agent, &n.to_string()).0, 201);
-    }
-    let (status, body) = agent.send("POST", "/v1/members/M1/points", &json!({ "change": 25 }));
-    assert_eq!(status, 201, "{body}");
-    wait_until(WAIT, "everything at HQ", || {
-        let sync = agent.get("/v1/sync").1;
-        (sync["outbox"]["sales"] == 0 && sync["outbox"]["members"] == 0).then_some(())
-    });
+    let (hq, _hq_proc, agent, proc) = store_with_history(dir.path());
 
     // The machine dies, key and all; HQ issues a replacement and the store is set up again.
     proc.kill9();
