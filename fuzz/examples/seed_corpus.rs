@@ -11,7 +11,8 @@ use chainsync::hlc::Hlc;
 use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Scope, Sku, StreamId, Topic};
 use chainsync::model::{
     LedgerAccount, LedgerEntry, LedgerKind, MemberEdit, MovementKind, Payment, PaymentMethod,
-    PriceEntry, PriceKind, Product, ProfileField, Promotion, PromotionRule, Receipt, ReceiptLine,
+    ALL_DAYS, Combination, PriceEntry, PriceKind, Product, ProfileField, Promotion, PromotionRule,
+    Receipt, ReceiptLine,
     Region, ReturnRecord, StockMovement, StoreInfo, StoreMode, Void,
 };
 use chainsync::protocol::encode_frame;
@@ -58,12 +59,7 @@ fn change_set(
 }
 
 fn receipt(store: &str, n: u32) -> Res<Op> {
-    let lines = vec![ReceiptLine {
-        sku: sku("A1")?,
-        qty: 2,
-        unit_price_cents: 150,
-        discount_cents: 0,
-    }];
+    let lines = vec![ReceiptLine::plain(sku("A1")?, 2, 150)];
     Ok(Op::Receipt(Receipt {
         id: rec(&format!("{store}-{n}"))?,
         store: node(store)?,
@@ -112,11 +108,12 @@ fn change_sets() -> Res<Vec<SignedChangeSet>> {
                     store: node("S001")?,
                     original: rec("S005-9")?,
                     at_ms: 5,
-                    lines: vec![],
+                    lines: vec![ReceiptLine::plain(sku("A1")?, 1, 100)],
                     refunds: vec![Payment {
                         method: PaymentMethod::Cash,
                         amount_cents: 100,
                     }],
+                    unverified: true,
                 }),
                 Op::Void(Void {
                     id: rec("S001-V1")?,
@@ -146,6 +143,8 @@ fn change_sets() -> Res<Vec<SignedChangeSet>> {
                     public_key: key("S003").verifying_key().to_bytes(),
                     may_set_own_prices: true,
                     revoked: false,
+                    retired_keys: vec![],
+                    time_zone: "Europe/Paris".into(),
                 }),
                 Op::StoreUpsert(StoreInfo {
                     id: node("S004")?,
@@ -155,6 +154,8 @@ fn change_sets() -> Res<Vec<SignedChangeSet>> {
                     public_key: [0xff; 32],
                     may_set_own_prices: false,
                     revoked: true,
+                    retired_keys: vec![],
+                    time_zone: "UTC".into(),
                 }),
             ],
         )?,
@@ -229,14 +230,25 @@ fn change_sets() -> Res<Vec<SignedChangeSet>> {
                     id: rec("hq-PR1")?,
                     name: "Two for one".into(),
                     scope: Scope::Chain,
-                    rule: PromotionRule::BuyNGetM { buy: 1, get: 1 },
+                    rule: PromotionRule::BuyNGetM {
+                        buy: 1,
+                        get: 1,
+                        across_skus: false,
+                    },
                     skus: vec![sku("A1")?],
+                    categories: vec![],
+                    mode: Combination::BestPrice,
+                    priority: 0,
                     member_only: true,
+                    member_levels: vec![],
                     birthday_only: false,
                     starts_at_ms: 0,
                     ends_at_ms: Some(100),
+                    local_dates: None,
+                    days_of_week: ALL_DAYS,
                     hours: Some((9, 17)),
                     max_units_per_receipt: Some(4),
+                    allocations: vec![],
                 }),
                 Op::PromotionRemove { id: rec("hq-PR0")? },
             ],

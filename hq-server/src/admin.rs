@@ -5,9 +5,9 @@
 use crate::config::HqDir;
 use anyhow::{Context, Result, bail};
 use chainsync::changeset::Op;
-use chainsync::ids::{NodeId, RecordId, RegionId, Scope, Sku, Topic};
-use chainsync::model::{PriceEntry, PriceKind, StoreMode};
-use chainsync::replica::PendingStore;
+use chainsync::ids::{NodeId, RegionId, Scope, Sku, Topic};
+use chainsync::model::{PriceEntry, PriceKind, Promotion, StoreMode};
+use chainsync::replica::{PendingStore, Replica};
 use chainsync::transport::now_ms;
 use chainsync::transport::provision::Provisioning;
 use std::path::Path;
@@ -287,56 +287,63 @@ pub fn add_token(dir: &HqDir, name: &str, role: &str) -> Result<String> {
     Ok(token)
 }
 
-/// What `hq-server promo add` asks for.
-pub struct PromoRequest {
-    pub id: String,
-    pub name: String,
-    pub scope: Scope,
-    pub rule: chainsync::model::PromotionRule,
-    pub skus: Vec<Sku>,
-    pub member_only: bool,
-    pub birthday_only: bool,
-    pub starts_at_ms: Option<i64>,
-    pub ends_at_ms: Option<i64>,
-    pub max_units_per_receipt: Option<u32>,
-}
-
 /// `hq-server promo add`: a promotion in its scope's stream (replacing one of the same id).
-pub fn add_promo(dir: &HqDir, req: PromoRequest) -> Result<()> {
+pub fn add_promo(dir: &HqDir, spec: crate::promo::PromotionSpec) -> Result<()> {
     let state = dir.load()?;
     let mut replica = dir.open_replica(&state.key)?;
-    let starts = req.starts_at_ms.unwrap_or(now_ms() as i64);
-    if req.ends_at_ms.is_some_and(|end| end <= starts) {
-        bail!("the promotion must end after it starts");
-    }
-    for sku in &req.skus {
-        if replica.product(sku)?.is_none() {
-            bail!("sku {sku} is not in the catalog");
-        }
-    }
-    let promo = chainsync::model::Promotion {
-        id: RecordId::new(format!("hq-{}", req.id)).context("promotion id")?,
-        name: req.name,
-        scope: req.scope.clone(),
-        rule: req.rule,
-        skus: req.skus,
-        member_only: req.member_only,
-        birthday_only: req.birthday_only,
-        starts_at_ms: starts,
-        ends_at_ms: req.ends_at_ms,
-        hours: None,
-        max_units_per_receipt: req.max_units_per_receipt,
-    };
+    let promo = crate::promo::build(&replica, spec, now_ms() as i64)?;
+    commit_promo(&mut replica, promo, "saved")
+}
+
+fn commit_promo(replica: &mut Replica, promo: Promotion, what: &str) -> Result<()> {
     let id = promo.id.clone();
     let committed = replica.commit_local(
-        Topic::Promotions(req.scope),
+        Topic::Promotions(promo.scope.clone()),
         vec![Op::PromotionUpsert(promo)],
         now_ms(),
     )?;
     println!(
-        "promotion {id} saved: {} seq {}",
+        "promotion {id} {what}: {} seq {}",
         committed.stream, committed.seq
     );
+    Ok(())
+}
+
+/// `hq-server promo end`: the promotion stops applying now (stores stop giving it as soon as
+/// they hear; it stays listed, with its figures).
+pub fn end_promo(dir: &HqDir, id: &str, scope: Scope) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let promo = crate::promo::ended(crate::promo::find(&replica, id, &scope)?, now_ms() as i64)?;
+    commit_promo(&mut replica, promo, "ended")
+}
+
+/// `hq-server promo allocate`: how many units of the promotion `store` may give in all.
+pub fn allocate_promo(
+    dir: &HqDir,
+    id: &str,
+    scope: Scope,
+    store: &NodeId,
+    units: u32,
+) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let promo = crate::promo::find(&replica, id, &scope)?;
+    let promo = crate::promo::allocated(&replica, promo, store, units)?;
+    commit_promo(
+        &mut replica,
+        promo,
+        &format!("allocated {units} units to {store}"),
+    )
+}
+
+/// `hq-server promo list`: every promotion, one JSON object a line (the rule as data).
+pub fn list_promos(dir: &HqDir) -> Result<()> {
+    let state = dir.load()?;
+    let replica = dir.open_replica(&state.key)?;
+    for p in replica.promotions()? {
+        println!("{}", crate::promo::promotion_json(&p));
+    }
     Ok(())
 }
 
@@ -344,14 +351,7 @@ pub fn add_promo(dir: &HqDir, req: PromoRequest) -> Result<()> {
 pub fn remove_promo(dir: &HqDir, id: &str, scope: Scope) -> Result<()> {
     let state = dir.load()?;
     let mut replica = dir.open_replica(&state.key)?;
-    let id = RecordId::new(format!("hq-{id}")).context("promotion id")?;
-    if !replica
-        .promotions()?
-        .iter()
-        .any(|p| p.id == id && p.scope == scope)
-    {
-        bail!("no promotion {id} in scope {scope}");
-    }
+    let id = crate::promo::find(&replica, id, &scope)?.id;
     let committed = replica.commit_local(
         Topic::Promotions(scope),
         vec![Op::PromotionRemove { id: id.clone() }],
@@ -364,40 +364,33 @@ pub fn remove_promo(dir: &HqDir, id: &str, scope: Scope) -> Result<()> {
     Ok(())
 }
 
-/// Parses a promotion rule: `percent_off:10`, `amount_off:0.50`, `fixed_price:0.99`,
-/// `buy:2:get:1`, `spend:50.00:off:5.00`.
-pub fn parse_rule(text: &str) -> Result<chainsync::model::PromotionRule> {
-    use chainsync::model::PromotionRule;
-    let parts: Vec<&str> = text.split(':').collect();
-    let rule = match parts.as_slice() {
-        ["percent_off", p] => {
-            let bp = (p.parse::<f64>().with_context(|| format!("percent `{p}`"))? * 100.0).round();
-            if !(0.0..=10_000.0).contains(&bp) {
-                bail!("percent off must be 0..=100");
-            }
-            PromotionRule::PercentOff {
-                basis_points: bp as u32,
-            }
+/// `hq-server store set`: a store's time zone and whether it may set its own prices.
+pub fn set_store(
+    dir: &HqDir,
+    store: &NodeId,
+    time_zone: Option<String>,
+    may_set_own_prices: Option<bool>,
+) -> Result<()> {
+    if let Some(tz) = &time_zone
+        && !chainsync::checkout::LocalTime::at(0, tz).1
+    {
+        bail!("time zone `{tz}` is not an IANA zone name like Europe/Paris");
+    }
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let info = replica.update_store(store, now_ms(), |info| {
+        if let Some(tz) = time_zone.clone() {
+            info.time_zone = tz;
         }
-        ["amount_off", a] => PromotionRule::AmountOff {
-            cents: parse_cents(a)?,
-        },
-        ["fixed_price", a] => PromotionRule::FixedPrice {
-            cents: parse_cents(a)?,
-        },
-        ["buy", n, "get", m] => PromotionRule::BuyNGetM {
-            buy: n.parse().with_context(|| format!("buy `{n}`"))?,
-            get: m.parse().with_context(|| format!("get `{m}`"))?,
-        },
-        ["spend", x, "off", y] => PromotionRule::SpendXGetY {
-            spend_cents: parse_cents(x)?,
-            off_cents: parse_cents(y)?,
-        },
-        _ => bail!(
-            "rule `{text}` is not percent_off:P, amount_off:A, fixed_price:A, buy:N:get:M or spend:X:off:Y"
-        ),
-    };
-    Ok(rule)
+        if let Some(may) = may_set_own_prices {
+            info.may_set_own_prices = may;
+        }
+    })?;
+    println!(
+        "store {store}: time zone {}, may set own prices: {}",
+        info.time_zone, info.may_set_own_prices
+    );
+    Ok(())
 }
 
 /// `hq-server store mode`: switches a store's mode; its agent follows at its next exchange

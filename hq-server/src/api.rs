@@ -13,7 +13,11 @@
 //! | `GET /v1/sales?store=&region=&day=YYYY-MM-DD` | receipts and takings per store and day |
 //! | `GET /v1/products`, `POST /v1/products` | the catalog |
 //! | `GET /v1/prices?sku=`, `POST /v1/prices` | price entries (now or effective at a date) |
-//! | `GET /v1/promotions`, `POST /v1/promotions` | promotions |
+//! | `GET /v1/promotions`, `POST /v1/promotions` | promotions (the rule as data) |
+//! | `POST /v1/promotions/{id}/end?scope=` | end a promotion now |
+//! | `PUT /v1/promotions/{id}/allocations?scope=` | units one store may give |
+//! | `GET /v1/reports/promotions?by=store\|region&format=csv` | units, sales, discount per promotion |
+//! | `GET /v1/reports/overrides`, `GET /v1/reports/returns` | till overrides; unverified returns, checked |
 //! | `GET /v1/members/{id}`, `PUT /v1/members/{id}` | members (HQ may set the offline allowance) |
 //!
 //! Writes are change sets of HQ's streams, committed before the answer and pushed to connected
@@ -28,10 +32,9 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use chainsync::changeset::Op;
 use chainsync::hlc::Hlc;
-use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Scope, Sku, Topic};
+use chainsync::ids::{MemberId, NodeId, RegionId, Scope, Sku, Topic};
 use chainsync::model::{
     LedgerAccount, MemberEdit, PriceEntry, PriceKind, Product, ProfileField, Promotion,
-    PromotionRule,
 };
 use chainsync::replica::{Replica, ReplicaError, StockFilter};
 use chainsync::transport::hub::Hub;
@@ -59,6 +62,15 @@ pub fn router(hub: Hub) -> Router {
         .route("/v1/products", get(products).post(add_product))
         .route("/v1/prices", get(prices).post(set_price))
         .route("/v1/promotions", get(promotions).post(add_promotion))
+        .route(
+            "/v1/promotions/{id}/end",
+            axum::routing::post(end_promotion),
+        )
+        .route(
+            "/v1/promotions/{id}/allocations",
+            axum::routing::put(allocate_promotion),
+        )
+        .route("/v1/reports/{name}", get(report))
         .route("/v1/members/{id}", get(member).put(edit_member))
         .layer(middleware::from_fn_with_state(hub.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BYTES_MAX))
@@ -506,99 +518,218 @@ async fn set_price(
     Ok((StatusCode::CREATED, Json(json!({ "id": id.as_str(), "stream": committed.stream.to_string(), "seq": committed.seq }))).into_response())
 }
 
-async fn promotions(State(hub): State<Hub>) -> ApiResult {
-    let promos = read(&hub, |r| Ok(r.promotions()?)).await?;
-    let rows: Vec<Value> = promos
-        .into_iter()
-        .map(|p| json!({ "id": p.id.as_str(), "name": p.name, "scope": p.scope.to_string(), "rule": format!("{:?}", p.rule),
-                         "skus": p.skus.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "member_only": p.member_only,
-                         "starts_at_ms": p.starts_at_ms, "ends_at_ms": p.ends_at_ms }))
-        .collect();
-    Ok(Json(json!({ "promotions": rows })).into_response())
+async fn promotions(State(hub): State<Hub>, Extension(role): Extension<Role>) -> ApiResult {
+    let promos = read(&hub, move |r| {
+        let mut out = Vec::new();
+        for p in r.promotions()? {
+            if may_read_scope(r, &role, &p.scope)? {
+                out.push(crate::promo::promotion_json(&p));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(json!({ "promotions": promos })).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "kind")]
-enum RuleRequest {
-    PercentOff { basis_points: u32 },
-    AmountOff { cents: i64 },
-    FixedPrice { cents: i64 },
-    BuyNGetM { buy: u32, get: u32 },
-    SpendXGetY { spend_cents: i64, off_cents: i64 },
+/// Whether `role` may see what is set for `scope` (a regional manager: the chain, their region
+/// and its stores).
+fn may_read_scope(r: &Replica, role: &Role, scope: &Scope) -> Result<bool, ApiError> {
+    Ok(match (role, scope) {
+        (Role::Regional(own), Scope::Region(region)) => region == own,
+        (Role::Regional(own), Scope::Store(s)) => {
+            r.store_info(s)?.is_some_and(|info| info.region == *own)
+        }
+        _ => true,
+    })
+}
+
+/// `POST /v1/promotions`: a promotion as [`crate::promo::PromotionSpec`] (the rule as data).
+async fn add_promotion(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    body: Result<Json<crate::promo::PromotionSpec>, JsonRejection>,
+) -> ApiResult {
+    let Json(spec) = body?;
+    let promo = read(&hub, move |r| {
+        let promo = crate::promo::build(r, spec, now_ms() as i64)
+            .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+        may_write_scope(r, &role, &promo.scope)?;
+        Ok(promo)
+    })
+    .await?;
+    commit_promotion(&hub, promo).await
+}
+
+async fn commit_promotion(hub: &Hub, promo: Promotion) -> ApiResult {
+    let shown = crate::promo::promotion_json(&promo);
+    let committed = hub
+        .commit_local(
+            Topic::Promotions(promo.scope.clone()),
+            vec![Op::PromotionUpsert(promo)],
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "promotion": shown, "stream": committed.stream.to_string(), "seq": committed.seq }))).into_response())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PromotionRequest {
-    id: String,
-    name: String,
-    scope: String,
-    rule: RuleRequest,
-    #[serde(default)]
-    skus: Vec<String>,
-    #[serde(default)]
-    member_only: bool,
-    #[serde(default)]
-    birthday_only: bool,
-    starts_at_ms: Option<i64>,
-    ends_at_ms: Option<i64>,
-    hours: Option<(u8, u8)>,
-    max_units_per_receipt: Option<u32>,
+struct ScopeQuery {
+    scope: Option<String>,
 }
 
-async fn add_promotion(
+/// `POST /v1/promotions/{id}/end?scope=`: the promotion stops applying now.
+async fn end_promotion(
     State(hub): State<Hub>,
     Extension(role): Extension<Role>,
-    body: Result<Json<PromotionRequest>, JsonRejection>,
+    Path(id): Path<String>,
+    q: Result<Query<ScopeQuery>, QueryRejection>,
 ) -> ApiResult {
+    let Query(q) = q?;
+    let scope: Scope = parse("scope", q.scope.as_deref().unwrap_or("chain"))?;
+    let promo = read(&hub, move |r| {
+        may_write_scope(r, &role, &scope)?;
+        let found = crate::promo::find(r, &id, &scope)
+            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("{e:#}")))?;
+        crate::promo::ended(found, now_ms() as i64)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("{e:#}")))
+    })
+    .await?;
+    commit_promotion(&hub, promo).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllocationRequest {
+    store: String,
+    units: u32,
+}
+
+/// `PUT /v1/promotions/{id}/allocations?scope=`: the units one store may give in all.
+async fn allocate_promotion(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    Path(id): Path<String>,
+    q: Result<Query<ScopeQuery>, QueryRejection>,
+    body: Result<Json<AllocationRequest>, JsonRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
     let Json(req) = body?;
-    let scope: Scope = parse("scope", &req.scope)?;
-    let id: RecordId = parse("id", &format!("hq-{}", req.id))?;
-    let rule = match req.rule {
-        RuleRequest::PercentOff { basis_points } if basis_points <= 10_000 => {
-            PromotionRule::PercentOff { basis_points }
+    let scope: Scope = parse("scope", q.scope.as_deref().unwrap_or("chain"))?;
+    let store: NodeId = parse("store", &req.store)?;
+    let promo = read(&hub, move |r| {
+        may_write_scope(r, &role, &scope)?;
+        may_write_scope(r, &role, &Scope::Store(store.clone()))?;
+        let found = crate::promo::find(r, &id, &scope)
+            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("{e:#}")))?;
+        crate::promo::allocated(r, found, &store, req.units)
+            .map_err(|e| ApiError::invalid(format!("{e:#}")))
+    })
+    .await?;
+    commit_promotion(&hub, promo).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportQuery {
+    /// `store` (default) or `region` (promotions report).
+    by: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+/// `GET /v1/reports/{promotions|overrides|returns}?by=&format=`: HQ's reports, limited to a
+/// regional manager's stores.
+async fn report(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    Path(name): Path<String>,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> ApiResult {
+    use crate::csvio::Report;
+    let Query(q) = q?;
+    let by_region = match q.by.as_deref().unwrap_or("store") {
+        "store" => false,
+        "region" => true,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "by `{other}` is neither store nor region"
+            )));
         }
-        RuleRequest::AmountOff { cents } if cents > 0 => PromotionRule::AmountOff { cents },
-        RuleRequest::FixedPrice { cents } if cents >= 0 => PromotionRule::FixedPrice { cents },
-        RuleRequest::BuyNGetM { buy, get } if buy > 0 && get > 0 => {
-            PromotionRule::BuyNGetM { buy, get }
-        }
-        RuleRequest::SpendXGetY {
-            spend_cents,
-            off_cents,
-        } if spend_cents > 0 && off_cents > 0 => PromotionRule::SpendXGetY {
-            spend_cents,
-            off_cents,
-        },
-        _ => return Err(ApiError::invalid("the rule's numbers are out of range")),
     };
-    if req.hours.is_some_and(|(from, to)| from > 23 || to > 24) {
-        return Err(ApiError::invalid("hours are 0..=24"));
+    let kind = match name.as_str() {
+        "promotions" => Report::Promotions { by_region },
+        "overrides" => Report::Overrides,
+        "returns" => Report::UnverifiedReturns,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no report `{other}` (promotions, overrides, returns)"),
+            ));
+        }
+    };
+    let csv = match q.format.as_deref().unwrap_or("json") {
+        "json" => false,
+        "csv" => true,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "format `{other}` is neither json nor csv"
+            )));
+        }
+    };
+    let (header, rows) = read(&hub, move |r| {
+        let (header, rows) = crate::csvio::report_rows(r, kind)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+        let Role::Regional(own) = &role else {
+            return Ok((header, rows));
+        };
+        // Column 1 is the store (or, by region, the region) of every report.
+        let mut mine = Vec::new();
+        for row in rows {
+            let keep = if by_region && matches!(kind, Report::Promotions { .. }) {
+                row[1] == own.as_str()
+            } else {
+                match NodeId::new(row[1].as_str()) {
+                    Ok(store) => r.store_info(&store)?.is_some_and(|i| i.region == *own),
+                    Err(_) => false,
+                }
+            };
+            if keep {
+                mine.push(row);
+            }
+        }
+        Ok((header, mine))
+    })
+    .await?;
+    if csv {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let written = w
+            .write_record(&header)
+            .and_then(|_| rows.iter().try_for_each(|row| w.write_record(row)));
+        let bytes = written
+            .map_err(|e| e.to_string())
+            .and_then(|_| w.into_inner().map_err(|e| e.to_string()))
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        return Ok(([(axum::http::header::CONTENT_TYPE, "text/csv")], bytes).into_response());
     }
-    let skus: Vec<Sku> = req
-        .skus
-        .iter()
-        .map(|s| parse("sku", s))
-        .collect::<Result<_, _>>()?;
-    let check_scope = scope.clone();
-    read(&hub, move |r| may_write_scope(r, &role, &check_scope)).await?;
-    let promo = Promotion {
-        id: id.clone(),
-        name: req.name,
-        scope: scope.clone(),
-        rule,
-        skus,
-        member_only: req.member_only,
-        birthday_only: req.birthday_only,
-        starts_at_ms: req.starts_at_ms.unwrap_or(now_ms() as i64),
-        ends_at_ms: req.ends_at_ms,
-        hours: req.hours,
-        max_units_per_receipt: req.max_units_per_receipt,
-    };
-    let committed = hub
-        .commit_local(Topic::Promotions(scope), vec![Op::PromotionUpsert(promo)])
-        .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": id.as_str(), "stream": committed.stream.to_string(), "seq": committed.seq }))).into_response())
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|row| {
+            let obj: serde_json::Map<String, Value> = header
+                .iter()
+                .zip(row)
+                .map(|(h, cell)| {
+                    let v = cell
+                        .parse::<i64>()
+                        .map(Value::from)
+                        .unwrap_or(Value::String(cell));
+                    (h.to_string(), v)
+                })
+                .collect();
+            Value::Object(obj)
+        })
+        .collect();
+    Ok(Json(json!({ "rows": rows })).into_response())
 }
 
 async fn member(State(hub): State<Hub>, Path(id): Path<String>) -> ApiResult {

@@ -220,3 +220,117 @@ pub fn export_stock(dir: &HqDir, path: &Path) -> Result<usize> {
     w.flush()?;
     Ok(rows.len())
 }
+
+/// A report HQ writes as CSV (CLI) or answers as JSON or CSV (API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// `promotion,store|region,receipts,units,sales_cents,discount_cents`.
+    Promotions { by_region: bool },
+    /// `store,receipt,sku,kind,list_cents,cents,reason,sold_at_ms`.
+    Overrides,
+    /// `return,store,original,at_ms,refund_cents,verified,status`.
+    UnverifiedReturns,
+}
+
+/// The report's header and rows, as text cells.
+pub fn report_rows(
+    replica: &chainsync::replica::Replica,
+    report: Report,
+) -> Result<(Vec<&'static str>, Vec<Vec<String>>)> {
+    Ok(match report {
+        Report::Promotions { by_region } => (
+            vec![
+                "promotion",
+                if by_region { "region" } else { "store" },
+                "receipts",
+                "units",
+                "sales_cents",
+                "discount_cents",
+            ],
+            replica
+                .promotion_report(by_region)?
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.promotion,
+                        r.group,
+                        r.receipts.to_string(),
+                        r.units.to_string(),
+                        r.sales_cents.to_string(),
+                        r.discount_cents.to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+        Report::Overrides => (
+            vec![
+                "store",
+                "receipt",
+                "sku",
+                "kind",
+                "list_cents",
+                "cents",
+                "reason",
+                "sold_at_ms",
+            ],
+            replica
+                .override_report()?
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.store,
+                        r.receipt,
+                        r.sku,
+                        r.kind.to_owned(),
+                        r.list_cents.to_string(),
+                        r.cents.to_string(),
+                        r.reason,
+                        r.sold_at_ms.to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+        Report::UnverifiedReturns => (
+            vec![
+                "return",
+                "store",
+                "original",
+                "at_ms",
+                "refund_cents",
+                "verified",
+                "status",
+            ],
+            replica
+                .unverified_returns()?
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.id,
+                        r.store,
+                        r.original,
+                        r.at_ms.to_string(),
+                        r.refund_cents.to_string(),
+                        r.verified.to_string(),
+                        r.status,
+                    ]
+                })
+                .collect(),
+        ),
+    })
+}
+
+/// Writes the report as CSV with a header row.
+pub fn write_report(
+    replica: &chainsync::replica::Replica,
+    report: Report,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let (header, rows) = report_rows(replica, report)?;
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record(&header)?;
+    for row in rows {
+        w.write_record(&row)?;
+    }
+    w.flush()?;
+    Ok(())
+}

@@ -126,7 +126,7 @@ pub fn run(dir: &Path, api_listen: SocketAddr, shutdown: watch::Receiver<bool>) 
         for (sku, ..) in PRODUCTS {
             store.post(
                 "/v1/stock/received",
-                &json!({ "sku": sku, "qty": 48, "reference": "delivery 1" }),
+                &json!({ "movement_no": format!("d1-{sku}"), "sku": sku, "qty": 48, "reference": "delivery 1" }),
             )?;
         }
         for r in 0..=n as i64 {

@@ -65,6 +65,9 @@ enum Command {
     /// Manage promotions.
     #[command(subcommand)]
     Promo(PromoCommand),
+    /// Reports as CSV: promotions, overrides, unverified returns.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// Import products or prices from CSV (all rows checked before anything is written).
     #[command(subcommand)]
     Import(ImportCommand),
@@ -144,6 +147,19 @@ enum StoreCommand {
         #[arg(long)]
         mode: String,
     },
+    /// Set a store's time zone (promotion days and hours are read in it) and whether it may
+    /// set its own store-scope prices.
+    Set {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        id: NodeId,
+        /// IANA zone, e.g. Europe/Paris.
+        #[arg(long)]
+        time_zone: Option<String>,
+        #[arg(long)]
+        may_set_own_prices: Option<bool>,
+    },
     /// List stores with their state and when HQ last heard from them.
     List {
         #[arg(long, default_value = "hq-data")]
@@ -151,6 +167,8 @@ enum StoreCommand {
     },
 }
 
+// Parsed once per run: the size of `Add` costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum PromoCommand {
     /// Add a promotion, or replace one with the same id and scope.
@@ -164,15 +182,29 @@ enum PromoCommand {
         name: String,
         /// chain, region:<id> or store:<id>.
         #[arg(long, default_value = "chain")]
-        scope: Scope,
-        /// percent_off:10, amount_off:0.50, fixed_price:0.99, buy:2:get:1 or spend:50.00:off:5.00.
+        scope: String,
+        /// percent_off:10, amount_off:0.50, fixed_price:0.99, tiers:3=0.90,6=0.80,
+        /// buy:2:get:1[:across], mix:3:price:5.00 (or percent:20, off:1.00),
+        /// spend:50.00:off:5.00,100:off:15.00 (or percent:10, gift:SKU).
         #[arg(long)]
         rule: String,
-        /// Skus it applies to (repeat; none means every sku / the whole receipt).
+        /// Skus it applies to (repeat; with no --sku and no --category: every sku).
         #[arg(long)]
-        sku: Vec<Sku>,
+        sku: Vec<String>,
+        /// Product categories it applies to (repeat).
+        #[arg(long)]
+        category: Vec<String>,
+        /// exclusive, best_price or compound.
+        #[arg(long, default_value = "best_price")]
+        mode: String,
+        /// Higher first; a line is discounted at one priority only.
+        #[arg(long, default_value_t = 0)]
+        priority: u16,
         #[arg(long)]
         member_only: bool,
+        /// Member levels it is for (repeat; implies members only).
+        #[arg(long)]
+        level: Vec<String>,
         #[arg(long)]
         birthday_only: bool,
         /// Starts at (Unix ms; default now).
@@ -181,9 +213,48 @@ enum PromoCommand {
         /// Ends at (Unix ms, exclusive; default open-ended).
         #[arg(long)]
         to_ms: Option<i64>,
+        /// Store-local dates, both inclusive: 20261201-20261224.
+        #[arg(long)]
+        dates: Option<String>,
+        /// Store-local days: mon,tue,… (default every day).
+        #[arg(long, value_delimiter = ',')]
+        days: Vec<String>,
+        /// Store-local hours [from, to): 17-19 (22-2 wraps midnight).
+        #[arg(long)]
+        hours: Option<String>,
         /// At most this many units per receipt.
         #[arg(long)]
         max_units: Option<u32>,
+        /// Units a store may give in all: S001=100 (repeat; then only the stores listed).
+        #[arg(long)]
+        allocate: Vec<String>,
+    },
+    /// End a promotion now: stores stop giving it as soon as they hear.
+    End {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "chain")]
+        scope: Scope,
+    },
+    /// Set how many units of a promotion one store may give in all (0 takes the store off).
+    Allocate {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "chain")]
+        scope: Scope,
+        #[arg(long)]
+        store: NodeId,
+        #[arg(long)]
+        units: u32,
+    },
+    /// List every promotion, one JSON object a line.
+    List {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
     },
     /// Remove a promotion.
     Remove {
@@ -193,6 +264,28 @@ enum PromoCommand {
         id: String,
         #[arg(long, default_value = "chain")]
         scope: Scope,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Units, sales and discount given per promotion, by store or region.
+    Promotions {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        /// store or region.
+        #[arg(long, default_value = "store")]
+        by: String,
+    },
+    /// Prices tills overrode and discounts they gave by hand, with their reason codes.
+    Overrides {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+    /// Returns stores took without the original receipt, checked once it has arrived.
+    Returns {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
     },
 }
 
@@ -379,6 +472,12 @@ fn main() -> Result<()> {
             admin::set_store_mode(&HqDir::new(&data), &id, admin::parse_mode(&mode)?)
         }
         Command::Store(StoreCommand::List { data }) => admin::list_stores(&HqDir::new(&data)),
+        Command::Store(StoreCommand::Set {
+            data,
+            id,
+            time_zone,
+            may_set_own_prices,
+        }) => admin::set_store(&HqDir::new(&data), &id, time_zone, may_set_own_prices),
         Command::Price(PriceCommand::Set {
             data,
             sku,
@@ -423,28 +522,93 @@ fn main() -> Result<()> {
             scope,
             rule,
             sku,
+            category,
+            mode,
+            priority,
             member_only,
+            level,
             birthday_only,
             from_ms,
             to_ms,
+            dates,
+            days,
+            hours,
             max_units,
+            allocate,
         }) => {
-            let req = admin::PromoRequest {
+            let spec = hq_server::promo::PromotionSpec {
                 id,
                 name,
                 scope,
-                rule: admin::parse_rule(&rule)?,
+                rule: hq_server::promo::parse_rule(&rule)?,
                 skus: sku,
+                categories: category,
+                mode: serde_json::from_value(serde_json::Value::String(mode.clone())).map_err(
+                    |_| anyhow::anyhow!("mode `{mode}` is not exclusive, best_price or compound"),
+                )?,
+                priority,
                 member_only,
+                member_levels: level,
                 birthday_only,
                 starts_at_ms: from_ms,
                 ends_at_ms: to_ms,
+                local_dates: dates.as_deref().map(parse_pair::<u32>).transpose()?,
+                days_of_week: days,
+                hours: hours.as_deref().map(parse_pair::<u8>).transpose()?,
                 max_units_per_receipt: max_units,
+                allocations: allocate
+                    .iter()
+                    .map(|a| {
+                        let (store, units) = a
+                            .split_once('=')
+                            .with_context(|| format!("allocation `{a}` is not STORE=UNITS"))?;
+                        Ok(hq_server::promo::AllocationSpec {
+                            store: store.to_owned(),
+                            units: units.parse().with_context(|| format!("units `{units}`"))?,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
             };
-            admin::add_promo(&HqDir::new(&data), req)
+            admin::add_promo(&HqDir::new(&data), spec)
         }
+        Command::Promo(PromoCommand::End { data, id, scope }) => {
+            admin::end_promo(&HqDir::new(&data), &id, scope)
+        }
+        Command::Promo(PromoCommand::Allocate {
+            data,
+            id,
+            scope,
+            store,
+            units,
+        }) => admin::allocate_promo(&HqDir::new(&data), &id, scope, &store, units),
+        Command::Promo(PromoCommand::List { data }) => admin::list_promos(&HqDir::new(&data)),
         Command::Promo(PromoCommand::Remove { data, id, scope }) => {
             admin::remove_promo(&HqDir::new(&data), &id, scope)
+        }
+        Command::Report(report) => {
+            let (data, kind) = match &report {
+                ReportCommand::Promotions { data, by } => (
+                    data,
+                    hq_server::csvio::Report::Promotions {
+                        by_region: by == "region",
+                    },
+                ),
+                ReportCommand::Overrides { data } => (data, hq_server::csvio::Report::Overrides),
+                ReportCommand::Returns { data } => {
+                    (data, hq_server::csvio::Report::UnverifiedReturns)
+                }
+            };
+            if let ReportCommand::Promotions { by, .. } = &report
+                && by != "store"
+                && by != "region"
+            {
+                anyhow::bail!("--by is store or region, not `{by}`");
+            }
+            let dir = HqDir::new(data);
+            let state = dir.load()?;
+            let replica = dir.open_replica(&state.key)?;
+            let mut out = std::io::stdout().lock();
+            hq_server::csvio::write_report(&replica, kind, &mut out)
         }
         Command::Import(ImportCommand::Products { data, file }) => {
             let n = hq_server::csvio::import_products(&HqDir::new(&data), &file)?;
@@ -484,4 +648,17 @@ fn main() -> Result<()> {
             hq_server::demo::run(&dir, api_listen, shutdown)
         }
     }
+}
+
+/// Parses `A-B` into a pair.
+fn parse_pair<T: std::str::FromStr>(text: &str) -> Result<(T, T)> {
+    let (a, b) = text
+        .split_once('-')
+        .with_context(|| format!("`{text}` is not FROM-TO"))?;
+    let parse = |x: &str| {
+        x.trim()
+            .parse::<T>()
+            .map_err(|_| anyhow::anyhow!("`{x}` in `{text}` is not a number"))
+    };
+    Ok((parse(a)?, parse(b)?))
 }

@@ -41,7 +41,9 @@ pub const CHANGE_SET_SIG_PREFIX: &[u8] = b"chainsync/changeset/v1";
 /// Domain-separation prefix of snapshot signatures.
 pub const SNAPSHOT_SIG_PREFIX: &[u8] = b"chainsync/snapshot/v1";
 /// The body format this build writes and reads.
-pub const CHANGE_SET_FORMAT: u16 = 1;
+/// 2: promotions as data with combination rules, receipt lines with their discounts, store
+/// time zones, returns marked unverified.
+pub const CHANGE_SET_FORMAT: u16 = 2;
 /// Largest change-set body. A change set is one local transaction (a receipt, a price list
 /// import); 1 MiB holds ~10,000 price entries while keeping a frame of several within limits.
 pub const CHANGE_SET_BYTES_MAX: usize = 1024 * 1024;

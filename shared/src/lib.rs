@@ -8,7 +8,9 @@
 //! - [`changeset`]: change sets, signing and the per-stream hash chain; snapshots.
 //! - [`validate`]: the one gate every change set and snapshot passes before it is applied.
 //! - [`merge`]: the merge rules as pure functions.
+//! - [`checkout`]: the checkout engine: prices, promotions and their combination, pure.
 //! - [`lookup`]: the facts a till needs about skus and members, from a replica or from HQ.
+//! - [`returns`]: returns checked against the original receipt, pure.
 //! - [`replica`]: the SQLite replica (log, cursors, outbox, materialized tables).
 //! - [`protocol`]: the wire frames, the frame codec and the sans-IO session state machines.
 //! - [`bundle`]: bundle files carrying change sets by hand, for stores without a network.
@@ -19,6 +21,7 @@
 
 pub mod bundle;
 pub mod changeset;
+pub mod checkout;
 pub mod hlc;
 pub mod ids;
 pub mod lookup;
@@ -26,5 +29,6 @@ pub mod merge;
 pub mod model;
 pub mod protocol;
 pub mod replica;
+pub mod returns;
 pub mod transport;
 pub mod validate;

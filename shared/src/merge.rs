@@ -13,7 +13,7 @@
 
 use crate::hlc::Hlc;
 use crate::ids::{NodeId, RegionId, Sku};
-use crate::model::{LedgerAccount, LedgerEntry, PriceEntry, PriceKind, ProfileField, Promotion};
+use crate::model::{LedgerAccount, LedgerEntry, PriceEntry, PriceKind, ProfileField};
 use std::collections::BTreeMap;
 
 /// The entry that sets the price of `sku` of `kind` at `t_ms` for `store` in `region`.
@@ -100,45 +100,11 @@ pub fn balance<'a>(
         .fold(0, i64::saturating_add)
 }
 
-/// Facts about a sale that decide which promotions apply.
-#[derive(Debug, Clone)]
-pub struct PromotionContext<'a> {
-    pub store: &'a NodeId,
-    pub region: &'a RegionId,
-    pub t_ms: i64,
-    /// Store-local hour of day, 0..24.
-    pub local_hour: u8,
-    pub is_member: bool,
-    /// Whether it is the member's birthday month.
-    pub birthday_month: bool,
-}
-
-/// Whether `promo` applies to `sku` in this context (the rule's own arithmetic, e.g. buy N get M,
-/// is the POS's business once it knows which promotions apply).
-pub fn promotion_applies(promo: &Promotion, sku: &Sku, ctx: &PromotionContext<'_>) -> bool {
-    let in_window =
-        promo.starts_at_ms <= ctx.t_ms && promo.ends_at_ms.is_none_or(|end| ctx.t_ms < end);
-    let in_hours = promo.hours.is_none_or(|(from, to)| {
-        if from <= to {
-            (from..to).contains(&ctx.local_hour)
-        } else {
-            ctx.local_hour >= from || ctx.local_hour < to // wraps midnight
-        }
-    });
-    let sku_ok = promo.skus.is_empty() || promo.skus.contains(sku);
-    in_window
-        && in_hours
-        && sku_ok
-        && promo.scope.covers(ctx.store, ctx.region)
-        && (!promo.member_only || ctx.is_member)
-        && (!promo.birthday_only || ctx.birthday_month)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ids::{RecordId, Scope};
-    use crate::model::{LedgerKind, PromotionRule};
+    use crate::model::LedgerKind;
     use proptest::prelude::*;
 
     fn id(s: &str) -> RecordId {
@@ -270,77 +236,6 @@ mod tests {
         ];
         assert_eq!(balance(&entries, LedgerAccount::Points), 30);
         assert_eq!(balance(&entries, LedgerAccount::StoredValue), 1_000);
-    }
-
-    #[test]
-    fn promotion_conditions() {
-        let (s, r) = (node("S1"), region("north"));
-        let promo = Promotion {
-            id: id("hq-p1"),
-            name: "happy hour".into(),
-            scope: Scope::Region(r.clone()),
-            rule: PromotionRule::PercentOff {
-                basis_points: 1_000,
-            },
-            skus: vec![sku()],
-            member_only: true,
-            birthday_only: false,
-            starts_at_ms: 100,
-            ends_at_ms: Some(200),
-            hours: Some((22, 2)),
-            max_units_per_receipt: None,
-        };
-        let ctx = PromotionContext {
-            store: &s,
-            region: &r,
-            t_ms: 150,
-            local_hour: 23,
-            is_member: true,
-            birthday_month: false,
-        };
-        assert!(promotion_applies(&promo, &sku(), &ctx));
-        assert!(promotion_applies(
-            &promo,
-            &sku(),
-            &PromotionContext {
-                local_hour: 1,
-                ..ctx.clone()
-            }
-        ));
-        assert!(!promotion_applies(
-            &promo,
-            &sku(),
-            &PromotionContext {
-                local_hour: 12,
-                ..ctx.clone()
-            }
-        ));
-        assert!(!promotion_applies(
-            &promo,
-            &sku(),
-            &PromotionContext {
-                is_member: false,
-                ..ctx.clone()
-            }
-        ));
-        assert!(!promotion_applies(
-            &promo,
-            &sku(),
-            &PromotionContext {
-                t_ms: 200,
-                ..ctx.clone()
-            }
-        ));
-        assert!(!promotion_applies(&promo, &Sku::new("tea").unwrap(), &ctx));
-        let south = region("south");
-        assert!(!promotion_applies(
-            &promo,
-            &sku(),
-            &PromotionContext {
-                region: &south,
-                ..ctx
-            }
-        ));
     }
 
     fn arb_write() -> impl Strategy<Value = (u8, u64, u32, u8, String)> {

@@ -3,6 +3,10 @@
 //! Plain data, no behaviour beyond small checks. Money is integer cents (`_cents`), time is Unix
 //! milliseconds (`_ms`, store wall time where a store recorded it), quantities are whole units.
 //!
+//! Every number a node accepts has a domain limit (the `*_MAX` constants below, units in the
+//! name), checked at the POS and again at the validation gate for change sets from any node, so
+//! that sums over a receipt, a store or a report cannot overflow `i64`.
+//!
 //! Records are immutable once written (receipts, returns, voids, ledger entries, stock movements):
 //! a correction is a new record that points at the original. Catalog, directory, price and
 //! promotion records are keyed and replaced whole by their single writer. Member profiles merge per
@@ -11,6 +15,21 @@
 use crate::hlc::Hlc;
 use crate::ids::{MemberId, NodeId, RecordId, RegionId, Scope, Sku};
 use serde::{Deserialize, Serialize};
+
+/// Most units on one receipt line (and in one return line).
+pub const LINE_QTY_MAX_UNITS: i64 = 10_000;
+/// Most lines on one receipt or return.
+pub const RECEIPT_LINES_MAX: usize = 500;
+/// Highest price of one unit, in cents (100,000.00).
+pub const UNIT_PRICE_CENTS_MAX: i64 = 10_000_000;
+/// Largest single amount (a payment, a refund, a ledger entry, a receipt total), in cents.
+/// A receipt at its limits (500 lines of 10,000 units at the highest price) stays below it
+/// only as 5e13; sums of up to 10^5 such amounts still fit `i64`.
+pub const AMOUNT_CENTS_MAX: i64 = 100_000_000_000_000;
+/// Largest change of stock by one movement, in units.
+pub const STOCK_MOVE_MAX_UNITS: i64 = 1_000_000;
+/// Longest free text a till may attach (a reason code, a reference), in bytes.
+pub const TEXT_BYTES_MAX: usize = 200;
 
 /// How a store exchanges data with HQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,6 +77,9 @@ pub struct StoreInfo {
     /// how far it signed each of the store's streams: its change sets up to there still verify
     /// for anyone replaying them, and nothing after.
     pub retired_keys: Vec<RetiredKey>,
+    /// The store's IANA time zone (`Europe/Paris`), in which promotion days, hours and dates
+    /// are read; `UTC` when HQ set none.
+    pub time_zone: String,
 }
 
 /// A store key that was replaced, and the last seq it signed in each of the store's streams.
@@ -117,20 +139,107 @@ impl PriceEntry {
     }
 }
 
-/// What a promotion gives.
+/// What a promotion gives. The arithmetic of each kind is in [`crate::checkout`].
+///
+/// In JSON a rule is externally tagged: `{"percent_off": {"basis_points": 1000}}` (postcard,
+/// which carries change sets, cannot read internally tagged enums).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PromotionRule {
-    /// A percentage off, in basis points (1,000 = 10 %).
+    /// A percentage off each eligible unit, in basis points (1,000 = 10 %).
     PercentOff { basis_points: u32 },
-    /// A fixed amount off each unit.
+    /// A fixed amount off each eligible unit.
     AmountOff { cents: i64 },
-    /// Sold at this price per unit.
+    /// Sold at this deal price per unit (never raises a price).
     FixedPrice { cents: i64 },
-    /// Buy `buy`, get `get` more of the same sku free.
-    BuyNGetM { buy: u32, get: u32 },
-    /// Spend at least `spend_cents` on the receipt, get `off_cents` off.
-    SpendXGetY { spend_cents: i64, off_cents: i64 },
+    /// Quantity tiers: a line of at least `min_qty` units pays `unit_cents` each (the highest
+    /// tier reached; each line reaches its tier on its own).
+    QuantityTiers { tiers: Vec<QuantityTier> },
+    /// Buy `buy`, get `get` free. Per line (the same sku) unless `across_skus`: then every
+    /// eligible unit of the receipt is pooled, most expensive first, and in each group of
+    /// `buy + get` the cheapest `get` are free.
+    BuyNGetM {
+        buy: u32,
+        get: u32,
+        #[serde(default)]
+        across_skus: bool,
+    },
+    /// Mix and match: any `count` eligible units, pooled most expensive first, form a group
+    /// that gets `deal`.
+    MixAndMatch { count: u32, deal: GroupDeal },
+    /// Basket spend thresholds in tiers, on the already discounted total of eligible lines:
+    /// the highest tier reached gives its reward.
+    SpendThreshold { tiers: Vec<SpendTier> },
 }
+
+/// One quantity tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuantityTier {
+    pub min_qty: u32,
+    pub unit_cents: i64,
+}
+
+/// What a mix-and-match group gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupDeal {
+    /// The group costs this much in all.
+    Price {
+        cents: i64,
+    },
+    PercentOff {
+        basis_points: u32,
+    },
+    /// This much off the group.
+    AmountOff {
+        cents: i64,
+    },
+}
+
+/// One spend tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendTier {
+    pub spend_cents: i64,
+    pub reward: SpendReward,
+}
+
+/// What reaching a spend tier gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpendReward {
+    AmountOff {
+        cents: i64,
+    },
+    PercentOff {
+        basis_points: u32,
+    },
+    /// One unit of this sku free (added to the receipt if it is not on it).
+    Gift {
+        sku: Sku,
+    },
+}
+
+/// How a promotion combines with others (see [`crate::checkout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combination {
+    /// Tried first and alone: the lines it applies to get nothing else.
+    Exclusive,
+    /// Competes with the others; the combination best for the customer wins.
+    BestPrice,
+    /// Stacks with the other compound promotions of its priority on the same lines.
+    Compound,
+}
+
+/// How many units of a promotion one store may give in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreAllocation {
+    pub store: NodeId,
+    pub units: u32,
+}
+
+/// Every day of the week (Monday is bit 0, Sunday bit 6).
+pub const ALL_DAYS: u8 = 0x7f;
 
 /// A promotion: a rule and the conditions under which it applies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,18 +248,33 @@ pub struct Promotion {
     pub name: String,
     pub scope: Scope,
     pub rule: PromotionRule,
-    /// The skus it applies to; empty means the whole receipt (for spend rules) or every sku.
+    /// The skus it applies to; with `categories` empty too, every sku.
     pub skus: Vec<Sku>,
+    /// Product categories it applies to (in addition to `skus`).
+    pub categories: Vec<String>,
+    pub mode: Combination,
+    /// Higher goes first; a line is discounted at one priority only.
+    pub priority: u16,
     /// Members only.
     pub member_only: bool,
-    /// Only in the member's birthday month.
+    /// Members of these levels only (empty: any).
+    pub member_levels: Vec<String>,
+    /// Only in the member's birthday month (store-local).
     pub birthday_only: bool,
     pub starts_at_ms: i64,
+    /// Exclusive; ending a promotion early sets it.
     pub ends_at_ms: Option<i64>,
-    /// Hours of the day (store local, `[from, to)`) when it applies, e.g. happy hour.
+    /// Store-local dates `YYYYMMDD`, both inclusive.
+    pub local_dates: Option<(u32, u32)>,
+    /// Store-local days of the week (bit 0 Monday … bit 6 Sunday).
+    pub days_of_week: u8,
+    /// Store-local hours `[from, to)`, e.g. happy hour; `from > to` wraps midnight.
     pub hours: Option<(u8, u8)>,
     /// At most this many units per receipt.
     pub max_units_per_receipt: Option<u32>,
+    /// Empty: every store in scope, without limit. Otherwise only the stores listed, each up to
+    /// its units (exact offline: only that store spends its allocation).
+    pub allocations: Vec<StoreAllocation>,
 }
 
 /// A member profile field, merged independently of the others.
@@ -261,22 +385,131 @@ pub struct StockMovement {
     pub at_ms: i64,
 }
 
+/// Where a line's discount came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiscountSource {
+    Promotion(RecordId),
+    /// Given by hand at the till, with the reason code the till sent.
+    Manual {
+        reason: String,
+    },
+    /// On a return: the share of the original receipt's discounts on the returned units, so
+    /// the refund is what was paid.
+    AsSold {
+        receipt: RecordId,
+    },
+}
+
+/// One discount on one line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineDiscount {
+    pub source: DiscountSource,
+    pub cents: i64,
+    /// Units the discount applied to (allocations count these).
+    pub units: u32,
+}
+
 /// One line of a receipt or return.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptLine {
     pub sku: Sku,
     pub qty: i64,
+    /// What one unit was charged before discounts.
     pub unit_price_cents: i64,
+    /// The sum of `discounts`.
     pub discount_cents: i64,
+    pub discounts: Vec<LineDiscount>,
+    /// Set when the till overrode the price the engine gave (`list_cents`), with its reason.
+    pub price_override: Option<PriceOverride>,
+}
+
+/// A till's override of the engine's unit price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceOverride {
+    pub list_cents: i64,
+    pub reason: String,
 }
 
 impl ReceiptLine {
+    /// A line at `unit_price_cents` with no discount.
+    pub fn plain(sku: Sku, qty: i64, unit_price_cents: i64) -> Self {
+        Self {
+            sku,
+            qty,
+            unit_price_cents,
+            discount_cents: 0,
+            discounts: Vec::new(),
+            price_override: None,
+        }
+    }
+
     /// What the line costs the customer.
     pub fn amount_cents(&self) -> i64 {
         self.qty
             .saturating_mul(self.unit_price_cents)
             .saturating_sub(self.discount_cents)
     }
+
+    /// Checks the line against the domain limits; `Err` names the problem.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if !(1..=LINE_QTY_MAX_UNITS).contains(&self.qty) {
+            return Err(format!(
+                "quantity {} of {} is outside 1..={LINE_QTY_MAX_UNITS}",
+                self.qty, self.sku
+            ));
+        }
+        if !(0..=UNIT_PRICE_CENTS_MAX).contains(&self.unit_price_cents) {
+            return Err(format!(
+                "unit price {} of {} is outside 0..={UNIT_PRICE_CENTS_MAX} cents",
+                self.unit_price_cents, self.sku
+            ));
+        }
+        let gross = self.qty * self.unit_price_cents; // both bounded: at most 1e11
+        let mut sum = 0i64;
+        for d in &self.discounts {
+            if !(0..=gross).contains(&d.cents) {
+                return Err(format!(
+                    "a discount of {} on {} is outside 0..={gross} cents",
+                    d.cents, self.sku
+                ));
+            }
+            if let DiscountSource::Manual { reason } = &d.source {
+                check_text("discount reason", reason)?;
+            }
+            sum += d.cents; // at most 500 * 1e11
+        }
+        if sum != self.discount_cents || sum > gross {
+            return Err(format!(
+                "discounts of {} add up to {sum}, the line says {} and is worth {gross}",
+                self.sku, self.discount_cents
+            ));
+        }
+        if let Some(o) = &self.price_override {
+            check_text("price override reason", &o.reason)?;
+            if !(0..=UNIT_PRICE_CENTS_MAX).contains(&o.list_cents) {
+                return Err(format!("list price {} out of range", o.list_cents));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a till's free text: not empty, at most [`TEXT_BYTES_MAX`] bytes.
+pub fn check_text(what: &str, text: &str) -> Result<(), String> {
+    if text.trim().is_empty() || text.len() > TEXT_BYTES_MAX {
+        return Err(format!("{what} must be 1..={TEXT_BYTES_MAX} bytes"));
+    }
+    Ok(())
+}
+
+/// Checks an amount of money against [`AMOUNT_CENTS_MAX`] (either sign).
+pub fn check_amount(what: &str, cents: i64) -> Result<(), String> {
+    if cents.checked_abs().is_none_or(|a| a > AMOUNT_CENTS_MAX) {
+        return Err(format!(
+            "{what} of {cents} cents is beyond the limit of {AMOUNT_CENTS_MAX}"
+        ));
+    }
+    Ok(())
 }
 
 /// How a receipt was paid.
@@ -330,6 +563,9 @@ pub struct ReturnRecord {
     /// Returned units, with positive quantities.
     pub lines: Vec<ReceiptLine>,
     pub refunds: Vec<Payment>,
+    /// The store did not hold the original when it took the return: HQ lists it and checks it
+    /// once the original arrives.
+    pub unverified: bool,
 }
 
 /// A receipt cancelled whole at the till, by the store that wrote it.
@@ -340,4 +576,238 @@ pub struct Void {
     pub original: RecordId,
     pub at_ms: i64,
     pub reason: String,
+}
+
+// ------------------------------------------------------------------------------ domain limits
+
+/// Most tiers of a quantity or spend promotion.
+pub const PROMOTION_TIERS_MAX: usize = 20;
+/// Largest group of a buy-N-get-M or mix-and-match promotion, in units.
+pub const PROMOTION_GROUP_MAX_UNITS: u32 = 100;
+/// Most skus, categories, levels or store allocations one promotion names.
+pub const PROMOTION_LIST_MAX: usize = 10_000;
+
+fn check_lines(lines: &[ReceiptLine]) -> Result<(), String> {
+    if lines.is_empty() || lines.len() > RECEIPT_LINES_MAX {
+        return Err(format!(
+            "{} lines (1..={RECEIPT_LINES_MAX} allowed)",
+            lines.len()
+        ));
+    }
+    lines.iter().try_for_each(ReceiptLine::check_bounds)
+}
+
+fn check_payments(what: &str, payments: &[Payment]) -> Result<(), String> {
+    if payments.len() > 20 {
+        return Err(format!("{} {what}s (at most 20)", payments.len()));
+    }
+    for p in payments {
+        check_amount(what, p.amount_cents)?;
+    }
+    Ok(())
+}
+
+impl Receipt {
+    /// Checks every number against the domain limits.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        check_lines(&self.lines)?;
+        check_payments("payment", &self.payments)?;
+        check_amount("receipt total", self.total_cents())
+    }
+}
+
+impl ReturnRecord {
+    /// Checks every number against the domain limits.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        check_lines(&self.lines)?;
+        check_payments("refund", &self.refunds)?;
+        if self.refunds.iter().any(|r| r.amount_cents < 0) {
+            return Err("a negative refund".into());
+        }
+        Ok(())
+    }
+}
+
+impl StockMovement {
+    /// Checks the quantity and the reference.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if self
+            .qty_delta
+            .checked_abs()
+            .is_none_or(|q| q > STOCK_MOVE_MAX_UNITS)
+        {
+            return Err(format!(
+                "a stock movement of {} units (at most {STOCK_MOVE_MAX_UNITS} either way)",
+                self.qty_delta
+            ));
+        }
+        if self.reference.len() > TEXT_BYTES_MAX {
+            return Err(format!("reference longer than {TEXT_BYTES_MAX} bytes"));
+        }
+        Ok(())
+    }
+}
+
+impl LedgerEntry {
+    /// Checks the amount.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        check_amount("ledger amount", self.amount)
+    }
+}
+
+impl PriceEntry {
+    /// Checks the price and the dates.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if !(0..=UNIT_PRICE_CENTS_MAX).contains(&self.price_cents) {
+            return Err(format!(
+                "price {} of {} is outside 0..={UNIT_PRICE_CENTS_MAX} cents",
+                self.price_cents, self.sku
+            ));
+        }
+        if self
+            .effective_to_ms
+            .is_some_and(|to| to <= self.effective_from_ms)
+        {
+            return Err(format!("price entry {} ends before it starts", self.id));
+        }
+        Ok(())
+    }
+}
+
+fn check_price(what: &str, cents: i64) -> Result<(), String> {
+    if !(0..=AMOUNT_CENTS_MAX).contains(&cents) {
+        return Err(format!(
+            "{what} of {cents} cents is outside 0..={AMOUNT_CENTS_MAX}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_percent(basis_points: u32) -> Result<(), String> {
+    if basis_points == 0 || basis_points > 10_000 {
+        return Err(format!("{basis_points} basis points is outside 1..=10000"));
+    }
+    Ok(())
+}
+
+fn check_group(what: &str, n: u32) -> Result<(), String> {
+    if n == 0 || n > PROMOTION_GROUP_MAX_UNITS {
+        return Err(format!(
+            "{what} {n} is outside 1..={PROMOTION_GROUP_MAX_UNITS}"
+        ));
+    }
+    Ok(())
+}
+
+impl PromotionRule {
+    /// Checks the rule's numbers: percentages 1..=100 %, amounts within the limits, groups and
+    /// tiers of sane sizes.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            PromotionRule::PercentOff { basis_points } => check_percent(*basis_points),
+            PromotionRule::AmountOff { cents } if *cents <= 0 => {
+                Err(format!("amount off of {cents} cents must be positive"))
+            }
+            PromotionRule::AmountOff { cents } | PromotionRule::FixedPrice { cents } => {
+                check_price("amount", *cents)
+            }
+            PromotionRule::QuantityTiers { tiers } => {
+                if tiers.is_empty() || tiers.len() > PROMOTION_TIERS_MAX {
+                    return Err(format!("{} tiers (1..={PROMOTION_TIERS_MAX})", tiers.len()));
+                }
+                for t in tiers {
+                    if t.min_qty == 0 || i64::from(t.min_qty) > LINE_QTY_MAX_UNITS {
+                        return Err(format!("tier from {} units", t.min_qty));
+                    }
+                    check_price("tier price", t.unit_cents)?;
+                }
+                Ok(())
+            }
+            PromotionRule::BuyNGetM { buy, get, .. } => {
+                check_group("buy", *buy)?;
+                check_group("get", *get)
+            }
+            PromotionRule::MixAndMatch { count, deal } => {
+                check_group("group of", *count)?;
+                match deal {
+                    GroupDeal::PercentOff { basis_points } => check_percent(*basis_points),
+                    GroupDeal::AmountOff { cents } if *cents <= 0 => {
+                        Err("a group's amount off must be positive".into())
+                    }
+                    GroupDeal::Price { cents } | GroupDeal::AmountOff { cents } => {
+                        check_price("group price", *cents)
+                    }
+                }
+            }
+            PromotionRule::SpendThreshold { tiers } => {
+                if tiers.is_empty() || tiers.len() > PROMOTION_TIERS_MAX {
+                    return Err(format!("{} tiers (1..={PROMOTION_TIERS_MAX})", tiers.len()));
+                }
+                for t in tiers {
+                    check_price("spend threshold", t.spend_cents)?;
+                    match &t.reward {
+                        SpendReward::PercentOff { basis_points } => check_percent(*basis_points)?,
+                        SpendReward::AmountOff { cents } if *cents <= 0 => {
+                            return Err("a spend tier's amount off must be positive".into());
+                        }
+                        SpendReward::AmountOff { cents } => check_price("amount off", *cents)?,
+                        SpendReward::Gift { .. } => {}
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Promotion {
+    /// Checks the rule and the conditions.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        self.rule
+            .check()
+            .map_err(|e| format!("promotion {}: {e}", self.id))?;
+        if self.name.len() > TEXT_BYTES_MAX {
+            return Err(format!(
+                "promotion {}: name longer than {TEXT_BYTES_MAX} bytes",
+                self.id
+            ));
+        }
+        let lists = [
+            self.skus.len(),
+            self.categories.len(),
+            self.member_levels.len(),
+            self.allocations.len(),
+        ];
+        if lists.iter().any(|n| *n > PROMOTION_LIST_MAX) {
+            return Err(format!(
+                "promotion {}: a list over {PROMOTION_LIST_MAX} entries",
+                self.id
+            ));
+        }
+        if self.days_of_week == 0 || self.days_of_week > ALL_DAYS {
+            return Err(format!("promotion {}: no day of the week", self.id));
+        }
+        if self
+            .hours
+            .is_some_and(|(from, to)| from > 23 || to > 24 || from == to)
+        {
+            return Err(format!(
+                "promotion {}: hours must be 0..=23 to 1..=24, not empty",
+                self.id
+            ));
+        }
+        if self.ends_at_ms.is_some_and(|end| end <= self.starts_at_ms) {
+            return Err(format!("promotion {} ends before it starts", self.id));
+        }
+        if self
+            .local_dates
+            .is_some_and(|(from, to)| from > to || !(19_000_101..=99_991_231).contains(&from))
+        {
+            return Err(format!(
+                "promotion {}: local dates are YYYYMMDD, from before to",
+                self.id
+            ));
+        }
+        Ok(())
+    }
 }

@@ -15,7 +15,9 @@
 //! 5. the signature over `"chainsync/changeset/v1" || body` verifies under the origin's key
 //!    ([`ChangeSetError::BadSignature`]);
 //! 6. the origin may write the topic ([`ChangeSetError::TopicNotAllowed`]) and every op belongs
-//!    in that topic and names only what the origin owns ([`ChangeSetError::OpNotAllowed`]);
+//!    in that topic, names only what the origin owns and keeps within the domain limits of
+//!    [`crate::model`] (quantities, prices, amounts, promotion rules)
+//!    ([`ChangeSetError::OpNotAllowed`]);
 //! 7. against the stream's head: a seq at or below the head with the same hash is a
 //!    [`Verdict::Duplicate`] (a no-op), with another hash a [`ChangeSetError::Fork`]; a seq past
 //!    head + 1 is a [`ChangeSetError::SeqGap`]; at head + 1, `prev` must equal the head's hash
@@ -28,7 +30,7 @@ use crate::changeset::{
     SNAPSHOT_SIG_PREFIX, SignedChangeSet, SignedSnapshot, Snapshot, ZERO_HASH, signing_input,
 };
 use crate::ids::{NodeId, RecordId, Scope, StreamId, Topic, record_id_owned_by};
-use crate::model::ProfileField;
+use crate::model::{ProfileField, UNIT_PRICE_CENTS_MAX};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 
 /// What the gate needs to know about an origin.
@@ -361,6 +363,7 @@ fn same_scope(scope: &Scope, topic_scope: &Scope, what: &str) -> Result<(), Stri
 
 /// Whether `op` may appear in `origin`'s stream of `topic`; `Err` says why not.
 fn op_allowed(origin: &NodeId, topic: &Topic, op: &Op) -> Result<(), String> {
+    check_bounds(op)?;
     match (topic, op) {
         (Topic::Directory, Op::RegionUpsert(_)) => Ok(()),
         (Topic::Directory, Op::StoreUpsert(store)) => {
@@ -412,6 +415,27 @@ fn op_allowed(origin: &NodeId, topic: &Topic, op: &Op) -> Result<(), String> {
             same_store(&v.store, origin, "void")
         }
         (topic, op) => Err(format!("{} does not belong in topic {topic}", op_name(op))),
+    }
+}
+
+/// The domain limits of [`crate::model`], for every op that carries numbers: a node's own
+/// writes and every change set from any node pass the same checks.
+fn check_bounds(op: &Op) -> Result<(), String> {
+    match op {
+        Op::PriceUpsert(e) => e.check_bounds(),
+        Op::PromotionUpsert(p) => p.check_bounds(),
+        Op::Ledger(e) => e.check_bounds(),
+        Op::Stock(m) => m.check_bounds(),
+        Op::Receipt(r) => r.check_bounds(),
+        Op::Return(r) => r.check_bounds(),
+        Op::Void(v) => crate::model::check_text("void reason", &v.reason),
+        Op::ProductUpsert(p) if !(0..=UNIT_PRICE_CENTS_MAX).contains(&p.unit_cost_cents) => {
+            Err(format!(
+                "unit cost {} of {} is out of range",
+                p.unit_cost_cents, p.sku
+            ))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -6,18 +6,24 @@
 //! streams in every mode (for a hosted store that is its journal, pushed to HQ at once), and stock
 //! is always read locally: only the store's own streams move its stock, and it holds them all.
 //!
+//! Prices are the checkout engine's ([`chainsync::checkout`]): the store is the pricing
+//! authority for its tills in every mode; a till's own price or discount needs a reason code.
+//!
 //! Every request carries `Authorization: Bearer <pos_token>` (from `agent.toml`). Writes are
 //! validated here (unknown sku, non-positive quantity, payments that do not add up …: 422 with a
 //! message naming the problem), then committed as a change set of the store's own stream; the
 //! answer (`201`) comes only after that commit, so an acknowledged sale survives a crash. Nothing
-//! is half-applied: a request is one change set or nothing.
+//! is half-applied: a request is one change set or nothing. Every write takes a key from the
+//! till (`receipt_no`, `return_no`, `void_no`, `movement_no`); the answer is committed with the
+//! write, and a retry gets it again (`"duplicate": true`) and writes nothing.
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `POST /v1/sales` | record a sale (`receipt_no` makes retries idempotent) |
-//! | `POST /v1/returns` | goods brought back (any store's receipt) |
-//! | `POST /v1/voids` | cancel one of this store's receipts |
-//! | `GET /v1/prices/{sku}?member=M` | price to charge now, with the promotions that apply |
+//! | `POST /v1/baskets/price` | price a basket as the till builds it (nothing written) |
+//! | `POST /v1/sales` | record a sale, priced by the engine (`receipt_no` makes retries idempotent) |
+//! | `POST /v1/returns` | goods brought back, checked against the original (`return_no`) |
+//! | `POST /v1/voids` | cancel one of this store's receipts without returns (`void_no`) |
+//! | `GET /v1/prices/{sku}?member=M` | unit price, the promotions that apply, one unit's price after them |
 //! | `GET /v1/members/{id}` | profile and balances |
 //! | `PUT /v1/members/{id}` | sign up or edit |
 //! | `POST /v1/members/{id}/points` | earn (+) or redeem (−) points |
@@ -35,16 +41,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chainsync::changeset::Op;
+use chainsync::checkout::{self, BasketLine, Context, LocalTime, Priced, Shopper};
 use chainsync::hlc::Hlc;
 use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Sku, StreamId, Topic};
 use chainsync::lookup::{LookupAnswer, LookupQuery, MemberFacts, SkuFacts};
-use chainsync::merge::{self, PromotionContext};
+use chainsync::merge;
 use chainsync::model::{
-    LedgerAccount, LedgerEntry, LedgerKind, MemberEdit, MovementKind, Payment, PaymentMethod,
-    PriceKind, ProfileField, Receipt, ReceiptLine, ReturnRecord, StockMovement, StoreMode, Void,
+    AMOUNT_CENTS_MAX, DiscountSource, LedgerAccount, LedgerEntry, LedgerKind, LineDiscount,
+    MemberEdit, MovementKind, Payment, PaymentMethod, PriceKind, ProfileField, RECEIPT_LINES_MAX,
+    Receipt, ReceiptLine, ReturnRecord, STOCK_MOVE_MAX_UNITS, StockMovement, StoreMode, Void,
 };
 use chainsync::protocol::session::LOOKUP_TIMEOUT_MS;
 use chainsync::replica::{Replica, ReplicaError};
+use chainsync::returns;
 use chainsync::transport::actor::ReplicaHandle;
 use chainsync::transport::leaf::{LinkStatus, LookupRequest};
 use chainsync::transport::now_ms;
@@ -54,8 +63,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 
-/// Most lines on one receipt: a generous till basket; beyond that it is a data error.
-pub const RECEIPT_LINES_MAX: usize = 500;
 /// Largest request body accepted.
 pub const REQUEST_BYTES_MAX: usize = 256 * 1024;
 
@@ -77,6 +84,7 @@ pub struct PosState {
 /// The router of the POS API.
 pub fn router(state: PosState) -> Router {
     Router::new()
+        .route("/v1/baskets/price", post(price_basket))
         .route("/v1/sales", post(record_sale))
         .route("/v1/returns", post(record_return))
         .route("/v1/voids", post(record_void))
@@ -250,6 +258,10 @@ struct Facts {
     /// a price HQ set "now" as soon as the price arrives, not hours later. (Receipts keep the
     /// store's own clock.)
     t_ms: i64,
+    /// The store's IANA time zone, for promotion days and hours.
+    time_zone: String,
+    /// Units this store has given of each allocated promotion among the facts.
+    used_units: BTreeMap<RecordId, u64>,
 }
 
 impl PosState {
@@ -321,16 +333,29 @@ impl PosState {
         member: Option<MemberId>,
     ) -> Result<Facts, PosError> {
         match self.ask_hq(&skus, member.as_ref()).await {
-            Ok(facts) => {
+            Ok(mut facts) => {
+                let gifts = checkout::gift_skus(&facts.skus);
+                if !gifts.is_empty()
+                    && let Ok(more) = self.ask_hq(&gifts, None).await
+                {
+                    facts.skus.extend(more.skus);
+                }
                 let skus: Vec<SkuFacts> = facts.skus.values().cloned().collect();
                 let member = facts.member.clone();
-                let t_ms = self
+                let store = self.store.clone();
+                let (t_ms, (time_zone, used_units)) = self
                     .read(move |r| {
                         r.remember(&skus, member.as_ref(), now_ms())?;
-                        Ok(pricing_time(r))
+                        let map = skus.into_iter().map(|f| (f.sku.clone(), f)).collect();
+                        Ok((pricing_time(r), store_facts(r, &store, &map)?))
                     })
                     .await?;
-                Ok(Facts { t_ms, ..facts })
+                Ok(Facts {
+                    t_ms,
+                    time_zone,
+                    used_units,
+                    ..facts
+                })
             }
             Err(why) => self.cached_facts(skus, member, why).await,
         }
@@ -364,6 +389,8 @@ impl PosState {
             member: member?,
             source: Source::Hq,
             t_ms: now_ms() as i64,
+            time_zone: "UTC".into(),
+            used_units: BTreeMap::new(),
         })
     }
 
@@ -406,7 +433,14 @@ impl PosState {
                 }),
                 None => None,
             };
+            // Gifts the cache knows of are given; one it never heard of is not.
+            for gift in checkout::gift_skus(&out) {
+                if let Some((facts, _)) = r.remembered_sku(&gift)? {
+                    out.insert(gift, facts);
+                }
+            }
             tracing::debug!("answering from the lookup cache: {why}");
+            let (time_zone, used_units) = store_facts(r, r.node(), &out)?;
             Ok(Facts {
                 skus: out,
                 member,
@@ -414,6 +448,8 @@ impl PosState {
                     fetched_ms: if oldest == u64::MAX { 0 } else { oldest },
                 },
                 t_ms: pricing_time(r),
+                time_zone,
+                used_units,
             })
         })
         .await
@@ -435,14 +471,46 @@ fn local_facts(
     skus: &[Sku],
     member: Option<&MemberId>,
 ) -> Result<Facts, PosError> {
-    let skus = r.sku_facts(store, region, skus)?;
+    let mut skus: BTreeMap<Sku, SkuFacts> = r
+        .sku_facts(store, region, skus)?
+        .into_iter()
+        .map(|f| (f.sku.clone(), f))
+        .collect();
+    let gifts = checkout::gift_skus(&skus);
+    for f in r.sku_facts(store, region, &gifts)? {
+        skus.insert(f.sku.clone(), f);
+    }
     let member = member.map(|m| r.member_facts(m)).transpose()?;
+    let (time_zone, used_units) = store_facts(r, store, &skus)?;
     Ok(Facts {
-        skus: skus.into_iter().map(|f| (f.sku.clone(), f)).collect(),
+        skus,
         member,
         source: Source::Replica,
         t_ms: pricing_time(r),
+        time_zone,
+        used_units,
     })
+}
+
+/// What only the store itself knows in every mode: its time zone (from HQ's directory) and the
+/// units it has given of each allocated promotion (from its own receipts).
+fn store_facts(
+    r: &Replica,
+    store: &NodeId,
+    skus: &BTreeMap<Sku, SkuFacts>,
+) -> Result<(String, BTreeMap<RecordId, u64>), PosError> {
+    let time_zone = r
+        .store_info(store)?
+        .map_or_else(|| "UTC".to_owned(), |i| i.time_zone);
+    let mut allocated: Vec<RecordId> = skus
+        .values()
+        .flat_map(|f| &f.promotions)
+        .filter(|p| !p.allocations.is_empty())
+        .map(|p| p.id.clone())
+        .collect();
+    allocated.sort();
+    allocated.dedup();
+    Ok((time_zone, r.promotion_units_used(store, &allocated)?))
 }
 
 /// See [`Facts::t_ms`].
@@ -454,18 +522,184 @@ fn minted(store: &NodeId, letter: &str, n: u64) -> Result<RecordId, PosError> {
     RecordId::new(format!("{store}-{letter}{n}")).map_err(|e| PosError::invalid(e.to_string()))
 }
 
-// ------------------------------------------------------------------------- sales
+// ------------------------------------------------------------------------- pricing
 
+/// One line as the till sends it. A till's own price or discount needs a reason code.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SaleLine {
     sku: String,
     qty: i64,
-    /// Defaults to the effective price (member price for a member).
+    /// The till's own unit price (an override): needs `reason`.
     unit_price_cents: Option<i64>,
-    #[serde(default)]
-    discount_cents: i64,
+    /// A discount given by hand: needs `reason`.
+    discount_cents: Option<i64>,
+    /// The reason code of an override or a manual discount (reported at HQ).
+    reason: Option<String>,
 }
+
+/// The distinct skus of a request's lines, checking the line count and each sku's form.
+fn line_skus(lines: &[SaleLine]) -> Result<Vec<Sku>, PosError> {
+    if lines.is_empty() {
+        return Err(PosError::invalid("a receipt needs at least one line"));
+    }
+    if lines.len() > RECEIPT_LINES_MAX {
+        return Err(PosError::invalid(format!(
+            "{} lines: at most {RECEIPT_LINES_MAX} per receipt",
+            lines.len()
+        )));
+    }
+    let mut skus = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let sku: Sku = parse(&format!("line {i} sku"), &line.sku)?;
+        if !skus.contains(&sku) {
+            skus.push(sku);
+        }
+    }
+    Ok(skus)
+}
+
+/// The basket the engine prices: a till's price or discount only with a reason code.
+fn basket_lines(lines: &[SaleLine]) -> Result<Vec<BasketLine>, PosError> {
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let sku: Sku = parse(&format!("line {i} sku"), &line.sku)?;
+        let manual = line.discount_cents.filter(|d| *d != 0);
+        let reason = match (
+            &line.reason,
+            line.unit_price_cents.is_some() || manual.is_some(),
+        ) {
+            (Some(r), _) => r.clone(),
+            (None, true) => {
+                return Err(PosError::invalid(format!(
+                    "line {i}: a price or discount from the till needs a reason code (`reason`); \
+                     leave both out to charge what HQ's prices and promotions say"
+                )));
+            }
+            (None, false) => String::new(),
+        };
+        out.push(BasketLine {
+            sku,
+            qty: line.qty,
+            price_override: line.unit_price_cents.map(|p| (p, reason.clone())),
+            manual_discount: manual.map(|d| (d, reason.clone())),
+        });
+    }
+    Ok(out)
+}
+
+/// The member as pricing sees them: level and birthday month from the profile.
+fn shopper(facts: &Facts, member: Option<&MemberId>) -> Option<Shopper> {
+    member?;
+    let field = |f: ProfileField| {
+        facts.member.as_ref().and_then(|m| {
+            m.profile
+                .iter()
+                .find(|(field, _)| *field == f)
+                .map(|(_, v)| v.clone())
+        })
+    };
+    Some(Shopper {
+        level: field(ProfileField::Level),
+        birthday_month: field(ProfileField::Birthday)
+            .and_then(|b| b.get(..2).and_then(|m| m.parse().ok())),
+    })
+}
+
+/// Prices `lines` with the checkout engine at `t_ms` (store-local time from the store's zone).
+fn price_lines(
+    facts: &Facts,
+    lines: &[BasketLine],
+    member: Option<&MemberId>,
+    store: &NodeId,
+    region: &RegionId,
+    t_ms: i64,
+) -> Result<Priced, PosError> {
+    let (local, _) = LocalTime::at(t_ms, &facts.time_zone);
+    let ctx = Context {
+        store,
+        region,
+        t_ms,
+        local,
+        member: shopper(facts, member),
+    };
+    checkout::price_basket(lines, &ctx, &facts.skus, &facts.used_units)
+        .map_err(|e| PosError::invalid(e.to_string()))
+}
+
+fn discount_json(d: &LineDiscount) -> Value {
+    match &d.source {
+        DiscountSource::Promotion(p) => {
+            json!({ "promotion": p.as_str(), "cents": d.cents, "units": d.units })
+        }
+        DiscountSource::Manual { reason } => {
+            json!({ "manual": reason, "cents": d.cents, "units": d.units })
+        }
+        DiscountSource::AsSold { receipt } => {
+            json!({ "as_sold": receipt.as_str(), "cents": d.cents, "units": d.units })
+        }
+    }
+}
+
+fn line_json(l: &ReceiptLine, gift: bool) -> Value {
+    json!({
+        "sku": l.sku.as_str(),
+        "qty": l.qty,
+        "unit_price_cents": l.unit_price_cents,
+        "discount_cents": l.discount_cents,
+        "amount_cents": l.amount_cents(),
+        "discounts": l.discounts.iter().map(discount_json).collect::<Vec<_>>(),
+        "price_override": l.price_override.as_ref().map(|o| json!({ "list_cents": o.list_cents, "reason": o.reason })),
+        "gift": gift,
+    })
+}
+
+/// A priced basket as the POS answers it.
+fn priced_json(p: &Priced) -> Value {
+    json!({
+        "lines": p.lines.iter().enumerate().map(|(i, l)| line_json(l, p.gift_lines.contains(&i))).collect::<Vec<_>>(),
+        "total_cents": p.total_cents,
+        "discount_cents": p.discount_cents,
+        "promotions": p.promotions.iter().map(|a| json!({ "id": a.id.as_str(), "name": a.name, "cents": a.cents, "units": a.units })).collect::<Vec<_>>(),
+        "explanation": p.explanation,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BasketRequest {
+    member: Option<String>,
+    lines: Vec<SaleLine>,
+}
+
+/// `POST /v1/baskets/price`: what the basket costs now, nothing written.
+async fn price_basket(
+    State(state): State<PosState>,
+    body: Result<Json<BasketRequest>, JsonRejection>,
+) -> PosResult {
+    let Json(req) = body?;
+    let member = parse_member(req.member.as_deref())?;
+    let skus = line_skus(&req.lines)?;
+    let basket = basket_lines(&req.lines)?;
+    let facts = state.facts(skus, member.clone()).await?;
+    let priced = price_lines(
+        &facts,
+        &basket,
+        member.as_ref(),
+        &state.store,
+        &state.region,
+        facts.t_ms,
+    )?;
+    let mut answer = priced_json(&priced);
+    answer["source"] = facts.source.to_json();
+    Ok(Json(answer).into_response())
+}
+
+fn parse_member(member: Option<&str>) -> Result<Option<MemberId>, PosError> {
+    member.map(|m| parse::<MemberId>("member", m)).transpose()
+}
+
+// ------------------------------------------------------------------------- sales
 
 #[derive(Deserialize, Serialize, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
@@ -499,77 +733,61 @@ struct SalePayment {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SaleRequest {
-    /// The till's own number for the receipt; a retry with the same number records nothing new.
+    /// The till's own number for the receipt; a retry with the same number records nothing new
+    /// and gets the first answer.
     receipt_no: Option<String>,
     member: Option<String>,
     lines: Vec<SaleLine>,
     #[serde(default)]
     payments: Vec<SalePayment>,
-    #[serde(default)]
-    promotions_applied: Vec<String>,
 }
 
-/// The distinct skus of a request's lines, checking the line count and each sku's form.
-fn line_skus(lines: &[SaleLine]) -> Result<Vec<Sku>, PosError> {
-    if lines.is_empty() {
-        return Err(PosError::invalid("a receipt needs at least one line"));
-    }
-    if lines.len() > RECEIPT_LINES_MAX {
-        return Err(PosError::invalid(format!(
-            "{} lines: at most {RECEIPT_LINES_MAX} per receipt",
-            lines.len()
-        )));
-    }
-    let mut skus = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        let sku: Sku = parse(&format!("line {i} sku"), &line.sku)?;
-        if !skus.contains(&sku) {
-            skus.push(sku);
-        }
-    }
-    Ok(skus)
+/// The stored answer to a keyed write, marked as a repeat.
+fn repeated(answer: &[u8]) -> Result<Value, PosError> {
+    let mut v: Value = serde_json::from_slice(answer).map_err(|e| {
+        PosError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("stored answer: {e}"),
+        )
+    })?;
+    v["duplicate"] = json!(true);
+    Ok(v)
 }
 
-fn check_lines(
-    facts: &Facts,
-    lines: Vec<SaleLine>,
-    member: bool,
-    store: &NodeId,
-    region: &RegionId,
-) -> Result<Vec<ReceiptLine>, PosError> {
-    line_skus(&lines)?;
-    let now = facts.t_ms;
-    let mut out = Vec::with_capacity(lines.len());
-    for (i, line) in lines.into_iter().enumerate() {
-        let sku: Sku = parse(&format!("line {i} sku"), &line.sku)?;
-        let Some(sku_facts) = facts.skus.get(&sku).filter(|f| f.product.is_some()) else {
-            return Err(PosError::invalid(format!("line {i}: unknown sku {sku}")));
-        };
-        if line.qty <= 0 {
+fn answer_bytes(answer: &Value) -> Result<Vec<u8>, PosError> {
+    serde_json::to_vec(answer)
+        .map_err(|e| PosError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Checks the till's payments against the total (cash for the total when none are given).
+fn payments(req: &[SalePayment], total: i64) -> Result<Vec<Payment>, PosError> {
+    if req.is_empty() {
+        return Ok(vec![Payment {
+            method: PaymentMethod::Cash,
+            amount_cents: total,
+        }]);
+    }
+    let mut paid = 0i64;
+    let mut out = Vec::with_capacity(req.len());
+    for (i, p) in req.iter().enumerate() {
+        if !(0..=AMOUNT_CENTS_MAX).contains(&p.amount_cents) {
             return Err(PosError::invalid(format!(
-                "line {i}: quantity {} must be positive (record returns with POST /v1/returns)",
-                line.qty
+                "payment {i}: {} cents is outside 0..={AMOUNT_CENTS_MAX}",
+                p.amount_cents
             )));
         }
-        let unit_price_cents = match line.unit_price_cents {
-            Some(p) if p < 0 => {
-                return Err(PosError::invalid(format!("line {i}: negative price {p}")));
-            }
-            Some(p) => p,
-            None => merge::shelf_price_cents(&sku_facts.prices, &sku, store, region, now, member)
-                .ok_or_else(|| {
-                PosError::invalid(format!("line {i}: sku {sku} has no price in effect here"))
-            })?,
-        };
-        if line.discount_cents < 0 {
-            return Err(PosError::invalid(format!("line {i}: negative discount")));
-        }
-        out.push(ReceiptLine {
-            sku,
-            qty: line.qty,
-            unit_price_cents,
-            discount_cents: line.discount_cents,
+        paid = paid
+            .checked_add(p.amount_cents)
+            .ok_or_else(|| PosError::invalid("payments overflow"))?;
+        out.push(Payment {
+            method: p.method.into(),
+            amount_cents: p.amount_cents,
         });
+    }
+    if paid != total {
+        return Err(PosError::invalid(format!(
+            "payments add up to {paid}, the receipt total is {total}"
+        )));
     }
     Ok(out)
 }
@@ -580,65 +798,56 @@ async fn record_sale(
 ) -> PosResult {
     let Json(req) = body?;
     let (store, region) = (state.store.clone(), state.region.clone());
-    let member = req
-        .member
-        .as_deref()
-        .map(|m| parse::<MemberId>("member", m))
-        .transpose()?;
+    let member = parse_member(req.member.as_deref())?;
     let skus = line_skus(&req.lines)?;
+    let basket = basket_lines(&req.lines)?;
     let (status, receipt) = state
-        .write_with_facts(skus, None, move |r, facts| {
+        .write_with_facts(skus, member.clone(), move |r, facts| {
             let id = match &req.receipt_no {
                 Some(no) => parse::<RecordId>("receipt_no", &format!("{store}-P{no}"))?,
                 None => minted(&store, "R", next_seq(r, Topic::Sales)?)?,
             };
+            let key = format!("sale:{id}");
+            if let Some(answer) = r.pos_answer(&key)? {
+                return Ok((StatusCode::OK, repeated(&answer)?));
+            }
             if r.receipt_state(id.as_str())?.is_some() {
+                // Recorded before this node kept answers (a restored database): say so.
                 return Ok((
                     StatusCode::OK,
                     json!({ "receipt_id": id.as_str(), "duplicate": true }),
                 ));
             }
-            let lines = check_lines(&facts, req.lines, member.is_some(), &store, &region)?;
-            let mut receipt = Receipt {
-                id,
+            let sold_at_ms = now_ms() as i64;
+            let priced = price_lines(
+                &facts,
+                &basket,
+                member.as_ref(),
+                &store,
+                &region,
+                facts.t_ms,
+            )?;
+            let receipt = Receipt {
+                id: id.clone(),
                 store: store.clone(),
-                sold_at_ms: now_ms() as i64,
+                sold_at_ms,
                 member,
-                lines,
-                payments: vec![],
-                promotions_applied: req
-                    .promotions_applied
-                    .iter()
-                    .map(|p| parse::<RecordId>("promotion", p))
-                    .collect::<Result<_, _>>()?,
+                payments: payments(&req.payments, priced.total_cents)?,
+                promotions_applied: priced.promotions.iter().map(|p| p.id.clone()).collect(),
+                lines: priced.lines.clone(),
             };
-            let total = receipt.total_cents();
-            receipt.payments = if req.payments.is_empty() {
-                vec![Payment {
-                    method: PaymentMethod::Cash,
-                    amount_cents: total,
-                }]
-            } else {
-                req.payments
-                    .iter()
-                    .map(|p| Payment {
-                        method: p.method.into(),
-                        amount_cents: p.amount_cents,
-                    })
-                    .collect()
-            };
-            let paid: i64 = receipt.payments.iter().map(|p| p.amount_cents).sum();
-            if paid != total {
-                return Err(PosError::invalid(format!(
-                    "payments add up to {paid}, the receipt total is {total}"
-                )));
-            }
-            let id = receipt.id.to_string();
-            let committed = r.commit_local(Topic::Sales, vec![Op::Receipt(receipt)], now_ms())?;
-            Ok((
-                StatusCode::CREATED,
-                json!({ "receipt_id": id, "total_cents": total, "seq": committed.seq }),
-            ))
+            receipt.check_bounds().map_err(PosError::invalid)?;
+            let mut answer = priced_json(&priced);
+            answer["receipt_id"] = json!(id.as_str());
+            answer["seq"] = json!(next_seq(r, Topic::Sales)?);
+            r.commit_local_answering(
+                Topic::Sales,
+                vec![Op::Receipt(receipt)],
+                now_ms(),
+                &key,
+                &answer_bytes(&answer)?,
+            )?;
+            Ok((StatusCode::CREATED, answer))
         })
         .await?;
     Ok((status, Json(receipt)).into_response())
@@ -646,46 +855,129 @@ async fn record_sale(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ReturnLine {
+    sku: String,
+    qty: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReturnRequest {
+    /// The till's own number for the return: a retry gets the first answer.
+    return_no: String,
+    /// The receipt the goods were sold on.
     original: String,
-    lines: Vec<SaleLine>,
+    lines: Vec<ReturnLine>,
     refund_method: Option<Method>,
 }
 
+/// `POST /v1/returns`: checked against the original when this store holds it (units sold less
+/// earlier returns, refund at the price paid); otherwise taken as unverified, at today's price,
+/// for HQ to check when the original arrives.
 async fn record_return(
     State(state): State<PosState>,
     body: Result<Json<ReturnRequest>, JsonRejection>,
 ) -> PosResult {
     let Json(req) = body?;
     let (store, region) = (state.store.clone(), state.region.clone());
-    let skus = line_skus(&req.lines)?;
-    let answer = state
+    let original: RecordId = parse("original", &req.original)?;
+    let id: RecordId = parse("return_no", &format!("{store}-T{}", req.return_no))?;
+    if req.lines.is_empty() || req.lines.len() > RECEIPT_LINES_MAX {
+        return Err(PosError::invalid(format!(
+            "a return has 1..={RECEIPT_LINES_MAX} lines"
+        )));
+    }
+    let mut wanted = Vec::with_capacity(req.lines.len());
+    for (i, l) in req.lines.iter().enumerate() {
+        wanted.push((parse::<Sku>(&format!("line {i} sku"), &l.sku)?, l.qty));
+    }
+    let mut skus: Vec<Sku> = wanted.iter().map(|(s, _)| s.clone()).collect();
+    skus.dedup();
+    let (status, answer) = state
         .write_with_facts(skus, None, move |r, facts| {
-            let original: RecordId = parse("original", &req.original)?;
-            let lines = check_lines(&facts, req.lines, false, &store, &region)?;
+            let key = format!("return:{id}");
+            if let Some(answer) = r.pos_answer(&key)? {
+                return Ok((StatusCode::OK, repeated(&answer)?));
+            }
+            if r.return_record(&id)?.is_some() {
+                return Ok((
+                    StatusCode::OK,
+                    json!({ "return_id": id.as_str(), "duplicate": true }),
+                ));
+            }
+            let (lines, unverified) = match r.original_receipt(&original)? {
+                Some(o) if o.voided => {
+                    return Err(PosError::conflict(format!(
+                        "receipt {original} was voided: nothing to return"
+                    )));
+                }
+                Some(o) => {
+                    let earlier: Vec<ReceiptLine> = r
+                        .returns_against(&original)?
+                        .into_iter()
+                        .flat_map(|ret| ret.lines)
+                        .collect();
+                    let lines = returns::refund_lines(&original, &o.lines, &earlier, &wanted)
+                        .map_err(|e| PosError::invalid(e.to_string()))?;
+                    (lines, false)
+                }
+                None => {
+                    // Not held here: today's price, flagged for HQ to check.
+                    let basket: Vec<BasketLine> = wanted
+                        .iter()
+                        .map(|(s, q)| BasketLine::new(s.clone(), *q))
+                        .collect();
+                    let priced = price_lines(&facts, &basket, None, &store, &region, facts.t_ms)?;
+                    let lines = priced
+                        .lines
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| !priced.gift_lines.contains(i))
+                        .map(|(_, l)| l)
+                        .collect();
+                    (lines, true)
+                }
+            };
             let refund: i64 = lines.iter().map(ReceiptLine::amount_cents).sum();
-            let id = minted(&store, "T", next_seq(r, Topic::Sales)?)?;
             let ret = ReturnRecord {
                 id: id.clone(),
                 store: store.clone(),
-                original,
+                original: original.clone(),
                 at_ms: now_ms() as i64,
-                lines,
                 refunds: vec![Payment {
                     method: req.refund_method.unwrap_or(Method::Cash).into(),
                     amount_cents: refund,
                 }],
+                lines,
+                unverified,
             };
-            r.commit_local(Topic::Sales, vec![Op::Return(ret)], now_ms())?;
-            Ok(json!({ "return_id": id.as_str(), "refund_cents": refund }))
+            ret.check_bounds().map_err(PosError::invalid)?;
+            let answer = json!({
+                "return_id": id.as_str(),
+                "original": original.as_str(),
+                "refund_cents": refund,
+                "unverified": unverified,
+                "lines": ret.lines.iter().map(|l| line_json(l, false)).collect::<Vec<_>>(),
+                "seq": next_seq(r, Topic::Sales)?,
+            });
+            r.commit_local_answering(
+                Topic::Sales,
+                vec![Op::Return(ret)],
+                now_ms(),
+                &key,
+                &answer_bytes(&answer)?,
+            )?;
+            Ok((StatusCode::CREATED, answer))
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    Ok((status, Json(answer)).into_response())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VoidRequest {
+    /// The till's own number for the void: a retry gets the first answer.
+    void_no: String,
     original: String,
     reason: String,
 }
@@ -696,9 +988,15 @@ async fn record_void(
 ) -> PosResult {
     let Json(req) = body?;
     let store = state.store.clone();
-    let answer = state
+    let original: RecordId = parse("original", &req.original)?;
+    let id: RecordId = parse("void_no", &format!("{store}-V{}", req.void_no))?;
+    chainsync::model::check_text("reason", &req.reason).map_err(PosError::invalid)?;
+    let (status, answer) = state
         .write(move |r| {
-            let original: RecordId = parse("original", &req.original)?;
+            let key = format!("void:{id}");
+            if let Some(answer) = r.pos_answer(&key)? {
+                return Ok((StatusCode::OK, repeated(&answer)?));
+            }
             match r.receipt_state(original.as_str())? {
                 None => {
                     return Err(PosError::not_found(format!(
@@ -717,19 +1015,30 @@ async fn record_void(
                     "receipt {original} is not this store's to void"
                 )));
             }
-            let id = minted(&store, "V", next_seq(r, Topic::Sales)?)?;
+            if r.has_returns(&original)? {
+                return Err(PosError::conflict(format!(
+                    "receipt {original} has returns against it: it cannot be voided (return the rest instead)"
+                )));
+            }
             let void = Void {
                 id: id.clone(),
                 store: store.clone(),
-                original,
+                original: original.clone(),
                 at_ms: now_ms() as i64,
                 reason: req.reason,
             };
-            r.commit_local(Topic::Sales, vec![Op::Void(void)], now_ms())?;
-            Ok(json!({ "void_id": id.as_str() }))
+            let answer = json!({ "void_id": id.as_str(), "original": original.as_str(), "seq": next_seq(r, Topic::Sales)? });
+            r.commit_local_answering(
+                Topic::Sales,
+                vec![Op::Void(void)],
+                now_ms(),
+                &key,
+                &answer_bytes(&answer)?,
+            )?;
+            Ok((StatusCode::CREATED, answer))
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    Ok((status, Json(answer)).into_response())
 }
 
 // ------------------------------------------------------------------------- prices
@@ -741,6 +1050,8 @@ struct PriceQuery {
     at_ms: Option<i64>,
 }
 
+/// `GET /v1/prices/{sku}`: the unit price, the promotions that apply to one unit and what one
+/// unit costs after them (the engine prices a basket of one).
 async fn price(
     State(state): State<PosState>,
     Path(sku): Path<String>,
@@ -748,11 +1059,7 @@ async fn price(
 ) -> PosResult {
     let Query(q) = query?;
     let sku: Sku = parse("sku", &sku)?;
-    let member = q
-        .member
-        .as_deref()
-        .map(|m| parse::<MemberId>("member", m))
-        .transpose()?;
+    let member = parse_member(q.member.as_deref())?;
     let (store, region) = (&state.store, &state.region);
     let facts = state.facts(vec![sku.clone()], member.clone()).await?;
     let Some(f) = facts.skus.get(&sku).filter(|f| f.product.is_some()) else {
@@ -765,50 +1072,50 @@ async fn price(
         .then(|| merge::effective_price(&f.prices, &sku, PriceKind::Member, store, region, t))
         .flatten();
     let charge = merge::shelf_price_cents(&f.prices, &sku, store, region, t, member.is_some());
-    let birthday_month = facts.member.as_ref().is_some_and(|m| {
-        m.profile
-            .iter()
-            .find(|(field, _)| *field == ProfileField::Birthday)
-            .and_then(|(_, b)| b.get(..2))
-            .is_some_and(|mm| mm == month_of(t))
-    });
-    let ctx = PromotionContext {
+    let one = charge
+        .map(|_| {
+            price_lines(
+                &facts,
+                &[BasketLine::new(sku.clone(), 1)],
+                member.as_ref(),
+                store,
+                region,
+                t,
+            )
+        })
+        .transpose()?;
+    let (local, _) = LocalTime::at(t, &facts.time_zone);
+    let ctx = Context {
         store,
         region,
         t_ms: t,
-        local_hour: ((t / 3_600_000) % 24) as u8,
-        is_member: member.is_some(),
-        birthday_month,
+        local,
+        member: shopper(&facts, member.as_ref()),
     };
     let promotions: Vec<Value> = f
         .promotions
         .iter()
-        .filter(|p| merge::promotion_applies(p, &sku, &ctx))
-        .map(|p| json!({ "id": p.id.as_str(), "name": p.name, "rule": format!("{:?}", p.rule) }))
+        .filter(|p| checkout::conditions_met(p, &ctx))
+        .map(|p| {
+            let gave = one
+                .as_ref()
+                .and_then(|o| o.promotions.iter().find(|a| a.id == p.id))
+                .map_or(0, |a| a.cents);
+            json!({ "id": p.id.as_str(), "name": p.name, "rule": p.rule, "mode": p.mode, "priority": p.priority, "one_unit_cents": gave })
+        })
         .collect();
     let entry_json = |e: &chainsync::model::PriceEntry| json!({ "price_cents": e.price_cents, "scope": e.scope.to_string(), "entry": e.id.as_str() });
     Ok(Json(json!({
         "sku": sku.as_str(),
         "price_cents": charge,
+        "promoted_cents": one.as_ref().map(|o| o.total_cents),
         "retail": retail.map(entry_json),
         "member": member_entry.map(entry_json),
         "promotions": promotions,
+        "explanation": one.map(|o| o.explanation),
         "source": facts.source.to_json(),
     }))
     .into_response())
-}
-
-/// `MM` of a Unix-ms time (UTC), by the civil-from-days algorithm.
-fn month_of(t_ms: i64) -> String {
-    let days = t_ms.div_euclid(86_400_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    format!("{month:02}")
 }
 
 // ------------------------------------------------------------------------- members
@@ -943,6 +1250,7 @@ async fn ledger(
     if req.change == 0 {
         return Err(PosError::invalid("change must not be zero"));
     }
+    chainsync::model::check_amount("change", req.change).map_err(PosError::invalid)?;
     let store = state.store.clone();
     // A hosted store takes balances from HQ; it only lets a member take from one (redeem,
     // spend) when HQ's answer is fresh and holds all of this store's earlier member writes.
@@ -978,7 +1286,10 @@ async fn ledger(
                     })
                 }
             };
-            if req.change < 0 && balance + req.change < 0 {
+            let after = balance
+                .checked_add(req.change)
+                .ok_or_else(|| PosError::invalid("the balance would overflow"))?;
+            if req.change < 0 && after < 0 {
                 return Err(PosError::conflict(format!(
                     "balance is {balance}; taking {} would overdraw it",
                     -req.change
@@ -1006,7 +1317,7 @@ async fn ledger(
             r.commit_local(Topic::Members, vec![Op::Ledger(entry)], now_ms())?;
             let (after, source) = match &hosted_facts {
                 None => (r.balance(&member, account)?, Source::Replica),
-                Some(facts) => (balance + req.change, facts.source),
+                Some(facts) => (after, facts.source),
             };
             Ok(json!({ "member": member.as_str(), "balance": after, "source": source.to_json() }))
         })
@@ -1037,6 +1348,8 @@ async fn stored_value(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MovementRequest {
+    /// The till's own number for the movement: a retry gets the first answer.
+    movement_no: String,
     sku: String,
     /// Received / transferred units (positive), or the counted quantity for a count.
     qty: i64,
@@ -1058,9 +1371,20 @@ async fn movement(state: PosState, req: MovementRequest, op: MovementOp) -> PosR
     if req.reference.len() > 200 {
         return Err(PosError::invalid("reference is longer than 200 characters"));
     }
+    if !(0..=STOCK_MOVE_MAX_UNITS).contains(&req.qty) {
+        return Err(PosError::invalid(format!(
+            "quantity {} is outside 0..={STOCK_MOVE_MAX_UNITS}",
+            req.qty
+        )));
+    }
     let store = state.store.clone();
-    let answer = state
+    let id: RecordId = parse("movement_no", &format!("{store}-K{}", req.movement_no))?;
+    let (status, answer) = state
         .write_with_facts(vec![sku.clone()], None, move |r, facts| {
+            let key = format!("movement:{id}");
+            if let Some(answer) = r.pos_answer(&key)? {
+                return Ok((StatusCode::OK, repeated(&answer)?));
+            }
             if facts.skus.get(&sku).is_none_or(|f| f.product.is_none()) {
                 return Err(PosError::invalid(format!("unknown sku {sku}")));
             }
@@ -1088,9 +1412,13 @@ async fn movement(state: PosState, req: MovementRequest, op: MovementOp) -> PosR
                     )));
                 }
             };
+            let after = current
+                .checked_add(delta)
+                .ok_or_else(|| PosError::invalid("stock would overflow"))?;
+            let answer = json!({ "movement_id": id.as_str(), "sku": sku.as_str(), "qty": after, "moved": delta });
             if delta != 0 {
                 let m = StockMovement {
-                    id: minted(&store, "K", next_seq(r, Topic::Inventory)?)?,
+                    id: id.clone(),
                     store: store.clone(),
                     sku: sku.clone(),
                     kind,
@@ -1098,12 +1426,23 @@ async fn movement(state: PosState, req: MovementRequest, op: MovementOp) -> PosR
                     reference: req.reference,
                     at_ms: now_ms() as i64,
                 };
-                r.commit_local(Topic::Inventory, vec![Op::Stock(m)], now_ms())?;
+                m.check_bounds().map_err(PosError::invalid)?;
+                r.commit_local_answering(
+                    Topic::Inventory,
+                    vec![Op::Stock(m)],
+                    now_ms(),
+                    &key,
+                    &answer_bytes(&answer)?,
+                )?;
+            } else {
+                // A count that found the books right moves nothing, but its retry must not
+                // move anything later either.
+                r.put_pos_answer(&key, &answer_bytes(&answer)?)?;
             }
-            Ok(json!({ "sku": sku.as_str(), "qty": r.stock_of(&store, &sku)?, "moved": delta }))
+            Ok((StatusCode::CREATED, answer))
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
+    Ok((status, Json(answer)).into_response())
 }
 
 async fn stock_received(

@@ -147,6 +147,7 @@ impl Chain {
                 may_set_own_prices: false,
                 revoked: false,
                 retired_keys: vec![],
+                time_zone: "UTC".into(),
             })
         }));
         ops
@@ -188,12 +189,7 @@ pub fn receipt(
 ) -> Receipt {
     let lines: Vec<ReceiptLine> = lines
         .iter()
-        .map(|(s, qty, price)| ReceiptLine {
-            sku: sku(s),
-            qty: *qty,
-            unit_price_cents: *price,
-            discount_cents: 0,
-        })
+        .map(|(s, qty, price)| ReceiptLine::plain(sku(s), *qty, *price))
         .collect();
     let total = lines.iter().map(ReceiptLine::amount_cents).sum();
     Receipt {

@@ -25,9 +25,9 @@ use chainsync::changeset::Op;
 use chainsync::hlc::Hlc;
 use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Scope, Topic};
 use chainsync::model::{
-    LedgerAccount, LedgerEntry, LedgerKind, MemberEdit, MovementKind, Payment, PaymentMethod,
-    PriceEntry, PriceKind, Product, ProfileField, Promotion, PromotionRule, Receipt, ReceiptLine,
-    ReturnRecord, StockMovement, Void,
+    ALL_DAYS, Combination, LedgerAccount, LedgerEntry, LedgerKind, MemberEdit, MovementKind,
+    Payment, PaymentMethod, PriceEntry, PriceKind, Product, ProfileField, Promotion, PromotionRule,
+    Receipt, ReceiptLine, ReturnRecord, SpendReward, SpendTier, StockMovement, Void,
 };
 use chainsync::protocol::frame::{Frame, FrameDecoder, encode_frame};
 use chainsync::protocol::{HubSession, LeafSession, SessionError, subscribes};
@@ -381,12 +381,11 @@ impl Sim {
         let mut lines = Vec::new();
         for _ in 0..line_count {
             let s = self.rng.below(SKUS);
-            lines.push(ReceiptLine {
-                sku: sku(&format!("sku{s}")),
-                qty: 1 + self.rng.below(3) as i64,
-                unit_price_cents: 100 + s as i64 * 10,
-                discount_cents: 0,
-            });
+            lines.push(ReceiptLine::plain(
+                sku(&format!("sku{s}")),
+                1 + self.rng.below(3) as i64,
+                100 + s as i64 * 10,
+            ));
         }
         let member = self.rng.chance(40).then(|| self.random_member());
         let store_id = self.stores[i].id.clone();
@@ -451,6 +450,7 @@ impl Sim {
                 amount_cents: original.total_cents(),
             }],
             lines: lines.clone(),
+            unverified: false,
         };
         self.store_commit(i, Topic::Sales, vec![Op::Return(ret)])?;
         for line in &lines {
@@ -711,10 +711,16 @@ impl Sim {
                     cents: 10 + self.rng.below(100) as i64,
                 },
                 2 => PromotionRule::FixedPrice { cents: 99 },
-                3 => PromotionRule::BuyNGetM { buy: 2, get: 1 },
-                _ => PromotionRule::SpendXGetY {
-                    spend_cents: 5_000,
-                    off_cents: 500,
+                3 => PromotionRule::BuyNGetM {
+                    buy: 2,
+                    get: 1,
+                    across_skus: false,
+                },
+                _ => PromotionRule::SpendThreshold {
+                    tiers: vec![SpendTier {
+                        spend_cents: 5_000,
+                        reward: SpendReward::AmountOff { cents: 500 },
+                    }],
                 },
             };
             let id = self.hq_record();
@@ -724,12 +730,19 @@ impl Sim {
                 scope: scope.clone(),
                 rule,
                 skus: vec![sku(&format!("sku{}", self.rng.below(SKUS)))],
+                categories: vec![],
+                mode: Combination::BestPrice,
+                priority: 0,
                 member_only: self.rng.chance(30),
+                member_levels: vec![],
                 birthday_only: self.rng.chance(10),
                 starts_at_ms: self.now_ms as i64,
                 ends_at_ms: Some(self.now_ms as i64 + 86_400_000),
+                local_dates: None,
+                days_of_week: ALL_DAYS,
                 hours: self.rng.chance(20).then_some((17, 19)),
                 max_units_per_receipt: self.rng.chance(30).then_some(2),
+                allocations: vec![],
             })
         };
         self.hq_commit(Topic::Promotions(scope), vec![op])

@@ -613,6 +613,78 @@ fn a_store_writing_what_it_does_not_own_is_op_not_allowed() {
     assert_eq!(fingerprint(&w.hq), before);
 }
 
+// Absurd numbers from a store's own signed stream are refused at HQ's gate naming the limit, and
+// change nothing: 2^62 units of a sale (which made HQ's reports overflow), a negative price, a
+// discount larger than the line, a ledger entry of 2^62 cents, a stock movement of 2^40 units.
+#[test]
+fn absurd_quantities_and_amounts_from_any_node_are_refused_at_the_gate() {
+    let mut w = world();
+    let s1 = node("S001");
+    let key = key_for("S001");
+    let sales = stream("S001", Topic::Sales);
+    let huge = sale(&s1, 2, 1 << 62);
+    let mut negative = receipt(&s1, 3, 0, None, &[("cola", 1, -150)]);
+    negative.payments.clear();
+    let mut over_discounted = receipt(&s1, 4, 0, None, &[("cola", 1, 150)]);
+    over_discounted.lines[0].discount_cents = 200;
+    for (op, what) in [
+        (huge, "quantity 4611686018427387904"),
+        (Op::Receipt(negative), "unit price -150"),
+        (Op::Receipt(over_discounted), "add up to 0"),
+    ] {
+        let before = fingerprint(&w.hq);
+        let report =
+            w.hq.apply_batch(&[forge_next(&w.hq, &sales, vec![op], &key)], Some(&s1), T1)
+                .unwrap();
+        assert!(
+            matches!(&report.rejected[..], [ChangeSetError::OpNotAllowed { reason, .. }] if reason.contains(what)),
+            "{what}: {:?}",
+            report.rejected
+        );
+        assert_eq!(fingerprint(&w.hq), before);
+    }
+    let members = stream("S001", Topic::Members);
+    let entry = chainsync::model::LedgerEntry {
+        id: record("S001-L9"),
+        member: member("M0"),
+        account: chainsync::model::LedgerAccount::StoredValue,
+        kind: chainsync::model::LedgerKind::ToppedUp,
+        amount: 1 << 62,
+        receipt: None,
+        at_ms: 0,
+    };
+    let report =
+        w.hq.apply_batch(
+            &[forge_next(&w.hq, &members, vec![Op::Ledger(entry)], &key)],
+            Some(&s1),
+            T1,
+        )
+        .unwrap();
+    assert!(
+        matches!(&report.rejected[..], [ChangeSetError::OpNotAllowed { reason, .. }] if reason.contains("beyond the limit")),
+        "{:?}",
+        report.rejected
+    );
+    let inventory = stream("S001", Topic::Inventory);
+    let report =
+        w.hq.apply_batch(
+            &[forge_next(
+                &w.hq,
+                &inventory,
+                vec![Op::Stock(received(&s1, 9, "cola", 1 << 40))],
+                &key,
+            )],
+            Some(&s1),
+            T1,
+        )
+        .unwrap();
+    assert!(
+        matches!(&report.rejected[..], [ChangeSetError::OpNotAllowed { reason, .. }] if reason.contains("at most 1000000")),
+        "{:?}",
+        report.rejected
+    );
+}
+
 // An origin missing from the directory is UnknownOrigin; once HQ revokes a store, its change
 // sets are Revoked at HQ and at stores that hold the new directory, and its session is refused.
 #[test]

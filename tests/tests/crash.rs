@@ -242,7 +242,12 @@ fn sigkill_during_seeding_and_during_a_large_backlog_loses_and_doubles_nothing()
     let hq_members = replica.member_fields().unwrap();
     wait_until(WAIT, "the store seeded", || {
         let (_, sync) = agent.get("/v1/sync");
-        (sync["seeding"] == json!([]) && agent.get("/v1/members/M59999").0 == 200).then_some(())
+        // The head too: before the directory arrives an agent asks HQ (as if hosted), so a
+        // member answer alone does not show that the store holds the members.
+        (sync["seeding"] == json!([])
+            && agent.get("/v1/members/M59999").0 == 200
+            && store_head(&agent, "hq/members") == MEMBER_CHANGE_SETS as i64)
+            .then_some(())
     });
     agent_proc.take().unwrap().kill9();
     assert!(mid_seeding > 0, "no kill landed during the seeding");

@@ -178,16 +178,12 @@ fn a_return_of_another_stores_receipt_applies_before_the_original() {
         store: s2.clone(),
         original: record("S001-1"),
         at_ms: 3_000,
-        lines: vec![ReceiptLine {
-            sku: sku("cola"),
-            qty: 1,
-            unit_price_cents: 150,
-            discount_cents: 0,
-        }],
+        lines: vec![ReceiptLine::plain(sku("cola"), 1, 150)],
         refunds: vec![Payment {
             method: PaymentMethod::Cash,
             amount_cents: 150,
         }],
+        unverified: true,
     };
     stores[1]
         .commit_local(Topic::Sales, vec![Op::Return(ret)], 3_000)

@@ -20,7 +20,9 @@
 use crate::changeset::Op;
 use crate::hlc::Hlc;
 use crate::ids::{NodeId, StreamId, Topic};
-use crate::model::{LedgerAccount, LedgerKind, MovementKind, PriceKind, Receipt, ReceiptLine};
+use crate::model::{
+    DiscountSource, LedgerAccount, LedgerKind, MovementKind, PriceKind, Receipt, ReceiptLine,
+};
 use rusqlite::{Connection, params};
 use std::collections::BTreeMap;
 
@@ -69,8 +71,8 @@ pub(crate) fn apply_op(
         Op::StoreUpsert(s) => {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO stores
-                 (id, name, region, mode, public_key, may_set_own_prices, revoked)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 (id, name, region, mode, public_key, may_set_own_prices, revoked, time_zone)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 s.id.as_str(),
@@ -79,7 +81,8 @@ pub(crate) fn apply_op(
                 s.mode.as_str(),
                 &s.public_key[..],
                 s.may_set_own_prices,
-                s.revoked
+                s.revoked,
+                s.time_zone
             ])?;
             tx.prepare_cached("DELETE FROM store_retired_keys WHERE store = ?1")?
                 .execute(params![s.id.as_str()])?;
@@ -210,8 +213,8 @@ pub(crate) fn apply_op(
                 .fold(0, i64::saturating_add);
             let inserted = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO returns (id, store, original, at_ms, refund_cents, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR IGNORE INTO returns (id, store, original, at_ms, refund_cents, unverified, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
                 .execute(params![
                     r.id.as_str(),
@@ -219,6 +222,7 @@ pub(crate) fn apply_op(
                     r.original.as_str(),
                     r.at_ms,
                     refund,
+                    r.unverified,
                     encode(r)
                 ])?;
             if inserted == 1 {
@@ -279,11 +283,32 @@ fn apply_receipt(tx: &Connection, r: &Receipt, stock: &mut StockDeltas) -> rusql
             .execute(params![r.id.as_str()])?;
     }
     let mut line_stmt = tx.prepare_cached(
-        "INSERT INTO receipt_lines (receipt, line_no, sku, qty, unit_price_cents, discount_cents)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO receipt_lines
+         (receipt, line_no, sku, qty, unit_price_cents, discount_cents, list_cents, override_reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut discount_stmt = tx.prepare_cached(
+        "INSERT INTO line_discounts (receipt, line_no, n, promotion, reason, cents, units)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for (line_no, line) in r.lines.iter().enumerate() {
         insert_line(&mut line_stmt, r, line_no, line)?;
+        for (n, d) in line.discounts.iter().enumerate() {
+            let (promotion, reason) = match &d.source {
+                DiscountSource::Promotion(p) => (Some(p.as_str()), None),
+                DiscountSource::Manual { reason } => (None, Some(reason.as_str())),
+                DiscountSource::AsSold { .. } => continue,
+            };
+            discount_stmt.execute(params![
+                r.id.as_str(),
+                line_no as i64,
+                n as i64,
+                promotion,
+                reason,
+                d.cents,
+                d.units
+            ])?;
+        }
         if !already_voided {
             stock.add(&r.store, line.sku.as_str(), -line.qty);
         }
@@ -303,7 +328,9 @@ fn insert_line(
         line.sku.as_str(),
         line.qty,
         line.unit_price_cents,
-        line.discount_cents
+        line.discount_cents,
+        line.price_override.as_ref().map(|o| o.list_cents),
+        line.price_override.as_ref().map(|o| o.reason.as_str())
     ])?;
     Ok(())
 }

@@ -159,6 +159,7 @@ impl Replica {
             may_set_own_prices: false,
             revoked: false,
             retired_keys: Vec::new(),
+            time_zone: "UTC".into(),
         };
         // A store already in the directory is being replaced: its old key is retired with how
         // far it signed each stream, and the new key takes over from there.

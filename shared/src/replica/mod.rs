@@ -24,6 +24,8 @@ use apply::StockDeltas;
 mod hq;
 mod query;
 mod report;
+mod retail;
+pub use retail::{OriginalReceipt, OverrideRow, PromotionReportRow, UnverifiedReturn};
 mod snapshot;
 
 pub use hq::{EnrollError, PendingStore};
@@ -46,7 +48,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Schema version this build writes; a database of another version is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

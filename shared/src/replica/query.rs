@@ -35,7 +35,10 @@ pub struct StockRow {
     pub qty: i64,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, ReplicaError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, ReplicaError> {
     postcard::from_bytes(bytes).map_err(|e| ReplicaError::Corrupt(format!("stored {what}: {e}")))
 }
 
@@ -224,16 +227,26 @@ impl Replica {
 
     /// The directory entry of a store, if this replica holds it.
     pub fn store_info(&self, store: &NodeId) -> Result<Option<StoreInfo>, ReplicaError> {
-        let row: Option<(String, String, String, Vec<u8>, bool, bool)> = self
+        type Row = (String, String, String, Vec<u8>, bool, bool, String);
+        let row: Option<Row> = self
             .conn
             .prepare_cached(
-                "SELECT name, region, mode, public_key, may_set_own_prices, revoked FROM stores WHERE id = ?1",
+                "SELECT name, region, mode, public_key, may_set_own_prices, revoked, time_zone
+                 FROM stores WHERE id = ?1",
             )?
             .query_row(params![store.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
             })
             .optional()?;
-        let Some((name, region, mode, key, may_set_own_prices, revoked)) = row else {
+        let Some((name, region, mode, key, may_set_own_prices, revoked, time_zone)) = row else {
             return Ok(None);
         };
         let corrupt = |what: &str| ReplicaError::Corrupt(format!("store {store}: {what}"));
@@ -252,6 +265,7 @@ impl Replica {
             may_set_own_prices,
             revoked,
             retired_keys: super::retired_keys(&self.conn, store)?,
+            time_zone,
         }))
     }
 

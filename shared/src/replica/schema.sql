@@ -1,4 +1,4 @@
--- chainsync replica schema, version 1. Applied once by Replica::open.
+-- chainsync replica schema, version 2. Applied once by Replica::open.
 -- Replication state: the log of every stream this node keeps, and where each stands.
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -50,7 +50,8 @@ CREATE TABLE stores (
     mode               TEXT    NOT NULL,
     public_key         BLOB    NOT NULL,
     may_set_own_prices INTEGER NOT NULL,
-    revoked            INTEGER NOT NULL
+    revoked            INTEGER NOT NULL,
+    time_zone          TEXT    NOT NULL DEFAULT 'UTC'
 ) WITHOUT ROWID;
 CREATE TABLE products (
     sku             TEXT PRIMARY KEY,
@@ -128,14 +129,30 @@ CREATE TABLE receipt_lines (
     qty              INTEGER NOT NULL,
     unit_price_cents INTEGER NOT NULL,
     discount_cents   INTEGER NOT NULL,
+    list_cents       INTEGER,                  -- the engine's price, where the till overrode it
+    override_reason  TEXT,
     PRIMARY KEY (receipt, line_no)
 ) WITHOUT ROWID;
+-- What each promotion (or a manual discount) took off each receipt line: allocations, the
+-- per-promotion report and the overrides report read it.
+CREATE TABLE line_discounts (
+    receipt   TEXT    NOT NULL,
+    line_no   INTEGER NOT NULL,
+    n         INTEGER NOT NULL,
+    promotion TEXT,                           -- NULL for a manual discount
+    reason    TEXT,                           -- a manual discount's reason code
+    cents     INTEGER NOT NULL,
+    units     INTEGER NOT NULL,
+    PRIMARY KEY (receipt, line_no, n)
+) WITHOUT ROWID;
+CREATE INDEX line_discounts_by_promotion ON line_discounts (promotion);
 CREATE TABLE returns (
     id           TEXT PRIMARY KEY,
     store        TEXT    NOT NULL,
     original     TEXT    NOT NULL,
     at_ms        INTEGER NOT NULL,
     refund_cents INTEGER NOT NULL,
+    unverified   INTEGER NOT NULL DEFAULT 0,  -- the store did not hold the original
     body         BLOB    NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX returns_by_original ON returns (original);
@@ -149,6 +166,13 @@ CREATE TABLE voids (
 -- Every receipt applied asks whether a void for it arrived first: without this index that is a
 -- scan of every void ever recorded, which at HQ grows without bound.
 CREATE INDEX voids_by_original ON voids (original);
+
+-- Stores only: what the POS answered to a write made with a till's key (receipt_no, return_no
+-- …), committed with the write, so a retry gets the same answer and writes nothing.
+CREATE TABLE pos_answers (
+    key    TEXT PRIMARY KEY,
+    answer BLOB NOT NULL
+) WITHOUT ROWID;
 
 -- HQ only: stores added but not yet enrolled, and their one-time tokens (blake3 of the token).
 CREATE TABLE enrollments (
