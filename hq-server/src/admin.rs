@@ -150,6 +150,67 @@ pub fn revoke_store(dir: &HqDir, store: &NodeId) -> Result<()> {
     Ok(())
 }
 
+/// `hq-server region add`: a region, top-level or under `parent` (2- to 4-tier chains: HQ →
+/// branch company → office → store). Prices and promotions for a region cover every store in it
+/// and in the regions under it; a regional token for it sees them all.
+pub fn add_region(dir: &HqDir, id: &RegionId, name: &str, parent: Option<RegionId>) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    if let Some(parent) = &parent {
+        let known: bool = replica.connection().query_row(
+            "SELECT EXISTS (SELECT 1 FROM regions WHERE id = ?1)",
+            [parent.as_str()],
+            |r| r.get(0),
+        )?;
+        if !known {
+            bail!("parent region {parent} does not exist (add it first)");
+        }
+        let path = replica.region_path(parent)?;
+        if path.contains(id) {
+            bail!("region {id} is above {parent} already: that would be a cycle");
+        }
+        if path.len() + 1 > chainsync::ids::REGION_DEPTH_MAX {
+            bail!(
+                "region {id} would be {} levels deep (at most {})",
+                path.len() + 1,
+                chainsync::ids::REGION_DEPTH_MAX
+            );
+        }
+    }
+    let region = chainsync::model::Region {
+        id: id.clone(),
+        name: name.to_owned(),
+        parent: parent.clone(),
+    };
+    let committed =
+        replica.commit_local(Topic::Directory, vec![Op::RegionUpsert(region)], now_ms())?;
+    println!(
+        "region {id} saved{}: {} seq {}",
+        parent.map(|p| format!(" under {p}")).unwrap_or_default(),
+        committed.stream,
+        committed.seq
+    );
+    Ok(())
+}
+
+/// `hq-server region list`: every region with its parent and the path up from it.
+pub fn list_regions(dir: &HqDir) -> Result<()> {
+    let state = dir.load()?;
+    let replica = dir.open_replica(&state.key)?;
+    let mut stmt = replica
+        .connection()
+        .prepare("SELECT id, name FROM regions ORDER BY id")?;
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, name) in rows {
+        let path = replica.region_path(&RegionId::new(id.as_str())?)?;
+        let path: Vec<&str> = path.iter().map(|r| r.as_str()).collect();
+        println!("{id}\t{name}\t{}", path.join(" < "));
+    }
+    Ok(())
+}
+
 /// `hq-server store list`.
 pub fn list_stores(dir: &HqDir) -> Result<()> {
     let state = dir.load()?;

@@ -184,15 +184,32 @@ async fn read<R: Send + 'static>(
     hub.replica().call(f).await?
 }
 
-/// The region a read is limited to: a regional manager's own (403 if they asked for another).
-fn read_region(role: &Role, asked: Option<RegionId>) -> Result<Option<RegionId>, ApiError> {
+/// The region a read is limited to: a regional manager's own, or one under it (403 for any
+/// other). A region filter covers the region and every region under it.
+fn read_region(
+    r: &Replica,
+    role: &Role,
+    asked: Option<RegionId>,
+) -> Result<Option<RegionId>, ApiError> {
     match (role, asked) {
-        (Role::Regional(own), Some(asked)) if *own != asked => Err(ApiError::forbidden(format!(
-            "a manager of region {own} cannot see region {asked}"
-        ))),
-        (Role::Regional(own), _) => Ok(Some(own.clone())),
+        (Role::Regional(own), Some(asked)) => {
+            if asked == *own || r.region_path(&asked)?.contains(own) {
+                Ok(Some(asked))
+            } else {
+                Err(ApiError::forbidden(format!(
+                    "a manager of region {own} cannot see region {asked}"
+                )))
+            }
+        }
+        (Role::Regional(own), None) => Ok(Some(own.clone())),
         (_, asked) => Ok(asked),
     }
+}
+
+/// Whether `store` is in `region` or a region under it.
+fn store_in_region(r: &Replica, store: &NodeId, region: &RegionId) -> Result<bool, ApiError> {
+    Ok(r.place_of(store)?
+        .is_some_and(|p| p.regions.contains(region)))
 }
 
 /// Checks that `role` may write in `scope`.
@@ -202,9 +219,13 @@ fn may_write_scope(r: &Replica, role: &Role, scope: &Scope) -> Result<(), ApiErr
         (Role::ReadOnly, _) => Err(ApiError::forbidden(
             "a read-only token cannot change anything",
         )),
-        (Role::Regional(own), Scope::Region(r)) if r == own => Ok(()),
-        (Role::Regional(own), Scope::Store(s)) => match r.store_info(s)? {
-            Some(info) if info.region == *own => Ok(()),
+        (Role::Regional(own), Scope::Region(region))
+            if region == own || r.region_path(region)?.contains(own) =>
+        {
+            Ok(())
+        }
+        (Role::Regional(own), Scope::Store(s)) => match r.place_of(s)? {
+            Some(place) if place.regions.contains(own) => Ok(()),
             Some(_) => Err(ApiError::forbidden(format!(
                 "store {s} is not in region {own}"
             ))),
@@ -242,8 +263,11 @@ async fn stores(
         .as_deref()
         .map(|r| parse("region", r))
         .transpose()?;
-    let region = read_region(&role, asked)?;
-    let rows = read(&hub, move |r| Ok(r.store_report(region.as_ref())?)).await?;
+    let rows = read(&hub, move |r| {
+        let region = read_region(r, &role, asked)?;
+        Ok(r.store_report(region.as_ref())?)
+    })
+    .await?;
     let rows: Vec<Value> = rows
         .into_iter()
         .map(|s| {
@@ -274,17 +298,19 @@ async fn stock(
         .as_deref()
         .map(|r| parse("region", r))
         .transpose()?;
-    let region = read_region(&role, asked)?;
     let store: Option<NodeId> = q.store.as_deref().map(|s| parse("store", s)).transpose()?;
-    let filter = StockFilter {
-        sku: q.sku,
-        category: q.category,
-        store: store.clone(),
-        region: region.clone(),
-    };
+    let (sku, category) = (q.sku, q.category);
     let rows = read(&hub, move |r| {
+        let region = read_region(r, &role, asked)?;
+        let filter = StockFilter {
+            sku,
+            category,
+            store: store.clone(),
+            region: region.clone(),
+        };
         if let (Some(store), Some(region)) = (&store, &region)
-            && r.store_info(store)?.is_some_and(|i| i.region != *region)
+            && r.store_info(store)?.is_some()
+            && !store_in_region(r, store, region)?
         {
             return Err(ApiError::forbidden(format!(
                 "store {store} is not in region {region}"
@@ -323,7 +349,6 @@ async fn sales(
         .as_deref()
         .map(|r| parse("region", r))
         .transpose()?;
-    let region = read_region(&role, asked)?;
     let store: Option<NodeId> = q.store.as_deref().map(|s| parse("store", s)).transpose()?;
     if let Some(day) = &q.day {
         let ok = day.len() == 10 && day.as_bytes()[4] == b'-' && day.as_bytes()[7] == b'-';
@@ -332,8 +357,10 @@ async fn sales(
         }
     }
     let rows = read(&hub, move |r| {
+        let region = read_region(r, &role, asked)?;
         if let (Some(store), Some(region)) = (&store, &region)
-            && r.store_info(store)?.is_some_and(|i| i.region != *region)
+            && r.store_info(store)?.is_some()
+            && !store_in_region(r, store, region)?
         {
             return Err(ApiError::forbidden(format!(
                 "store {store} is not in region {region}"
@@ -425,10 +452,20 @@ struct PricesQuery {
 
 async fn prices(
     State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
     q: Result<Query<PricesQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    let entries = read(&hub, |r| Ok(r.price_entries()?)).await?;
+    let entries = read(&hub, move |r| {
+        let mut out = Vec::new();
+        for e in r.price_entries()? {
+            if may_read_scope(r, &role, &e.scope)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    })
+    .await?;
     let rows: Vec<Value> = entries
         .into_iter()
         .filter(|e| q.sku.as_deref().is_none_or(|s| e.sku.as_str() == s))
@@ -536,10 +573,13 @@ async fn promotions(State(hub): State<Hub>, Extension(role): Extension<Role>) ->
 /// and its stores).
 fn may_read_scope(r: &Replica, role: &Role, scope: &Scope) -> Result<bool, ApiError> {
     Ok(match (role, scope) {
-        (Role::Regional(own), Scope::Region(region)) => region == own,
-        (Role::Regional(own), Scope::Store(s)) => {
-            r.store_info(s)?.is_some_and(|info| info.region == *own)
+        // Its own region, regions above it (they cover its stores) and regions under it.
+        (Role::Regional(own), Scope::Region(region)) => {
+            region == own
+                || r.region_path(own)?.contains(region)
+                || r.region_path(region)?.contains(own)
         }
+        (Role::Regional(own), Scope::Store(s)) => store_in_region(r, s, own)?,
         _ => true,
     })
 }
@@ -687,10 +727,13 @@ async fn report(
         let mut mine = Vec::new();
         for row in rows {
             let keep = if by_region && matches!(kind, Report::Promotions { .. }) {
-                row[1] == own.as_str()
+                match RegionId::new(row[1].as_str()) {
+                    Ok(region) => region == *own || r.region_path(&region)?.contains(own),
+                    Err(_) => false,
+                }
             } else {
                 match NodeId::new(row[1].as_str()) {
-                    Ok(store) => r.store_info(&store)?.is_some_and(|i| i.region == *own),
+                    Ok(store) => store_in_region(r, &store, own)?,
                     Err(_) => false,
                 }
             };

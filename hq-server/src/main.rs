@@ -53,6 +53,9 @@ enum Command {
     /// Manage stores.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Manage regions (nested: branch company, office …).
+    #[command(subcommand)]
+    Region(RegionCommand),
     /// Manage prices.
     #[command(subcommand)]
     Price(PriceCommand),
@@ -87,6 +90,26 @@ enum Command {
         /// TCP address of the demo's HQ API.
         #[arg(long, default_value = "127.0.0.1:7080")]
         api_listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegionCommand {
+    /// Add a region, or rename or move one; --parent puts it under another region.
+    Add {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// List regions with the path up from each.
+    List {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
     },
 }
 
@@ -472,6 +495,18 @@ fn main() -> Result<()> {
             admin::set_store_mode(&HqDir::new(&data), &id, admin::parse_mode(&mode)?)
         }
         Command::Store(StoreCommand::List { data }) => admin::list_stores(&HqDir::new(&data)),
+        Command::Region(RegionCommand::Add {
+            data,
+            id,
+            name,
+            parent,
+        }) => admin::add_region(
+            &HqDir::new(&data),
+            &admin::parse_region(&id)?,
+            &name,
+            parent.as_deref().map(admin::parse_region).transpose()?,
+        ),
+        Command::Region(RegionCommand::List { data }) => admin::list_regions(&HqDir::new(&data)),
         Command::Store(StoreCommand::Set {
             data,
             id,

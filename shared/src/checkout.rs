@@ -48,7 +48,7 @@
 //! most [`POOL_UNITS_MAX`] units; every product is computed in `i128` and every amount is
 //! bounded by the limits of [`crate::model`], so nothing overflows. No line ends below zero.
 
-use crate::ids::{NodeId, RecordId, RegionId, Scope, Sku};
+use crate::ids::{NodeId, Place, RecordId, Scope, Sku};
 use crate::lookup::SkuFacts;
 use crate::merge;
 use crate::model::{
@@ -106,8 +106,8 @@ pub struct Shopper {
 /// Where and when a basket is priced, and for whom.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
-    pub store: &'a NodeId,
-    pub region: &'a RegionId,
+    /// The store and its regions.
+    pub place: &'a Place,
     /// Pricing time (Unix ms).
     pub t_ms: i64,
     pub local: LocalTime,
@@ -226,12 +226,7 @@ pub fn conditions_met(promo: &Promotion, ctx: &Context<'_>) -> bool {
                 && (!promo.birthday_only || m.birthday_month == Some(local.month))
         }
     };
-    in_window
-        && in_dates
-        && on_day
-        && in_hours
-        && member_ok
-        && promo.scope.covers(ctx.store, ctx.region)
+    in_window && in_dates && on_day && in_hours && member_ok && ctx.place.covers(&promo.scope)
 }
 
 /// Units of `promo` this store may still give (`None`: unlimited), from what it gave already.
@@ -608,15 +603,9 @@ fn evaluate_threshold(
                 });
             }
             let f = facts.get(sku).filter(|f| f.product.is_some())?;
-            let price = merge::shelf_price_cents(
-                &f.prices,
-                sku,
-                ctx.store,
-                ctx.region,
-                ctx.t_ms,
-                ctx.member.is_some(),
-            )
-            .unwrap_or(0);
+            let price =
+                merge::shelf_price_cents(&f.prices, sku, ctx.place, ctx.t_ms, ctx.member.is_some())
+                    .unwrap_or(0);
             return Some(ThresholdOutcome {
                 off,
                 gift: Some((sku.clone(), price)),
@@ -736,14 +725,8 @@ pub fn price_basket(
         if !(1..=LINE_QTY_MAX_UNITS).contains(&b.qty) {
             return Err(CheckoutError::Quantity { line, qty: b.qty });
         }
-        let shelf = merge::shelf_price_cents(
-            &f.prices,
-            sku,
-            ctx.store,
-            ctx.region,
-            ctx.t_ms,
-            ctx.member.is_some(),
-        );
+        let shelf =
+            merge::shelf_price_cents(&f.prices, sku, ctx.place, ctx.t_ms, ctx.member.is_some());
         let unit = match &b.price_override {
             Some((cents, _)) => *cents,
             None => shelf.ok_or_else(|| CheckoutError::NoPrice {
@@ -818,7 +801,7 @@ pub fn price_basket(
         .iter()
         .map(|p| {
             let used = used_units.get(&p.id).copied().unwrap_or(0);
-            let alloc = allocation_left(p, ctx.store, used);
+            let alloc = allocation_left(p, &ctx.place.store, used);
             match (alloc, p.max_units_per_receipt) {
                 (Some(a), Some(m)) => Some(a.min(u64::from(m))),
                 (a, m) => a.or(m.map(u64::from)),

@@ -166,21 +166,47 @@ pub enum Scope {
     Store(NodeId),
 }
 
-impl Scope {
-    /// How specific the scope is: store (2) beats region (1) beats chain (0).
-    pub fn specificity(&self) -> u8 {
-        match self {
-            Scope::Chain => 0,
-            Scope::Region(_) => 1,
-            Scope::Store(_) => 2,
+/// Most levels of regions one store sits in (HQ → branch company → office → store uses 2).
+pub const REGION_DEPTH_MAX: usize = 8;
+
+/// Where a store sits in the chain: its id and its regions, its own first, then each parent up
+/// to a top region (2- to 4-tier chains: `[office, branch]`, `[region]`, or none).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Place {
+    pub store: NodeId,
+    /// Innermost first; at most [`REGION_DEPTH_MAX`].
+    pub regions: Vec<RegionId>,
+}
+
+impl Place {
+    /// A store directly in one top region.
+    pub fn new(store: NodeId, region: RegionId) -> Self {
+        Self {
+            store,
+            regions: vec![region],
         }
     }
-    /// Whether a store in `region` with id `store` falls under this scope.
-    pub fn covers(&self, store: &NodeId, region: &RegionId) -> bool {
-        match self {
+
+    /// Whether this store falls under `scope`: the chain, any of its regions, or itself.
+    pub fn covers(&self, scope: &Scope) -> bool {
+        match scope {
             Scope::Chain => true,
-            Scope::Region(r) => r == region,
-            Scope::Store(s) => s == store,
+            Scope::Region(r) => self.regions.contains(r),
+            Scope::Store(s) => s == &self.store,
+        }
+    }
+
+    /// How specific `scope` is for this store: the chain (0) < a top region < … < the store's
+    /// own region < the store itself. The most specific scope in effect wins.
+    pub fn specificity(&self, scope: &Scope) -> usize {
+        match scope {
+            Scope::Chain => 0,
+            Scope::Region(r) => self
+                .regions
+                .iter()
+                .position(|x| x == r)
+                .map_or(0, |i| self.regions.len() - i),
+            Scope::Store(_) => usize::MAX,
         }
     }
 }
@@ -382,10 +408,27 @@ mod tests {
         let s = NodeId::new("S1").unwrap();
         let north = RegionId::new("north").unwrap();
         let south = RegionId::new("south").unwrap();
-        assert!(Scope::Chain.covers(&s, &north));
-        assert!(Scope::Region(north.clone()).covers(&s, &north));
-        assert!(!Scope::Region(south).covers(&s, &north));
-        assert!(Scope::Store(s.clone()).covers(&s, &north));
-        assert!(Scope::Store(s).specificity() > Scope::Region(north).specificity());
+        let place = Place::new(s.clone(), north.clone());
+        assert!(place.covers(&Scope::Chain));
+        assert!(place.covers(&Scope::Region(north.clone())));
+        assert!(!place.covers(&Scope::Region(south.clone())));
+        assert!(place.covers(&Scope::Store(s.clone())));
+        assert!(
+            place.specificity(&Scope::Store(s.clone()))
+                > place.specificity(&Scope::Region(north.clone()))
+        );
+        // Three tiers: the office is more specific than the branch above it.
+        let office = RegionId::new("paris").unwrap();
+        let nested = Place {
+            store: s.clone(),
+            regions: vec![office.clone(), north.clone()],
+        };
+        assert!(nested.covers(&Scope::Region(north.clone())));
+        assert!(!nested.covers(&Scope::Region(south)));
+        assert!(
+            nested.specificity(&Scope::Region(office))
+                > nested.specificity(&Scope::Region(north.clone()))
+        );
+        assert!(nested.specificity(&Scope::Region(north)) > nested.specificity(&Scope::Chain));
     }
 }

@@ -12,7 +12,7 @@
 //! always fits one frame; the cache is a memo of answers, never replicated data: nothing in it is
 //! applied to the replica's tables or passed on.
 
-use crate::ids::{MemberId, NodeId, RegionId, Sku};
+use crate::ids::{MemberId, Place, Sku};
 use crate::model::{LedgerAccount, PriceEntry, Product, ProfileField, Promotion};
 use crate::replica::{Replica, ReplicaError};
 use rusqlite::{OptionalExtension, params};
@@ -110,31 +110,21 @@ impl LookupAnswer {
 }
 
 impl Replica {
-    /// Answers `query` for `store` in `region` from this replica.
-    pub fn lookup(
-        &self,
-        store: &NodeId,
-        region: &RegionId,
-        query: &LookupQuery,
-    ) -> Result<LookupAnswer, LookupError> {
+    /// Answers `query` for the store at `place` from this replica.
+    pub fn lookup(&self, place: &Place, query: &LookupQuery) -> Result<LookupAnswer, LookupError> {
         query.check()?;
         Ok(match query {
-            LookupQuery::Skus(skus) => LookupAnswer::Skus(self.sku_facts(store, region, skus)?),
+            LookupQuery::Skus(skus) => LookupAnswer::Skus(self.sku_facts(place, skus)?),
             LookupQuery::Member(member) => LookupAnswer::Member(self.member_facts(member)?),
         })
     }
 
-    /// The facts of `skus` for `store` in `region`, in the order asked.
-    pub fn sku_facts(
-        &self,
-        store: &NodeId,
-        region: &RegionId,
-        skus: &[Sku],
-    ) -> Result<Vec<SkuFacts>, ReplicaError> {
+    /// The facts of `skus` for the store at `place`, in the order asked.
+    pub fn sku_facts(&self, place: &Place, skus: &[Sku]) -> Result<Vec<SkuFacts>, ReplicaError> {
         let promotions: Vec<Promotion> = self
             .promotions()?
             .into_iter()
-            .filter(|p| p.scope.covers(store, region))
+            .filter(|p| place.covers(&p.scope))
             .collect();
         let mut stmt = self
             .connection()
@@ -147,7 +137,7 @@ impl Replica {
                 let body: Vec<u8> = row.get(0)?;
                 let entry: PriceEntry = postcard::from_bytes(&body)
                     .map_err(|e| ReplicaError::Corrupt(format!("stored price entry: {e}")))?;
-                if entry.scope.covers(store, region) {
+                if place.covers(&entry.scope) {
                     prices.push(entry);
                 }
             }

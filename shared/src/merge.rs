@@ -2,7 +2,7 @@
 //!
 //! | data | rule |
 //! |---|---|
-//! | price entries | at time t, among entries in effect whose scope covers the store, the most specific scope wins; then the latest `effective_from`; then the greater id |
+//! | price entries | at time t, among entries in effect whose scope covers the store, the most specific scope wins (store, then its own region, then each region above it, then the chain); then the latest `effective_from`; then the greater id |
 //! | member profiles | per field, last writer wins on `(Hlc, NodeId)` |
 //! | ledger | append-only set; balance = sum of entries |
 //! | stock | sum of movements, sales and returns |
@@ -12,27 +12,26 @@
 //! streams in any interleaving and still agree.
 
 use crate::hlc::Hlc;
-use crate::ids::{NodeId, RegionId, Sku};
+use crate::ids::{NodeId, Place, Sku};
 use crate::model::{LedgerAccount, LedgerEntry, PriceEntry, PriceKind, ProfileField};
 use std::collections::BTreeMap;
 
-/// The entry that sets the price of `sku` of `kind` at `t_ms` for `store` in `region`.
+/// The entry that sets the price of `sku` of `kind` at `t_ms` for the store at `place`.
 pub fn effective_price<'a>(
     entries: impl IntoIterator<Item = &'a PriceEntry>,
     sku: &Sku,
     kind: PriceKind,
-    store: &NodeId,
-    region: &RegionId,
+    place: &Place,
     t_ms: i64,
 ) -> Option<&'a PriceEntry> {
     entries
         .into_iter()
         .filter(|e| {
-            &e.sku == sku && e.kind == kind && e.in_effect_at(t_ms) && e.scope.covers(store, region)
+            &e.sku == sku && e.kind == kind && e.in_effect_at(t_ms) && place.covers(&e.scope)
         })
         .max_by(|a, b| {
-            (a.scope.specificity(), a.effective_from_ms, &a.id).cmp(&(
-                b.scope.specificity(),
+            (place.specificity(&a.scope), a.effective_from_ms, &a.id).cmp(&(
+                place.specificity(&b.scope),
                 b.effective_from_ms,
                 &b.id,
             ))
@@ -44,15 +43,14 @@ pub fn effective_price<'a>(
 pub fn shelf_price_cents<'a>(
     entries: impl IntoIterator<Item = &'a PriceEntry> + Clone,
     sku: &Sku,
-    store: &NodeId,
-    region: &RegionId,
+    place: &Place,
     t_ms: i64,
     is_member: bool,
 ) -> Option<i64> {
-    let retail = effective_price(entries.clone(), sku, PriceKind::Retail, store, region, t_ms)
+    let retail = effective_price(entries.clone(), sku, PriceKind::Retail, place, t_ms)
         .map(|e| e.price_cents);
     let member = is_member
-        .then(|| effective_price(entries, sku, PriceKind::Member, store, region, t_ms))
+        .then(|| effective_price(entries, sku, PriceKind::Member, place, t_ms))
         .flatten()
         .map(|e| e.price_cents);
     match (retail, member) {
@@ -103,7 +101,7 @@ pub fn balance<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{RecordId, Scope};
+    use crate::ids::{RecordId, RegionId, Scope};
     use crate::model::LedgerKind;
     use proptest::prelude::*;
 
@@ -142,9 +140,9 @@ mod tests {
             entry("hq-4", Scope::Store(node("S2")), 10, 0, None),
             entry("hq-5", Scope::Region(region("south")), 20, 0, None),
         ];
+        let here = Place::new(s1.clone(), north.clone());
         let at = |t| {
-            effective_price(&entries, &sku(), PriceKind::Retail, &s1, &north, t)
-                .map(|e| e.price_cents)
+            effective_price(&entries, &sku(), PriceKind::Retail, &here, t).map(|e| e.price_cents)
         };
         assert_eq!(at(500), Some(90), "region beats chain");
         assert_eq!(at(1_500), Some(80), "store beats region while in effect");
@@ -153,8 +151,7 @@ mod tests {
             &entries,
             &sku(),
             PriceKind::Retail,
-            &node("S9"),
-            &region("west"),
+            &Place::new(node("S9"), region("west")),
             0,
         );
         assert_eq!(
@@ -163,8 +160,46 @@ mod tests {
             "chain price for everyone else"
         );
         assert_eq!(
-            effective_price(&entries, &sku(), PriceKind::Member, &s1, &north, 0),
+            effective_price(&entries, &sku(), PriceKind::Member, &here, 0),
             None
+        );
+    }
+
+    #[test]
+    fn in_nested_regions_the_innermost_region_wins_and_every_level_covers_its_stores() {
+        // A four-tier chain: HQ (chain) -> branch company -> office -> store.
+        let (s1, office, branch) = (node("S1"), region("paris"), region("france"));
+        let here = Place {
+            store: s1.clone(),
+            regions: vec![office.clone(), branch.clone()],
+        };
+        let mut entries = vec![
+            entry("hq-1", Scope::Chain, 100, 0, None),
+            entry("hq-2", Scope::Region(branch.clone()), 95, 0, None),
+        ];
+        let at = |entries: &[PriceEntry]| {
+            effective_price(entries, &sku(), PriceKind::Retail, &here, 0).map(|e| e.price_cents)
+        };
+        assert_eq!(
+            at(&entries),
+            Some(95),
+            "the branch covers stores of its offices"
+        );
+        entries.push(entry("hq-3", Scope::Region(office.clone()), 90, 0, None));
+        assert_eq!(at(&entries), Some(90), "the office beats the branch");
+        entries.push(entry("hq-0", Scope::Region(branch), 85, 10, None));
+        assert_eq!(
+            at(&entries),
+            Some(90),
+            "a later branch price does not beat the office"
+        );
+        entries.push(entry("hq-4", Scope::Store(s1), 80, 0, None));
+        assert_eq!(at(&entries), Some(80), "the store beats everything");
+        let elsewhere = Place::new(node("S2"), region("lyon"));
+        assert_eq!(
+            effective_price(&entries, &sku(), PriceKind::Retail, &elsewhere, 0)
+                .map(|e| e.price_cents),
+            Some(100)
         );
     }
 
@@ -175,8 +210,9 @@ mod tests {
             entry("hq-1", Scope::Chain, 100, 0, None),
             entry("hq-2", Scope::Chain, 120, 5_000, None),
         ];
+        let here = Place::new(s, r);
         let at = |t| {
-            effective_price(&entries, &sku(), PriceKind::Retail, &s, &r, t).map(|e| e.price_cents)
+            effective_price(&entries, &sku(), PriceKind::Retail, &here, t).map(|e| e.price_cents)
         };
         assert_eq!(at(4_999), Some(100));
         assert_eq!(at(5_000), Some(120));
@@ -188,12 +224,13 @@ mod tests {
         let mut member = entry("hq-2", Scope::Chain, 85, 0, None);
         member.kind = PriceKind::Member;
         let entries = vec![entry("hq-1", Scope::Chain, 100, 0, None), member];
+        let here = Place::new(s, r);
         assert_eq!(
-            shelf_price_cents(&entries, &sku(), &s, &r, 0, true),
+            shelf_price_cents(&entries, &sku(), &here, 0, true),
             Some(85)
         );
         assert_eq!(
-            shelf_price_cents(&entries, &sku(), &s, &r, 0, false),
+            shelf_price_cents(&entries, &sku(), &here, 0, false),
             Some(100)
         );
     }

@@ -53,11 +53,14 @@ impl StoreMode {
     }
 }
 
-/// A region of the chain.
+/// A region of the chain: a branch company, an office, a district. Regions nest: a price or
+/// promotion for a region covers every store in it and in the regions under it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Region {
     pub id: RegionId,
     pub name: String,
+    /// The region it belongs to; `None` for a top region.
+    pub parent: Option<RegionId>,
 }
 
 /// A store as HQ's directory knows it.

@@ -365,6 +365,9 @@ fn same_scope(scope: &Scope, topic_scope: &Scope, what: &str) -> Result<(), Stri
 fn op_allowed(origin: &NodeId, topic: &Topic, op: &Op) -> Result<(), String> {
     check_bounds(op)?;
     match (topic, op) {
+        (Topic::Directory, Op::RegionUpsert(r)) if r.parent.as_ref() == Some(&r.id) => {
+            Err(format!("region {} cannot be its own parent", r.id))
+        }
         (Topic::Directory, Op::RegionUpsert(_)) => Ok(()),
         (Topic::Directory, Op::StoreUpsert(store)) => {
             match VerifyingKey::from_bytes(&store.public_key) {

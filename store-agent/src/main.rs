@@ -70,6 +70,19 @@ enum Command {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Set this store's own price of a sku (only where HQ allows it), through the running agent.
+    SetPrice {
+        #[arg(long, default_value = "store-data")]
+        data: PathBuf,
+        #[arg(long)]
+        sku: Sku,
+        /// e.g. 1.99
+        #[arg(long)]
+        price: String,
+        /// retail or member.
+        #[arg(long, default_value = "retail")]
+        kind: String,
+    },
     /// Look up the price of a sku now.
     Price {
         #[arg(long, default_value = "store-data")]
@@ -208,6 +221,35 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::SetPrice {
+            data,
+            sku,
+            price,
+            kind,
+        } => {
+            let state = AgentDir::new(&data).load()?;
+            let cents = parse_cents(&price)?;
+            let body = serde_json::json!({ "price_cents": cents, "kind": kind }).to_string();
+            let (status, answer) = pos_request(
+                state.config.pos_listen,
+                &state.config.pos_token,
+                "PUT",
+                &format!("/v1/prices/{sku}"),
+                &body,
+                30,
+            )
+            .with_context(|| {
+                format!(
+                    "asking the agent at {} (is `store-agent run` running?)",
+                    state.config.pos_listen
+                )
+            })?;
+            println!("{answer}");
+            if status != 201 {
+                anyhow::bail!("price refused (HTTP {status})");
+            }
+            Ok(())
+        }
         Command::Export { data, out } => {
             let dir = AgentDir::new(&data);
             let state = dir.load()?;
@@ -260,13 +302,10 @@ fn main() -> Result<()> {
                 other => anyhow::bail!("unknown price kind `{other}`"),
             };
             let now = chainsync::transport::now_ms() as i64;
-            match replica.effective_price(
-                &sku,
-                kind,
-                &state.config.store,
-                &state.config.region,
-                now,
-            )? {
+            let place = replica.place_of(&state.config.store)?.unwrap_or_else(|| {
+                chainsync::ids::Place::new(state.config.store.clone(), state.config.region.clone())
+            });
+            match replica.effective_price(&sku, kind, &place, now)? {
                 Some(e) => println!(
                     "{sku} {}.{:02} ({}, entry {})",
                     e.price_cents / 100,
@@ -283,12 +322,26 @@ fn main() -> Result<()> {
 
 /// `POST /v1/sync/now` to the running agent; returns the status and the body.
 fn post_sync_now(addr: std::net::SocketAddr, token: &str) -> Result<(u16, String)> {
+    pos_request(addr, token, "POST", "/v1/sync/now", "", 150)
+}
+
+/// One request to the running agent's POS API (`Connection: close`, so the answer ends with the
+/// stream).
+fn pos_request(
+    addr: std::net::SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout_s: u64,
+) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream =
         std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(150)))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(timeout_s)))?;
     let request = format!(
-        "POST /v1/sync/now HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     stream.write_all(request.as_bytes())?;
     let mut answer = String::new();
@@ -303,4 +356,19 @@ fn post_sync_now(addr: std::net::SocketAddr, token: &str) -> Result<(u16, String
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// `1.29` or `12` → cents.
+fn parse_cents(text: &str) -> Result<i64> {
+    let (units, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(units) || fraction.len() > 2 || (!fraction.is_empty() && !digits(fraction)) {
+        anyhow::bail!("`{text}` is not an amount like 1.29");
+    }
+    let units: i64 = units.parse().with_context(|| format!("`{text}`"))?;
+    let fraction: i64 = format!("{fraction:0<2}").parse().unwrap_or(0);
+    units
+        .checked_mul(100)
+        .and_then(|c| c.checked_add(fraction))
+        .with_context(|| format!("`{text}` is too large"))
 }

@@ -24,6 +24,7 @@
 //! | `POST /v1/returns` | goods brought back, checked against the original (`return_no`) |
 //! | `POST /v1/voids` | cancel one of this store's receipts without returns (`void_no`) |
 //! | `GET /v1/prices/{sku}?member=M` | unit price, the promotions that apply, one unit's price after them |
+//! | `PUT /v1/prices/{sku}` | this store's own price (only where HQ allows it: `may_set_own_prices`) |
 //! | `GET /v1/members/{id}` | profile and balances |
 //! | `PUT /v1/members/{id}` | sign up or edit |
 //! | `POST /v1/members/{id}/points` | earn (+) or redeem (−) points |
@@ -43,7 +44,7 @@ use axum::{Json, Router};
 use chainsync::changeset::Op;
 use chainsync::checkout::{self, BasketLine, Context, LocalTime, Priced, Shopper};
 use chainsync::hlc::Hlc;
-use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Sku, StreamId, Topic};
+use chainsync::ids::{MemberId, NodeId, Place, RecordId, RegionId, Sku, StreamId, Topic};
 use chainsync::lookup::{LookupAnswer, LookupQuery, MemberFacts, SkuFacts};
 use chainsync::merge;
 use chainsync::model::{
@@ -88,7 +89,7 @@ pub fn router(state: PosState) -> Router {
         .route("/v1/sales", post(record_sale))
         .route("/v1/returns", post(record_return))
         .route("/v1/voids", post(record_void))
-        .route("/v1/prices/{sku}", get(price))
+        .route("/v1/prices/{sku}", get(price).put(set_own_price))
         .route("/v1/members/{id}", get(member).put(edit_member))
         .route("/v1/members/{id}/points", post(points))
         .route("/v1/members/{id}/stored-value", post(stored_value))
@@ -258,6 +259,8 @@ struct Facts {
     /// a price HQ set "now" as soon as the price arrives, not hours later. (Receipts keep the
     /// store's own clock.)
     t_ms: i64,
+    /// The store and its regions, innermost first (which scopes cover it).
+    place: Place,
     /// The store's IANA time zone, for promotion days and hours.
     time_zone: String,
     /// Units this store has given of each allocated promotion among the facts.
@@ -342,16 +345,21 @@ impl PosState {
                 }
                 let skus: Vec<SkuFacts> = facts.skus.values().cloned().collect();
                 let member = facts.member.clone();
-                let store = self.store.clone();
-                let (t_ms, (time_zone, used_units)) = self
+                let (store, region) = (self.store.clone(), self.region.clone());
+                let (t_ms, place, (time_zone, used_units)) = self
                     .read(move |r| {
                         r.remember(&skus, member.as_ref(), now_ms())?;
                         let map = skus.into_iter().map(|f| (f.sku.clone(), f)).collect();
-                        Ok((pricing_time(r), store_facts(r, &store, &map)?))
+                        Ok((
+                            pricing_time(r),
+                            place_of(r, &store, &region)?,
+                            store_facts(r, &store, &map)?,
+                        ))
                     })
                     .await?;
                 Ok(Facts {
                     t_ms,
+                    place,
                     time_zone,
                     used_units,
                     ..facts
@@ -389,6 +397,7 @@ impl PosState {
             member: member?,
             source: Source::Hq,
             t_ms: now_ms() as i64,
+            place: Place::new(self.store.clone(), self.region.clone()),
             time_zone: "UTC".into(),
             used_units: BTreeMap::new(),
         })
@@ -414,6 +423,7 @@ impl PosState {
         member: Option<MemberId>,
         why: String,
     ) -> Result<Facts, PosError> {
+        let (store, region) = (self.store.clone(), self.region.clone());
         self.read(move |r| {
             let mut oldest = u64::MAX;
             let mut out = BTreeMap::new();
@@ -441,7 +451,9 @@ impl PosState {
             }
             tracing::debug!("answering from the lookup cache: {why}");
             let (time_zone, used_units) = store_facts(r, r.node(), &out)?;
+            let place = place_of(r, &store, &region)?;
             Ok(Facts {
+                place,
                 skus: out,
                 member,
                 source: Source::Cache {
@@ -471,13 +483,14 @@ fn local_facts(
     skus: &[Sku],
     member: Option<&MemberId>,
 ) -> Result<Facts, PosError> {
+    let place = place_of(r, store, region)?;
     let mut skus: BTreeMap<Sku, SkuFacts> = r
-        .sku_facts(store, region, skus)?
+        .sku_facts(&place, skus)?
         .into_iter()
         .map(|f| (f.sku.clone(), f))
         .collect();
     let gifts = checkout::gift_skus(&skus);
-    for f in r.sku_facts(store, region, &gifts)? {
+    for f in r.sku_facts(&place, &gifts)? {
         skus.insert(f.sku.clone(), f);
     }
     let member = member.map(|m| r.member_facts(m)).transpose()?;
@@ -487,9 +500,17 @@ fn local_facts(
         member,
         source: Source::Replica,
         t_ms: pricing_time(r),
+        place,
         time_zone,
         used_units,
     })
+}
+
+/// The store's place in the chain from HQ's directory (its region from `agent.toml` until the
+/// directory arrives).
+fn place_of(r: &Replica, store: &NodeId, region: &RegionId) -> Result<Place, PosError> {
+    Ok(r.place_of(store)?
+        .unwrap_or_else(|| Place::new(store.clone(), region.clone())))
 }
 
 /// What only the store itself knows in every mode: its time zone (from HQ's directory) and the
@@ -611,14 +632,11 @@ fn price_lines(
     facts: &Facts,
     lines: &[BasketLine],
     member: Option<&MemberId>,
-    store: &NodeId,
-    region: &RegionId,
     t_ms: i64,
 ) -> Result<Priced, PosError> {
     let (local, _) = LocalTime::at(t_ms, &facts.time_zone);
     let ctx = Context {
-        store,
-        region,
+        place: &facts.place,
         t_ms,
         local,
         member: shopper(facts, member),
@@ -682,14 +700,7 @@ async fn price_basket(
     let skus = line_skus(&req.lines)?;
     let basket = basket_lines(&req.lines)?;
     let facts = state.facts(skus, member.clone()).await?;
-    let priced = price_lines(
-        &facts,
-        &basket,
-        member.as_ref(),
-        &state.store,
-        &state.region,
-        facts.t_ms,
-    )?;
+    let priced = price_lines(&facts, &basket, member.as_ref(), facts.t_ms)?;
     let mut answer = priced_json(&priced);
     answer["source"] = facts.source.to_json();
     Ok(Json(answer).into_response())
@@ -797,7 +808,7 @@ async fn record_sale(
     body: Result<Json<SaleRequest>, JsonRejection>,
 ) -> PosResult {
     let Json(req) = body?;
-    let (store, region) = (state.store.clone(), state.region.clone());
+    let store = state.store.clone();
     let member = parse_member(req.member.as_deref())?;
     let skus = line_skus(&req.lines)?;
     let basket = basket_lines(&req.lines)?;
@@ -819,14 +830,7 @@ async fn record_sale(
                 ));
             }
             let sold_at_ms = now_ms() as i64;
-            let priced = price_lines(
-                &facts,
-                &basket,
-                member.as_ref(),
-                &store,
-                &region,
-                facts.t_ms,
-            )?;
+            let priced = price_lines(&facts, &basket, member.as_ref(), facts.t_ms)?;
             let receipt = Receipt {
                 id: id.clone(),
                 store: store.clone(),
@@ -879,7 +883,7 @@ async fn record_return(
     body: Result<Json<ReturnRequest>, JsonRejection>,
 ) -> PosResult {
     let Json(req) = body?;
-    let (store, region) = (state.store.clone(), state.region.clone());
+    let store = state.store.clone();
     let original: RecordId = parse("original", &req.original)?;
     let id: RecordId = parse("return_no", &format!("{store}-T{}", req.return_no))?;
     if req.lines.is_empty() || req.lines.len() > RECEIPT_LINES_MAX {
@@ -927,7 +931,7 @@ async fn record_return(
                         .iter()
                         .map(|(s, q)| BasketLine::new(s.clone(), *q))
                         .collect();
-                    let priced = price_lines(&facts, &basket, None, &store, &region, facts.t_ms)?;
+                    let priced = price_lines(&facts, &basket, None, facts.t_ms)?;
                     let lines = priced
                         .lines
                         .into_iter()
@@ -1060,34 +1064,31 @@ async fn price(
     let Query(q) = query?;
     let sku: Sku = parse("sku", &sku)?;
     let member = parse_member(q.member.as_deref())?;
-    let (store, region) = (&state.store, &state.region);
     let facts = state.facts(vec![sku.clone()], member.clone()).await?;
     let Some(f) = facts.skus.get(&sku).filter(|f| f.product.is_some()) else {
         return Err(PosError::not_found(format!("unknown sku {sku}")));
     };
     let t = q.at_ms.unwrap_or(facts.t_ms);
-    let retail = merge::effective_price(&f.prices, &sku, PriceKind::Retail, store, region, t);
+    let place = &facts.place;
+    let retail = merge::effective_price(&f.prices, &sku, PriceKind::Retail, place, t);
     let member_entry = member
         .is_some()
-        .then(|| merge::effective_price(&f.prices, &sku, PriceKind::Member, store, region, t))
+        .then(|| merge::effective_price(&f.prices, &sku, PriceKind::Member, place, t))
         .flatten();
-    let charge = merge::shelf_price_cents(&f.prices, &sku, store, region, t, member.is_some());
+    let charge = merge::shelf_price_cents(&f.prices, &sku, place, t, member.is_some());
     let one = charge
         .map(|_| {
             price_lines(
                 &facts,
                 &[BasketLine::new(sku.clone(), 1)],
                 member.as_ref(),
-                store,
-                region,
                 t,
             )
         })
         .transpose()?;
     let (local, _) = LocalTime::at(t, &facts.time_zone);
     let ctx = Context {
-        store,
-        region,
+        place,
         t_ms: t,
         local,
         member: shopper(&facts, member.as_ref()),
@@ -1116,6 +1117,84 @@ async fn price(
         "source": facts.source.to_json(),
     }))
     .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnPriceRequest {
+    price_cents: i64,
+    /// `retail` (default) or `member`.
+    kind: Option<String>,
+    /// Default: now.
+    effective_from_ms: Option<i64>,
+    effective_to_ms: Option<i64>,
+}
+
+/// `PUT /v1/prices/{sku}`: a store-scope price entry of this store, in its own prices stream.
+/// Only a store HQ allows (`may_set_own_prices`); it is the most specific scope, so it beats
+/// HQ's chain and region prices here, and it replicates up to HQ like every own stream.
+/// Idempotent: the entry's id is the sku, kind and start, so a retry replaces it with itself.
+async fn set_own_price(
+    State(state): State<PosState>,
+    Path(sku): Path<String>,
+    body: Result<Json<OwnPriceRequest>, JsonRejection>,
+) -> PosResult {
+    let Json(req) = body?;
+    let sku: Sku = parse("sku", &sku)?;
+    let kind = match req.kind.as_deref().unwrap_or("retail") {
+        "retail" => PriceKind::Retail,
+        "member" => PriceKind::Member,
+        other => {
+            return Err(PosError::invalid(format!(
+                "price kind `{other}` is neither retail nor member"
+            )));
+        }
+    };
+    let store = state.store.clone();
+    let answer = state
+        .write_with_facts(vec![sku.clone()], None, move |r, facts| {
+            match r.store_info(&store)? {
+                Some(info) if info.may_set_own_prices => {}
+                Some(_) => {
+                    return Err(PosError::new(
+                        StatusCode::FORBIDDEN,
+                        format!("HQ does not let store {store} set its own prices (may_set_own_prices)"),
+                    ));
+                }
+                None => {
+                    return Err(PosError::unavailable(
+                        "this store has not heard from HQ yet",
+                    ));
+                }
+            }
+            if facts.skus.get(&sku).is_none_or(|f| f.product.is_none()) {
+                return Err(PosError::invalid(format!("unknown sku {sku}")));
+            }
+            let from = req.effective_from_ms.unwrap_or(facts.t_ms);
+            let kind_code = match kind {
+                PriceKind::Retail => "r",
+                _ => "m",
+            };
+            let entry = chainsync::model::PriceEntry {
+                id: parse("price entry", &format!("{store}-{sku}-{kind_code}{from}"))?,
+                sku: sku.clone(),
+                scope: chainsync::ids::Scope::Store(store.clone()),
+                kind,
+                price_cents: req.price_cents,
+                effective_from_ms: from,
+                effective_to_ms: req.effective_to_ms,
+            };
+            entry.check_bounds().map_err(PosError::invalid)?;
+            let id = entry.id.to_string();
+            let committed = r.commit_local(
+                Topic::Prices(chainsync::ids::Scope::Store(store.clone())),
+                vec![Op::PriceUpsert(entry)],
+                now_ms(),
+            )?;
+            Ok(json!({ "id": id, "sku": sku.as_str(), "price_cents": req.price_cents, "scope": format!("store:{store}"), "seq": committed.seq }))
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 // ------------------------------------------------------------------------- members

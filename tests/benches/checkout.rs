@@ -19,15 +19,13 @@ use chainsync::changeset::Op;
 use chainsync::checkout::{self, BasketLine, Context, LocalTime};
 use chainsync::ids::{NodeId, RecordId, Scope, StreamId, Topic};
 use chainsync::model::{
-    ALL_DAYS, Combination, GroupDeal, PriceEntry, PriceKind, Product, Promotion, PromotionRule,
-    QuantityTier, SpendReward, SpendTier, StoreMode,
+    ALL_DAYS, Combination, GroupDeal, Promotion, PromotionRule, QuantityTier, SpendReward,
+    SpendTier, StoreMode,
 };
 use chainsync::replica::{Durability, Identity, PendingStore, Replica};
-use chainsync_tests::e2e::{enroll_in_process, free_tcp_port, free_udp_port, http};
-use hq_server::config::{HqConfig, HqDir};
+use chainsync_tests::e2e::{enroll_in_process, http};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(600);
@@ -145,18 +143,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
 
-    let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let api: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
-    let hq_dir = HqDir::new(&dir.path().join("hq"));
-    hq_dir
-        .init(&HqConfig {
-            listen: quic,
-            public_addr: quic,
-            api_listen: api,
-            bundle_folder: None,
-        })
-        .expect("hq init");
-    let hq_state = hq_dir.load().expect("hq load");
+    let (hq_dir, hq_state, quic, api) = chainsync_tests::e2e::hq_in_process(dir.path());
     let store = PendingStore {
         id: NodeId::new("S0001").expect("id"),
         name: "Store 1".into(),
@@ -166,33 +153,9 @@ fn main() {
     let token = "checkout-bench-token-0123456789";
     {
         let mut hq = hq_dir.open_replica(&hq_state.key).expect("hq replica");
-        for chunk in (0..skus).collect::<Vec<_>>().chunks(OPS_PER_CHANGE_SET) {
-            let products = chunk.iter().map(|i| {
-                Op::ProductUpsert(Product {
-                    sku: chainsync_tests::sku(&sku_name(*i)),
-                    name: format!("Product {i}"),
-                    category: format!("cat{}", i % 40),
-                    barcodes: vec![],
-                    unit_cost_cents: 50,
-                    active: true,
-                })
-            });
-            hq.commit_local(Topic::Catalog, products.collect(), 1)
-                .expect("catalog");
-            let prices = chunk.iter().map(|i| {
-                Op::PriceUpsert(PriceEntry {
-                    id: RecordId::new(format!("hq-p{i:06}")).expect("id"),
-                    sku: chainsync_tests::sku(&sku_name(*i)),
-                    scope: Scope::Chain,
-                    kind: PriceKind::Retail,
-                    price_cents: 100 + (*i as i64 % 500),
-                    effective_from_ms: 0,
-                    effective_to_ms: None,
-                })
-            });
-            hq.commit_local(Topic::Prices(Scope::Chain), prices.collect(), 1)
-                .expect("prices");
-        }
+        chainsync_tests::e2e::write_catalog(&mut hq, skus, OPS_PER_CHANGE_SET, |i| {
+            format!("cat{}", i % 40)
+        });
         let promos: Vec<Op> = (0..promotions)
             .map(|i| Op::PromotionUpsert(promotion(i, skus)))
             .collect();
@@ -335,7 +298,7 @@ fn main() {
     ));
 
     // The engine alone, on the same baskets' facts.
-    let (store_id, region) = (store.id.clone(), chainsync_tests::region("north"));
+    let place = chainsync::ids::Place::new(store.id.clone(), chainsync_tests::region("north"));
     let facts: Vec<BTreeMap<chainsync::ids::Sku, chainsync::lookup::SkuFacts>> = basket_skus
         .iter()
         .map(|b| {
@@ -344,7 +307,7 @@ fn main() {
                 .map(|(i, _)| chainsync_tests::sku(&sku_name(*i)))
                 .collect();
             reader
-                .sku_facts(&store_id, &region, &skus)
+                .sku_facts(&place, &skus)
                 .expect("facts")
                 .into_iter()
                 .map(|f| (f.sku.clone(), f))
@@ -354,8 +317,7 @@ fn main() {
     let t_ms = 1_800_000_000_000;
     let (local, _) = LocalTime::at(t_ms, "UTC");
     let ctx = Context {
-        store: &store_id,
-        region: &region,
+        place: &place,
         t_ms,
         local,
         member: None,

@@ -23,8 +23,7 @@
 
 use chainsync::ids::NodeId;
 use chainsync::replica::PendingStore;
-use chainsync_tests::e2e::{enroll_in_process, free_tcp_port, free_udp_port, http};
-use hq_server::config::{HqConfig, HqDir};
+use chainsync_tests::e2e::{enroll_in_process, http};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,18 +50,7 @@ fn main() {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
 
     // HQ: init, catalog, price, N pending stores, an admin token; then serve.
-    let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let api: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
-    let hq_dir = HqDir::new(&dir.path().join("hq"));
-    hq_dir
-        .init(&HqConfig {
-            listen: quic,
-            public_addr: quic,
-            api_listen: api,
-            bundle_folder: None,
-        })
-        .expect("hq init");
-    let state = hq_dir.load().expect("hq load");
+    let (hq_dir, state, quic, api) = chainsync_tests::e2e::hq_in_process(dir.path());
     let mut tokens = Vec::new();
     {
         let mut hq = hq_dir.open_replica(&state.key).expect("hq replica");

@@ -25,13 +25,11 @@
 
 use chainsync::changeset::Op;
 use chainsync::hlc::Hlc;
-use chainsync::ids::{NodeId, RecordId, Scope, StreamId, Topic};
-use chainsync::model::{MemberEdit, PriceEntry, PriceKind, Product, ProfileField, StoreMode};
+use chainsync::ids::{NodeId, StreamId, Topic};
+use chainsync::model::{MemberEdit, ProfileField, StoreMode};
 use chainsync::replica::{Durability, Identity, PendingStore, Replica};
-use chainsync_tests::e2e::{enroll_in_process, free_tcp_port, free_udp_port};
-use hq_server::config::{HqConfig, HqDir};
+use chainsync_tests::e2e::enroll_in_process;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use store_agent::config::AgentDir;
 
@@ -60,18 +58,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
 
     // HQ with the catalog, prices, members and two pending stores.
-    let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
-    let api: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
-    let hq_dir = HqDir::new(&dir.path().join("hq"));
-    hq_dir
-        .init(&HqConfig {
-            listen: quic,
-            public_addr: quic,
-            api_listen: api,
-            bundle_folder: None,
-        })
-        .expect("hq init");
-    let hq_state = hq_dir.load().expect("hq load");
+    let (hq_dir, hq_state, quic, api) = chainsync_tests::e2e::hq_in_process(dir.path());
     let setup = Instant::now();
     let stores: Vec<(PendingStore, String)> = (1..=2)
         .map(|i| {
@@ -86,33 +73,9 @@ fn main() {
         .collect();
     {
         let mut hq = hq_dir.open_replica(&hq_state.key).expect("hq replica");
-        for chunk in (0..skus).collect::<Vec<_>>().chunks(OPS_PER_CHANGE_SET) {
-            let products = chunk.iter().map(|i| {
-                Op::ProductUpsert(Product {
-                    sku: chainsync_tests::sku(&format!("SKU{i:06}")),
-                    name: format!("Product {i}"),
-                    category: "grocery".into(),
-                    barcodes: vec![format!("40{i:011}")],
-                    unit_cost_cents: 50,
-                    active: true,
-                })
-            });
-            hq.commit_local(Topic::Catalog, products.collect(), 1)
-                .expect("catalog");
-            let prices = chunk.iter().map(|i| {
-                Op::PriceUpsert(PriceEntry {
-                    id: RecordId::new(format!("hq-p{i:06}")).expect("id"),
-                    sku: chainsync_tests::sku(&format!("SKU{i:06}")),
-                    scope: Scope::Chain,
-                    kind: PriceKind::Retail,
-                    price_cents: 100 + (*i as i64 % 500),
-                    effective_from_ms: 0,
-                    effective_to_ms: None,
-                })
-            });
-            hq.commit_local(Topic::Prices(Scope::Chain), prices.collect(), 1)
-                .expect("prices");
-        }
+        chainsync_tests::e2e::write_catalog(&mut hq, skus, OPS_PER_CHANGE_SET, |_| {
+            "grocery".into()
+        });
         for chunk in (0..members).collect::<Vec<_>>().chunks(OPS_PER_CHANGE_SET) {
             let edits = chunk.iter().map(|i| {
                 Op::MemberEdit(MemberEdit {

@@ -406,3 +406,68 @@ pub fn enroll_in_process(
         .expect("agent dir");
     (agent_dir, key)
 }
+
+/// An HQ data folder under `root/hq` for benches that run HQ in this process, on free loopback
+/// ports; returns the folder, its state, the QUIC and the API address.
+pub fn hq_in_process(
+    root: &Path,
+) -> (
+    hq_server::config::HqDir,
+    hq_server::config::HqState,
+    SocketAddr,
+    SocketAddr,
+) {
+    let quic: SocketAddr = ([127, 0, 0, 1], free_udp_port()).into();
+    let api: SocketAddr = ([127, 0, 0, 1], free_tcp_port()).into();
+    let hq_dir = hq_server::config::HqDir::new(&root.join("hq"));
+    hq_dir
+        .init(&hq_server::config::HqConfig {
+            listen: quic,
+            public_addr: quic,
+            api_listen: api,
+            bundle_folder: None,
+        })
+        .expect("hq init");
+    let state = hq_dir.load().expect("hq load");
+    (hq_dir, state, quic, api)
+}
+
+/// Writes `skus` products `SKU000000…` (category from `category`) with a chain retail price
+/// each (1.00 to 5.99) into HQ's replica, `ops_per_change_set` at a time.
+pub fn write_catalog(
+    hq: &mut chainsync::replica::Replica,
+    skus: usize,
+    ops_per_change_set: usize,
+    category: impl Fn(usize) -> String,
+) {
+    use chainsync::changeset::Op;
+    use chainsync::ids::{RecordId, Scope, Topic};
+    use chainsync::model::{PriceEntry, PriceKind, Product};
+    for chunk in (0..skus).collect::<Vec<_>>().chunks(ops_per_change_set) {
+        let products = chunk.iter().map(|i| {
+            Op::ProductUpsert(Product {
+                sku: crate::sku(&format!("SKU{i:06}")),
+                name: format!("Product {i}"),
+                category: category(*i),
+                barcodes: vec![format!("40{i:011}")],
+                unit_cost_cents: 50,
+                active: true,
+            })
+        });
+        hq.commit_local(Topic::Catalog, products.collect(), 1)
+            .expect("catalog");
+        let prices = chunk.iter().map(|i| {
+            Op::PriceUpsert(PriceEntry {
+                id: RecordId::new(format!("hq-p{i:06}")).expect("id"),
+                sku: crate::sku(&format!("SKU{i:06}")),
+                scope: Scope::Chain,
+                kind: PriceKind::Retail,
+                price_cents: 100 + (*i as i64 % 500),
+                effective_from_ms: 0,
+                effective_to_ms: None,
+            })
+        });
+        hq.commit_local(Topic::Prices(Scope::Chain), prices.collect(), 1)
+            .expect("prices");
+    }
+}

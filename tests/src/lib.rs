@@ -132,6 +132,7 @@ impl Chain {
             .into_iter()
             .map(|r| {
                 Op::RegionUpsert(Region {
+                    parent: None,
                     name: format!("Region {r}"),
                     id: r,
                 })

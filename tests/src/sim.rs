@@ -1035,8 +1035,7 @@ impl Sim {
                 .collect();
             for (stream, seq) in &hq_heads {
                 if subscribes(
-                    &store.id,
-                    &store.region,
+                    &chainsync::ids::Place::new(store.id.clone(), store.region.clone()),
                     chainsync::model::StoreMode::Realtime,
                     stream,
                 ) && mine.get(stream).copied().unwrap_or(0) != *seq
@@ -1099,7 +1098,10 @@ impl Sim {
             // Prices and promotions: exactly those of its scopes.
             let want: Vec<&PriceEntry> = hq_prices
                 .iter()
-                .filter(|e| e.scope.covers(&store.id, &store.region))
+                .filter(|e| {
+                    chainsync::ids::Place::new(store.id.clone(), store.region.clone())
+                        .covers(&e.scope)
+                })
                 .collect();
             let have = r.price_entries().map_err(err("prices"))?;
             if have.iter().collect::<Vec<_>>() != want {
@@ -1112,7 +1114,10 @@ impl Sim {
             }
             let want: Vec<&Promotion> = hq_promos
                 .iter()
-                .filter(|p| p.scope.covers(&store.id, &store.region))
+                .filter(|p| {
+                    chainsync::ids::Place::new(store.id.clone(), store.region.clone())
+                        .covers(&p.scope)
+                })
                 .collect();
             let have = r.promotions().map_err(err("promotions"))?;
             if have.iter().collect::<Vec<_>>() != want {

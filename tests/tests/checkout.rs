@@ -489,3 +489,158 @@ fn the_till_applies_every_promotion_offline_checks_returns_and_hq_reports_the_di
         (agent.get("/v1/prices/milk").1["promoted_cents"] == 80).then_some(())
     });
 }
+
+// A three-tier chain under HQ (branch company → office → store): the most specific region's
+// price wins, a branch's promotion covers the stores of its offices, a branch manager's token
+// sees its offices and no other branch, and a store HQ allows sets its own price, which beats
+// every region's and reaches HQ.
+#[test]
+fn nested_regions_price_by_the_most_specific_and_a_store_may_set_its_own_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = Hq::init(dir.path());
+    hq.cli_ok(&["region", "add", "--id", "france", "--name", "France"]);
+    hq.cli_ok(&[
+        "region", "add", "--id", "paris", "--name", "Paris", "--parent", "france",
+    ]);
+    hq.cli_ok(&[
+        "region", "add", "--id", "lyon", "--name", "Lyon", "--parent", "france",
+    ]);
+    let out = hq.cli(&[
+        "region", "add", "--id", "france", "--name", "x", "--parent", "paris",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cycle"),
+        "a region cannot sit under its own office"
+    );
+    hq.cli_ok(&[
+        "product",
+        "add",
+        "--sku",
+        "tea",
+        "--name",
+        "Tea",
+        "--category",
+        "drinks",
+    ]);
+    hq.cli_ok(&["price", "set", "--sku", "tea", "--price", "1.00"]);
+    hq.cli_ok(&[
+        "price",
+        "set",
+        "--sku",
+        "tea",
+        "--price",
+        "0.95",
+        "--scope",
+        "region:france",
+    ]);
+    hq.cli_ok(&[
+        "price",
+        "set",
+        "--sku",
+        "tea",
+        "--price",
+        "0.90",
+        "--scope",
+        "region:paris",
+    ]);
+    promo(
+        &hq,
+        "france10",
+        "percent_off:10",
+        &["--sku", "tea", "--scope", "region:france"],
+    );
+    let stores = [("S001", "paris"), ("S002", "lyon"), ("S003", "uk")];
+    let provisions: Vec<_> = stores
+        .iter()
+        .map(|(id, region)| hq.add_store(id, region))
+        .collect();
+    let _hq_proc = hq.start();
+    let agents: Vec<Agent> = stores
+        .iter()
+        .zip(&provisions)
+        .map(|((id, _), p)| Agent::init(dir.path(), id, p).unwrap())
+        .collect();
+    let _procs: Vec<_> = agents.iter().map(Agent::start).collect();
+    // Paris: its office's 0.90, the branch's 10 % → 0.81; Lyon: the branch's 0.95, less 10 %
+    // (0.095, rounded half up to 0.10) → 0.85; the UK store: the chain's 1.00, no promotion.
+    for (agent, expected) in agents.iter().zip([(90, 81), (95, 85), (100, 100)]) {
+        let mut last = json!(null);
+        let seen = (0..200).find_map(|_| {
+            // 20 s
+            let (_, p) = agent.get("/v1/prices/tea");
+            let ok = p["price_cents"] == expected.0 && p["promoted_cents"] == expected.1;
+            last = p;
+            std::thread::sleep(Duration::from_millis(100));
+            ok.then_some(())
+        });
+        assert!(seen.is_some(), "{:?} at {}: {last}", expected, agent.store);
+    }
+
+    // The branch manager sees its offices' stores, not the other branch.
+    let france = hq.token("regional:france");
+    let (status, listed) = hq.api(&france, "GET", "/v1/stores", None);
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = listed["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["store"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["S001", "S002"], "{listed}");
+    assert_eq!(
+        hq.api(&france, "GET", "/v1/stores?region=paris", None).0,
+        200
+    );
+    assert_eq!(hq.api(&france, "GET", "/v1/stores?region=uk", None).0, 403);
+    let paris = hq.token("regional:paris");
+    let (_, prices) = hq.api(&paris, "GET", "/v1/prices", None);
+    let scopes: Vec<&str> = prices["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["scope"].as_str().unwrap())
+        .collect();
+    assert!(
+        scopes.contains(&"region:france")
+            && scopes.contains(&"region:paris")
+            && !scopes.contains(&"region:lyon"),
+        "{prices}"
+    );
+
+    // S001 may set its own prices once HQ says so; S002 may not.
+    let own = json!({ "price_cents": 80 });
+    let (status, body) = agents[0].send("PUT", "/v1/prices/tea", &own);
+    assert_eq!(status, 403, "{body}");
+    hq.cli_ok(&[
+        "store",
+        "set",
+        "--id",
+        "S001",
+        "--may-set-own-prices",
+        "true",
+    ]);
+    wait_until(WAIT, "the permission at S001", || {
+        (agents[0].send("PUT", "/v1/prices/tea", &own).0 == 201).then_some(())
+    });
+    let (_, p) = agents[0].get("/v1/prices/tea");
+    assert_eq!(
+        (&p["price_cents"], &p["promoted_cents"]),
+        (&json!(80), &json!(72)),
+        "the store's own price beats every region's: {p}"
+    );
+    assert_eq!(agents[1].send("PUT", "/v1/prices/tea", &own).0, 403);
+    let replica = hq.replica();
+    wait_until(WAIT, "S001's price at HQ", || {
+        replica
+            .price_entries()
+            .unwrap()
+            .iter()
+            .any(|e| e.scope.to_string() == "store:S001" && e.price_cents == 80)
+            .then_some(())
+    });
+    assert_eq!(
+        agents[1].get("/v1/prices/tea").1["price_cents"],
+        95,
+        "another store's price stays its own"
+    );
+}

@@ -490,7 +490,8 @@ fn effective_price_honours_scope_and_time_at_hq_and_store() {
               region: &chainsync::ids::RegionId,
               kind: PriceKind,
               t: i64| {
-        r.effective_price(&cola, kind, store, region, t)
+        let place = chainsync::ids::Place::new(store.clone(), region.clone());
+        r.effective_price(&cola, kind, &place, t)
             .unwrap()
             .map(|e| (e.id.to_string(), e.price_cents))
     };

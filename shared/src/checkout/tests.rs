@@ -2,7 +2,7 @@
 //! were worked out by hand, and properties over random baskets.
 
 use super::*;
-use crate::ids::MemberId;
+use crate::ids::{MemberId, RegionId};
 use crate::model::{
     ALL_DAYS, PriceEntry, PriceKind, Product, QuantityTier, SpendTier, StoreAllocation,
 };
@@ -200,11 +200,14 @@ fn case(
     }
 }
 
+fn here() -> Place {
+    Place::new(NodeId::new("S1").unwrap(), RegionId::new("north").unwrap())
+}
+
 fn run(c: &Case) -> Result<Priced, CheckoutError> {
-    let (store, region) = (NodeId::new("S1").unwrap(), RegionId::new("north").unwrap());
+    let place = here();
     let ctx = Context {
-        store: &store,
-        region: &region,
+        place: &place,
         t_ms: T,
         local: c.local,
         member: c.member.clone(),
@@ -966,10 +969,9 @@ fn a_gift_is_its_own_free_line_and_a_spread_discount_adds_up() {
 
 #[test]
 fn overrides_and_manual_discounts_need_a_reason_and_stay_within_the_line() {
-    let (store, region) = (NodeId::new("S1").unwrap(), RegionId::new("north").unwrap());
+    let place = here();
     let ctx = Context {
-        store: &store,
-        region: &region,
+        place: &place,
         t_ms: T,
         local: wednesday_2pm(),
         member: None,

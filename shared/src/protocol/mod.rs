@@ -16,7 +16,7 @@ pub use session::{
 };
 
 use crate::changeset::{SignedChangeSet, SignedSnapshot};
-use crate::ids::{NodeId, RegionId, StreamId};
+use crate::ids::{NodeId, Place, RegionId, StreamId};
 use crate::lookup::{LookupAnswer, LookupQuery};
 use crate::replica::{BatchReport, Replica, ReplicaError};
 use ed25519_dalek::VerifyingKey;
@@ -31,9 +31,12 @@ impl HubStore for Replica {
         };
         let key = VerifyingKey::from_bytes(&info.public_key)
             .map_err(|_| ReplicaError::Corrupt(format!("directory key of {node}")))?;
+        let place = self
+            .place_of(node)?
+            .unwrap_or_else(|| Place::new(info.id.clone(), info.region.clone()));
         Ok(Some(PeerInfo {
             node: info.id,
-            region: info.region,
+            place,
             mode: info.mode,
             key,
             revoked: info.revoked,
@@ -70,7 +73,7 @@ impl HubStore for Replica {
         // heads() is in priority order, so the batch is too.
         for (stream, head) in self.heads()? {
             let own = stream.origin == peer.node && cursors.contains_key(&stream);
-            if !own && !subscribes(&peer.node, &peer.region, peer.mode, &stream) {
+            if !own && !subscribes(&peer.place, peer.mode, &stream) {
                 continue;
             }
             let cursor = cursors.get(&stream).copied().unwrap_or(0);
@@ -106,7 +109,7 @@ impl HubStore for Replica {
         for (stream, head) in self.heads()? {
             // A store restoring its own lost history asks for its own streams by name.
             let own = stream.origin == peer.node && cursors.contains_key(&stream);
-            if !own && !subscribes(&peer.node, &peer.region, peer.mode, &stream) {
+            if !own && !subscribes(&peer.place, peer.mode, &stream) {
                 continue;
             }
             let cursor = cursors.get(&stream).copied().unwrap_or(0);
@@ -162,11 +165,10 @@ impl HubStore for Replica {
         query: &LookupQuery,
         now_ms: u64,
     ) -> Result<LookupAnswer, ReplicaError> {
-        let mut answer =
-            Replica::lookup(self, &peer.node, &peer.region, query).map_err(|e| match e {
-                crate::lookup::LookupError::Storage(e) => e,
-                other => ReplicaError::Corrupt(other.to_string()),
-            })?;
+        let mut answer = Replica::lookup(self, &peer.place, query).map_err(|e| match e {
+            crate::lookup::LookupError::Storage(e) => e,
+            other => ReplicaError::Corrupt(other.to_string()),
+        })?;
         // Entries that ended are of no use to the store; leaving them out bounds the answer.
         if let LookupAnswer::Skus(facts) = &mut answer {
             for f in facts {

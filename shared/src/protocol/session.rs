@@ -34,7 +34,7 @@ use super::frame::{
     to_wire_cursors, to_wire_seeding,
 };
 use crate::changeset::{SignedChangeSet, SignedSnapshot, signing_input};
-use crate::ids::{NodeId, RegionId, StreamId, Topic};
+use crate::ids::{NodeId, Place, RegionId, StreamId, Topic};
 use crate::lookup::{LookupAnswer, LookupQuery};
 use crate::model::StoreMode;
 use crate::replica::BatchReport;
@@ -57,7 +57,8 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub node: NodeId,
-    pub region: RegionId,
+    /// The store and its regions (innermost first), from HQ's directory.
+    pub place: Place,
     pub mode: StoreMode,
     pub key: VerifyingKey,
     pub revoked: bool,
@@ -127,8 +128,8 @@ pub fn auth_message(nonce: &[u8; 32], tls_binding: &[u8]) -> Vec<u8> {
 /// promotions of its scopes, and every other node's members. Never its own streams. A hosted
 /// store keeps no replica and follows only HQ's directory (a few rows per store), which tells
 /// it its mode and its peers; everything else it looks up.
-pub fn subscribes(node: &NodeId, region: &RegionId, mode: StoreMode, stream: &StreamId) -> bool {
-    if &stream.origin == node {
+pub fn subscribes(place: &Place, mode: StoreMode, stream: &StreamId) -> bool {
+    if stream.origin == place.store {
         return false;
     }
     if mode == StoreMode::Hosted {
@@ -138,7 +139,7 @@ pub fn subscribes(node: &NodeId, region: &RegionId, mode: StoreMode, stream: &St
         Topic::Members => true,
         Topic::Directory | Topic::Catalog => stream.origin.is_hq(),
         Topic::Prices(scope) | Topic::Promotions(scope) => {
-            stream.origin.is_hq() && scope.covers(node, region)
+            stream.origin.is_hq() && place.covers(scope)
         }
         Topic::Inventory | Topic::Sales => false,
     }
@@ -467,7 +468,7 @@ impl HubSession {
         let peer = self.peer()?;
         let heads: Vec<(StreamId, u64)> = moved
             .iter()
-            .filter(|(s, _)| subscribes(&peer.node, &peer.region, peer.mode, s))
+            .filter(|(s, _)| subscribes(&peer.place, peer.mode, s))
             .cloned()
             .collect();
         (!heads.is_empty()).then(|| Frame::Notify {

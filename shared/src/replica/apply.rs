@@ -65,8 +65,14 @@ pub(crate) fn apply_op(
 ) -> rusqlite::Result<()> {
     match op {
         Op::RegionUpsert(r) => {
-            tx.prepare_cached("INSERT OR REPLACE INTO regions (id, name) VALUES (?1, ?2)")?
-                .execute(params![r.id.as_str(), r.name])?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO regions (id, name, parent) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![
+                r.id.as_str(),
+                r.name,
+                r.parent.as_ref().map(|p| p.as_str())
+            ])?;
         }
         Op::StoreUpsert(s) => {
             tx.prepare_cached(

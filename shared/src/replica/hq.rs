@@ -80,6 +80,7 @@ impl Replica {
             let region = Region {
                 id: store.region.clone(),
                 name: store.region.to_string(),
+                parent: None,
             };
             self.commit_local(Topic::Directory, vec![Op::RegionUpsert(region)], now_ms)?;
         }

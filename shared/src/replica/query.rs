@@ -6,7 +6,7 @@
 use super::apply::{account_code, price_kind_code};
 use super::{Replica, ReplicaError, parse_stream};
 use crate::hlc::Hlc;
-use crate::ids::{MemberId, NodeId, RegionId, Sku, StreamId};
+use crate::ids::{MemberId, NodeId, Place, REGION_DEPTH_MAX, RegionId, Sku, StreamId};
 use crate::merge::{self, FieldValue};
 use crate::model::{
     LedgerAccount, PriceEntry, PriceKind, Product, ProfileField, Promotion, StoreInfo, StoreMode,
@@ -208,8 +208,7 @@ impl Replica {
         &self,
         sku: &Sku,
         kind: PriceKind,
-        store: &NodeId,
-        region: &RegionId,
+        place: &Place,
         t_ms: i64,
     ) -> Result<Option<PriceEntry>, ReplicaError> {
         let mut stmt = self.conn.prepare_cached(
@@ -222,7 +221,7 @@ impl Replica {
         let entries: Vec<PriceEntry> = rows
             .map(|b| decode("price entry", &b?))
             .collect::<Result<_, _>>()?;
-        Ok(merge::effective_price(&entries, sku, kind, store, region, t_ms).cloned())
+        Ok(merge::effective_price(&entries, sku, kind, place, t_ms).cloned())
     }
 
     /// The directory entry of a store, if this replica holds it.
@@ -267,6 +266,56 @@ impl Replica {
             retired_keys: super::retired_keys(&self.conn, store)?,
             time_zone,
         }))
+    }
+
+    /// Where `store` sits: its region and each region above it, from the directory (at most
+    /// [`REGION_DEPTH_MAX`] levels; a cycle in bad data ends the walk).
+    pub fn place_of(&self, store: &NodeId) -> Result<Option<Place>, ReplicaError> {
+        let Some(info) = self.store_info(store)? else {
+            return Ok(None);
+        };
+        Ok(Some(Place {
+            store: store.clone(),
+            regions: self.region_path(&info.region)?,
+        }))
+    }
+
+    /// `region` and each region above it, innermost first.
+    pub fn region_path(&self, region: &RegionId) -> Result<Vec<RegionId>, ReplicaError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT parent FROM regions WHERE id = ?1")?;
+        let mut path = vec![region.clone()];
+        while path.len() < REGION_DEPTH_MAX {
+            let Some(last) = path.last() else { break };
+            let parent: Option<Option<String>> = stmt
+                .query_row(params![last.as_str()], |r| r.get(0))
+                .optional()?;
+            let Some(Some(parent)) = parent else { break };
+            let parent = RegionId::new(parent)
+                .map_err(|e| ReplicaError::Corrupt(format!("region parent: {e}")))?;
+            if path.contains(&parent) {
+                break;
+            }
+            path.push(parent);
+        }
+        Ok(path)
+    }
+
+    /// `region` and every region under it, at any depth.
+    pub fn regions_under(&self, region: &RegionId) -> Result<Vec<RegionId>, ReplicaError> {
+        let mut stmt = self.conn.prepare_cached(
+            "WITH RECURSIVE under(id, depth) AS (
+                 SELECT ?1, 0
+                 UNION SELECT r.id, u.depth + 1 FROM regions r JOIN under u ON r.parent = u.id
+                 WHERE u.depth < ?2)
+             SELECT DISTINCT id FROM under ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![region.as_str(), REGION_DEPTH_MAX as i64], |r| {
+            r.get::<_, String>(0)
+        })?;
+        rows.map(|id| RegionId::new(id?).map_err(|e| ReplicaError::Corrupt(e.to_string())))
+            .collect()
     }
 
     /// A product of the catalog.

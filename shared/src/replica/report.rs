@@ -2,7 +2,8 @@
 //! directory with last-seen time and backlog. Read-only SQL over the materialized tables.
 //!
 //! Freshness of a store's figures is the local time HQ last applied a change set from that
-//! store (any of its streams): a figure is as fresh as the last thing HQ heard.
+//! store (any of its streams): a figure is as fresh as the last thing HQ heard. A region filter
+//! takes the region and every region under it (a branch company's manager sees its offices).
 
 use super::{Replica, ReplicaError};
 use crate::ids::{NodeId, RegionId};
@@ -64,7 +65,7 @@ impl Replica {
              JOIN stores st ON st.id = s.store
              LEFT JOIN products p ON p.sku = s.sku
              WHERE (?1 IS NULL OR s.sku = ?1) AND (?2 IS NULL OR p.category = ?2)
-               AND (?3 IS NULL OR s.store = ?3) AND (?4 IS NULL OR st.region = ?4)
+               AND (?3 IS NULL OR s.store = ?3) AND (?4 IS NULL OR st.region IN (WITH RECURSIVE under(id) AS (SELECT ?4 UNION SELECT g.id FROM regions g JOIN under u ON g.parent = u.id) SELECT id FROM under))
              ORDER BY s.store, s.sku",
         )?;
         let rows = stmt.query_map(
@@ -99,7 +100,7 @@ impl Replica {
             "SELECT r.store, st.region, date(r.sold_at_ms / 1000, 'unixepoch') AS day,
                     count(*), coalesce(sum(r.total_cents), 0)
              FROM receipts r JOIN stores st ON st.id = r.store
-             WHERE r.voided = 0 AND (?1 IS NULL OR r.store = ?1) AND (?2 IS NULL OR st.region = ?2)
+             WHERE r.voided = 0 AND (?1 IS NULL OR r.store = ?1) AND (?2 IS NULL OR st.region IN (WITH RECURSIVE under(id) AS (SELECT ?2 UNION SELECT g.id FROM regions g JOIN under u ON g.parent = u.id) SELECT id FROM under))
                AND (?3 IS NULL OR date(r.sold_at_ms / 1000, 'unixepoch') = ?3)
              GROUP BY r.store, day ORDER BY r.store, day",
         )?;
@@ -128,7 +129,7 @@ impl Replica {
             "SELECT st.id, st.name, st.region, st.mode, st.revoked,
                     max((SELECT max(last_applied_ms) FROM streams WHERE origin = st.id),
                         (SELECT max(seen_ms) FROM peer_cursors WHERE node = st.id))
-             FROM stores st WHERE ?1 IS NULL OR st.region = ?1 ORDER BY st.id",
+             FROM stores st WHERE ?1 IS NULL OR st.region IN (WITH RECURSIVE under(id) AS (SELECT ?1 UNION SELECT g.id FROM regions g JOIN under u ON g.parent = u.id) SELECT id FROM under) ORDER BY st.id",
         )?;
         let rows = stmt.query_map(params![region.map(|r| r.as_str())], |r| {
             Ok((
@@ -145,8 +146,9 @@ impl Replica {
             let (store, name, region, mode, revoked, last_seen_ms) = row?;
             let node =
                 NodeId::new(store.clone()).map_err(|e| ReplicaError::Corrupt(e.to_string()))?;
-            let region_id =
-                RegionId::new(region.clone()).map_err(|e| ReplicaError::Corrupt(e.to_string()))?;
+            let place = self
+                .place_of(&node)?
+                .ok_or_else(|| ReplicaError::Corrupt(format!("store {node} left the directory")))?;
             let store_mode = match mode.as_str() {
                 "hosted" => crate::model::StoreMode::Hosted,
                 "batch" => crate::model::StoreMode::Batch,
@@ -155,7 +157,7 @@ impl Replica {
             let cursors = self.peer_cursor_map(&node)?;
             let backlog: u64 = heads
                 .iter()
-                .filter(|(s, _)| crate::protocol::subscribes(&node, &region_id, store_mode, s))
+                .filter(|(s, _)| crate::protocol::subscribes(&place, store_mode, s))
                 .map(|(s, h)| {
                     h.seq
                         .saturating_sub(cursors.get(&s.to_string()).copied().unwrap_or(0))

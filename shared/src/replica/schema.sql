@@ -40,8 +40,9 @@ CREATE TABLE peer_cursors (           -- hub only: how far each node holds each 
 
 -- Materialized retail state, rebuilt by applying the log (see replica/apply.rs).
 CREATE TABLE regions (
-    id   TEXT PRIMARY KEY,
-    name TEXT NOT NULL
+    id     TEXT PRIMARY KEY,
+    name   TEXT NOT NULL,
+    parent TEXT                       -- the region it belongs to; NULL for a top region
 ) WITHOUT ROWID;
 CREATE TABLE stores (
     id                 TEXT PRIMARY KEY,
