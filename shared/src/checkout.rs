@@ -28,7 +28,9 @@
 //!    and match at a price), then buy N get M, then amounts off, then percentages off, each on
 //!    what the previous left. Among all combinations of the candidate promotions the engine
 //!    takes the one with the lowest final total (spend thresholds included); ties go to fewer
-//!    promotions, then to the smaller ids (a gift counts at its shelf price). Because every subset is tried, adding a non-exclusive
+//!    promotions, then to the smaller ids (a gift counts at its shelf price). The search walks
+//!    the combinations as a tree and does not take a promotion that would change nothing, so
+//!    promotions competing for the same lines cost little. Because every subset is tried, adding a non-exclusive
 //!    promotion never raises what the customer pays. The search is exhaustive up to
 //!    [`SEARCH_CANDIDATES_MAX`] candidates (those giving most on their own); beyond, the rest
 //!    are added greedily where they lower the total.
@@ -340,11 +342,19 @@ fn stack_rank(rule: &PromotionRule) -> u8 {
     }
 }
 
-/// Applies item promotion `pi` to the lines open to it, within `cap` units. Returns the units
-/// it discounted.
-fn apply_item(pi: usize, p: &Promotion, lines: &mut [Work], cap: Option<u64>) -> u64 {
-    let mut idxs: Vec<usize> = (0..lines.len())
-        .filter(|&i| eligible(p, &lines[i]) && lines[i].open_to(p))
+/// Applies item promotion `pi` to those of its `eligible_lines` open to it, within `cap`
+/// units. Returns the units it discounted.
+fn apply_item(
+    pi: usize,
+    p: &Promotion,
+    lines: &mut [Work],
+    cap: Option<u64>,
+    eligible_lines: &[usize],
+) -> u64 {
+    let mut idxs: Vec<usize> = eligible_lines
+        .iter()
+        .copied()
+        .filter(|&i| lines[i].open_to(p))
         .collect();
     if idxs.is_empty() {
         return 0;
@@ -634,6 +644,8 @@ struct Outcome {
 struct Engine<'a> {
     promos: Vec<&'a Promotion>,
     caps: Vec<Option<u64>>,
+    /// Per promotion, the lines its skus and categories name (computed once).
+    eligible: Vec<Vec<usize>>,
     thresholds: Vec<usize>,
     facts: &'a BTreeMap<Sku, SkuFacts>,
     ctx: &'a Context<'a>,
@@ -643,8 +655,52 @@ impl Engine<'_> {
     fn evaluate(&self, base: &[Work], chosen: &[usize]) -> Outcome {
         let mut lines = base.to_vec();
         for &pi in chosen {
-            apply_item(pi, self.promos[pi], &mut lines, self.caps[pi]);
+            apply_item(
+                pi,
+                self.promos[pi],
+                &mut lines,
+                self.caps[pi],
+                &self.eligible[pi],
+            );
         }
+        self.with_threshold(lines)
+    }
+
+    /// Every combination of `searched[k..]` on top of `lines` (the ones `chosen` so far), keeping
+    /// the best in `best`. A promotion that changes nothing where it would apply is not taken:
+    /// that branch is the same as leaving it out (the fewer promotions win a tie anyway), so
+    /// promotions competing for one line cut the tree down to the outcomes that differ.
+    fn search(
+        &self,
+        searched: &[usize],
+        k: usize,
+        lines: &[Work],
+        chosen: &mut Vec<usize>,
+        best: &mut (Outcome, Vec<usize>),
+    ) {
+        let Some(&pi) = searched.get(k) else {
+            let outcome = self.with_threshold(lines.to_vec());
+            if better(&outcome, chosen, &best.0, &best.1, &self.promos) {
+                *best = (outcome, chosen.clone());
+            }
+            return;
+        };
+        let p = self.promos[pi];
+        if self.eligible[pi].iter().any(|&i| lines[i].open_to(p)) {
+            let mut taken = lines.to_vec();
+            apply_item(pi, p, &mut taken, self.caps[pi], &self.eligible[pi]);
+            let entries = |ls: &[Work]| ls.iter().map(|l| l.discounts.len()).sum::<usize>();
+            if entries(&taken) != entries(lines) {
+                chosen.push(pi);
+                self.search(searched, k + 1, &taken, chosen, best);
+                chosen.pop();
+            }
+        }
+        self.search(searched, k + 1, lines, chosen, best);
+    }
+
+    /// The best spend threshold on `lines`, applied.
+    fn with_threshold(&self, mut lines: Vec<Work>) -> Outcome {
         let mut best: Option<(i64, usize, ThresholdOutcome)> = None;
         for &ti in &self.thresholds {
             if self.caps[ti] == Some(0) {
@@ -812,9 +868,14 @@ pub fn price_basket(
     let thresholds: Vec<usize> = (0..promos.len())
         .filter(|&i| is_threshold(promos[i]))
         .collect();
+    let eligible_lines: Vec<Vec<usize>> = promos
+        .iter()
+        .map(|p| (0..base.len()).filter(|&i| eligible(p, &base[i])).collect())
+        .collect();
     let engine = Engine {
         promos: promos.clone(),
         caps: caps.clone(),
+        eligible: eligible_lines.clone(),
         thresholds,
         facts,
         ctx,
@@ -829,7 +890,7 @@ pub fn price_basket(
         let mut best: Option<(i64, usize, Vec<Work>)> = None;
         for &pi in exclusive.iter().filter(|&&i| promos[i].priority == top) {
             let mut trial = base.clone();
-            apply_item(pi, promos[pi], &mut trial, caps[pi]);
+            apply_item(pi, promos[pi], &mut trial, caps[pi], &eligible_lines[pi]);
             let gain: i64 = base.iter().map(|l| l.amount).sum::<i64>()
                 - trial.iter().map(|l| l.amount).sum::<i64>();
             if gain > 0 && best.as_ref().is_none_or(|(g, _, _)| gain > *g) {
@@ -850,7 +911,7 @@ pub fn price_basket(
         .filter(|&i| promos[i].mode != Combination::Exclusive && !is_threshold(promos[i]))
         .filter_map(|pi| {
             let mut trial = base.clone();
-            apply_item(pi, promos[pi], &mut trial, caps[pi]);
+            apply_item(pi, promos[pi], &mut trial, caps[pi], &eligible_lines[pi]);
             let gain: i64 = base.iter().map(|l| l.amount).sum::<i64>()
                 - trial.iter().map(|l| l.amount).sum::<i64>();
             (gain > 0).then_some((gain, pi))
@@ -868,19 +929,9 @@ pub fn price_basket(
         .map(|c| c.1)
         .collect();
     searched.sort_unstable(); // application order is the promotions' order
-    let mut best_choice: Vec<usize> = Vec::new();
-    let mut best = engine.evaluate(&base, &[]);
-    for mask in 1u32..(1u32 << searched.len()) {
-        let chosen: Vec<usize> = (0..searched.len())
-            .filter(|b| mask & (1 << b) != 0)
-            .map(|b| searched[b])
-            .collect();
-        let outcome = engine.evaluate(&base, &chosen);
-        if better(&outcome, &chosen, &best, &best_choice, &promos) {
-            best = outcome;
-            best_choice = chosen;
-        }
-    }
+    let mut found = (engine.evaluate(&base, &[]), Vec::new());
+    engine.search(&searched, 0, &base, &mut Vec::new(), &mut found);
+    let (mut best, mut best_choice) = found;
     for pi in extra {
         let mut chosen = best_choice.clone();
         chosen.push(pi);
@@ -898,12 +949,15 @@ pub fn price_basket(
 /// Whether `a` (chosen `ac`) beats `b` (chosen `bc`): lower total (less any gift's value), then
 /// fewer promotions, then smaller ids.
 fn better(a: &Outcome, ac: &[usize], b: &Outcome, bc: &[usize], promos: &[&Promotion]) -> bool {
-    let ids = |c: &[usize]| -> Vec<RecordId> {
-        let mut v: Vec<RecordId> = c.iter().map(|&i| promos[i].id.clone()).collect();
+    let ids = |c: &[usize]| -> Vec<&RecordId> {
+        let mut v: Vec<&RecordId> = c.iter().map(|&i| &promos[i].id).collect();
         v.sort();
         v
     };
-    (a.score, ac.len(), ids(ac)) < (b.score, bc.len(), ids(bc))
+    match (a.score, ac.len()).cmp(&(b.score, bc.len())) {
+        std::cmp::Ordering::Equal => ids(ac) < ids(bc),
+        less_or_more => less_or_more.is_lt(),
+    }
 }
 
 /// Manual discounts, gift line, receipt lines and the explanation.

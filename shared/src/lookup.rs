@@ -46,7 +46,8 @@ pub struct SkuFacts {
     /// Every price entry of the sku whose scope covers the store, in effect or not (an entry
     /// effective next week is here, so a hosted store offline next week still charges it).
     pub prices: Vec<PriceEntry>,
-    /// Every promotion covering the store that names the sku or applies to every sku.
+    /// Every promotion covering the store that names the sku or its category, or applies to
+    /// every sku.
     pub promotions: Vec<Promotion>,
 }
 
@@ -119,37 +120,51 @@ impl Replica {
         })
     }
 
-    /// The facts of `skus` for the store at `place`, in the order asked.
+    /// The facts of `skus` for the store at `place`, in the order asked. Promotions are found
+    /// through `promotion_keys` (those naming the sku or its category, or every sku).
     pub fn sku_facts(&self, place: &Place, skus: &[Sku]) -> Result<Vec<SkuFacts>, ReplicaError> {
-        let promotions: Vec<Promotion> = self
-            .promotions()?
-            .into_iter()
-            .filter(|p| place.covers(&p.scope))
-            .collect();
-        let mut stmt = self
+        let mut prices_stmt = self
             .connection()
             .prepare_cached("SELECT body FROM price_entries WHERE sku = ?1 ORDER BY scope, id")?;
+        let mut promos_stmt = self.connection().prepare_cached(
+            "SELECT body FROM promotions
+             WHERE (scope, id) IN (SELECT scope, id FROM promotion_keys WHERE key IN (?1, ?2, '*'))
+             ORDER BY scope, id",
+        )?;
+        let corrupt =
+            |what: &str, e: postcard::Error| ReplicaError::Corrupt(format!("stored {what}: {e}"));
         let mut out = Vec::with_capacity(skus.len());
         for sku in skus {
             let mut prices = Vec::new();
-            let mut rows = stmt.query(params![sku.as_str()])?;
+            let mut rows = prices_stmt.query(params![sku.as_str()])?;
             while let Some(row) = rows.next()? {
                 let body: Vec<u8> = row.get(0)?;
-                let entry: PriceEntry = postcard::from_bytes(&body)
-                    .map_err(|e| ReplicaError::Corrupt(format!("stored price entry: {e}")))?;
+                let entry: PriceEntry =
+                    postcard::from_bytes(&body).map_err(|e| corrupt("price entry", e))?;
                 if place.covers(&entry.scope) {
                     prices.push(entry);
                 }
             }
+            let product = self.product(sku)?;
+            let category = product
+                .as_ref()
+                .map(|p| format!("cat:{}", p.category))
+                .unwrap_or_default();
+            let mut promotions = Vec::new();
+            let mut rows = promos_stmt.query(params![format!("sku:{sku}"), category])?;
+            while let Some(row) = rows.next()? {
+                let body: Vec<u8> = row.get(0)?;
+                let promo: Promotion =
+                    postcard::from_bytes(&body).map_err(|e| corrupt("promotion", e))?;
+                if place.covers(&promo.scope) {
+                    promotions.push(promo);
+                }
+            }
             out.push(SkuFacts {
                 sku: sku.clone(),
-                product: self.product(sku)?,
+                product,
                 prices,
-                promotions: promotions
-                    .iter()
-                    .filter(|p| p.skus.is_empty() || p.skus.contains(sku))
-                    .cloned()
-                    .collect(),
+                promotions,
             });
         }
         Ok(out)

@@ -144,6 +144,17 @@ impl From<ReplicaError> for PosError {
         if let ReplicaError::Restoring(why) = e {
             return Self::new(StatusCode::SERVICE_UNAVAILABLE, why);
         }
+        // A database created afresh (a new or restored store) knows itself only once HQ's
+        // directory has arrived; until then its writes would not verify anywhere.
+        if let ReplicaError::Refused(chainsync::validate::ChangeSetError::UnknownOrigin(node)) = &e
+        {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "store {node} is not in this database's directory yet: waiting for HQ's directory"
+                ),
+            );
+        }
         tracing::error!("replica: {e}");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("storage: {e}"))
     }

@@ -137,14 +137,31 @@ pub(crate) fn apply_op(
             }
         }
         Op::PromotionUpsert(p) => {
+            let scope = p.scope.to_string();
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO promotions (scope, id, body) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![p.scope.to_string(), p.id.as_str(), encode(p)])?;
+            .execute(params![scope, p.id.as_str(), encode(p)])?;
+            tx.prepare_cached("DELETE FROM promotion_keys WHERE scope = ?1 AND id = ?2")?
+                .execute(params![scope, p.id.as_str()])?;
+            let mut key = tx.prepare_cached(
+                "INSERT OR IGNORE INTO promotion_keys (key, scope, id) VALUES (?1, ?2, ?3)",
+            )?;
+            if p.skus.is_empty() && p.categories.is_empty() {
+                key.execute(params!["*", scope, p.id.as_str()])?;
+            }
+            for sku in &p.skus {
+                key.execute(params![format!("sku:{sku}"), scope, p.id.as_str()])?;
+            }
+            for category in &p.categories {
+                key.execute(params![format!("cat:{category}"), scope, p.id.as_str()])?;
+            }
         }
         Op::PromotionRemove { id } => {
             if let Topic::Promotions(scope) = &stream.topic {
                 tx.prepare_cached("DELETE FROM promotions WHERE scope = ?1 AND id = ?2")?
+                    .execute(params![scope.to_string(), id.as_str()])?;
+                tx.prepare_cached("DELETE FROM promotion_keys WHERE scope = ?1 AND id = ?2")?
                     .execute(params![scope.to_string(), id.as_str()])?;
             }
         }

@@ -134,6 +134,12 @@ pub struct Committed {
     pub signed: SignedChangeSet,
 }
 
+/// Decoded promotions, with the heads of the promotion streams they were read at.
+type PromotionsCache = (
+    Vec<(i64, i64)>,
+    std::sync::Arc<Vec<crate::model::Promotion>>,
+);
+
 /// One node's replica.
 pub struct Replica {
     conn: Connection,
@@ -142,6 +148,9 @@ pub struct Replica {
     clock: Clock,
     /// HQ: snapshots built for seeding stores, by stream.
     snapshot_cache: std::collections::BTreeMap<StreamId, std::sync::Arc<BuiltSnapshot>>,
+    /// Every promotion held, decoded, with the heads of the promotion streams it was read at
+    /// (see [`Replica::promotions_shared`]).
+    promotions_cache: RefCell<Option<PromotionsCache>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -177,6 +186,7 @@ impl Replica {
             hq_key,
             clock: Clock::default(),
             snapshot_cache: Default::default(),
+            promotions_cache: RefCell::new(None),
         };
         replica.init_schema()?;
         Ok(replica)
@@ -638,8 +648,17 @@ impl Replica {
     }
 
     /// Walks every stream's log and checks the hash chain and the head (the second check of the
-    /// invariant the gate checks on the way in). Returns the first break found.
+    /// invariant the gate checks on the way in). Returns the first break found. It reads one
+    /// snapshot of the database (a read transaction), so a process writing beside it (the
+    /// server, while a CLI or a test audits) cannot make a head and its log disagree.
     pub fn audit(&self) -> Result<(), ReplicaError> {
+        let snapshot = self.conn.unchecked_transaction()?;
+        self.audit_in_snapshot()?;
+        snapshot.finish()?;
+        Ok(())
+    }
+
+    fn audit_in_snapshot(&self) -> Result<(), ReplicaError> {
         for (stream, head) in self.heads()? {
             let (base_seq, base_hash) = self.base_of(&stream)?;
             let mut prev = base_hash;

@@ -80,6 +80,15 @@ CREATE TABLE promotions (
     body  BLOB NOT NULL,
     PRIMARY KEY (scope, id)
 ) WITHOUT ROWID;
+-- Which promotions name which sku (`sku:…`), category (`cat:…`) or every sku (`*`), so a till
+-- reads the few that concern a basket instead of every promotion held.
+CREATE TABLE promotion_keys (
+    key   TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    id    TEXT NOT NULL,
+    PRIMARY KEY (key, scope, id)
+) WITHOUT ROWID;
+CREATE INDEX promotion_keys_by_promotion ON promotion_keys (scope, id);
 CREATE TABLE member_fields (
     member      TEXT    NOT NULL,
     field       INTEGER NOT NULL,
