@@ -652,16 +652,29 @@ struct Engine<'a> {
 }
 
 impl Engine<'_> {
+    /// Applies item promotion `pi` to `lines` with its cap and eligible lines.
+    fn apply(&self, pi: usize, lines: &mut [Work]) {
+        apply_item(
+            pi,
+            self.promos[pi],
+            lines,
+            self.caps[pi],
+            &self.eligible[pi],
+        );
+    }
+
+    /// What `pi` alone takes off `base`, and the lines after it.
+    fn gain(&self, pi: usize, base: &[Work]) -> (i64, Vec<Work>) {
+        let mut trial = base.to_vec();
+        self.apply(pi, &mut trial);
+        let total = |ls: &[Work]| ls.iter().map(|l| l.amount).sum::<i64>();
+        (total(base) - total(&trial), trial)
+    }
+
     fn evaluate(&self, base: &[Work], chosen: &[usize]) -> Outcome {
         let mut lines = base.to_vec();
         for &pi in chosen {
-            apply_item(
-                pi,
-                self.promos[pi],
-                &mut lines,
-                self.caps[pi],
-                &self.eligible[pi],
-            );
+            self.apply(pi, &mut lines);
         }
         self.with_threshold(lines)
     }
@@ -688,7 +701,7 @@ impl Engine<'_> {
         let p = self.promos[pi];
         if self.eligible[pi].iter().any(|&i| lines[i].open_to(p)) {
             let mut taken = lines.to_vec();
-            apply_item(pi, p, &mut taken, self.caps[pi], &self.eligible[pi]);
+            self.apply(pi, &mut taken);
             let entries = |ls: &[Work]| ls.iter().map(|l| l.discounts.len()).sum::<usize>();
             if entries(&taken) != entries(lines) {
                 chosen.push(pi);
@@ -873,13 +886,15 @@ pub fn price_basket(
         .map(|p| (0..base.len()).filter(|&i| eligible(p, &base[i])).collect())
         .collect();
     let engine = Engine {
-        promos: promos.clone(),
-        caps: caps.clone(),
-        eligible: eligible_lines.clone(),
+        promos,
+        caps,
+        eligible: eligible_lines,
         thresholds,
         facts,
         ctx,
     };
+
+    let promos = &engine.promos;
 
     // Rule 4: exclusive promotions, by priority, the one giving most first.
     let mut exclusive: Vec<usize> = (0..promos.len())
@@ -889,10 +904,7 @@ pub fn price_basket(
         let top = promos[exclusive[0]].priority;
         let mut best: Option<(i64, usize, Vec<Work>)> = None;
         for &pi in exclusive.iter().filter(|&&i| promos[i].priority == top) {
-            let mut trial = base.clone();
-            apply_item(pi, promos[pi], &mut trial, caps[pi], &eligible_lines[pi]);
-            let gain: i64 = base.iter().map(|l| l.amount).sum::<i64>()
-                - trial.iter().map(|l| l.amount).sum::<i64>();
+            let (gain, trial) = engine.gain(pi, &base);
             if gain > 0 && best.as_ref().is_none_or(|(g, _, _)| gain > *g) {
                 best = Some((gain, pi, trial));
             }
@@ -910,10 +922,7 @@ pub fn price_basket(
     let mut candidates: Vec<(i64, usize)> = (0..promos.len())
         .filter(|&i| promos[i].mode != Combination::Exclusive && !is_threshold(promos[i]))
         .filter_map(|pi| {
-            let mut trial = base.clone();
-            apply_item(pi, promos[pi], &mut trial, caps[pi], &eligible_lines[pi]);
-            let gain: i64 = base.iter().map(|l| l.amount).sum::<i64>()
-                - trial.iter().map(|l| l.amount).sum::<i64>();
+            let (gain, _) = engine.gain(pi, &base);
             (gain > 0).then_some((gain, pi))
         })
         .collect();
@@ -943,7 +952,7 @@ pub fn price_basket(
         }
     }
 
-    finish(basket, best, &promos)
+    finish(basket, best, promos)
 }
 
 /// Whether `a` (chosen `ac`) beats `b` (chosen `bc`): lower total (less any gift's value), then

@@ -134,12 +134,6 @@ pub struct Committed {
     pub signed: SignedChangeSet,
 }
 
-/// Decoded promotions, with the heads of the promotion streams they were read at.
-type PromotionsCache = (
-    Vec<(i64, i64)>,
-    std::sync::Arc<Vec<crate::model::Promotion>>,
-);
-
 /// One node's replica.
 pub struct Replica {
     conn: Connection,
@@ -148,9 +142,6 @@ pub struct Replica {
     clock: Clock,
     /// HQ: snapshots built for seeding stores, by stream.
     snapshot_cache: std::collections::BTreeMap<StreamId, std::sync::Arc<BuiltSnapshot>>,
-    /// Every promotion held, decoded, with the heads of the promotion streams it was read at
-    /// (see [`Replica::promotions_shared`]).
-    promotions_cache: RefCell<Option<PromotionsCache>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -186,7 +177,6 @@ impl Replica {
             hq_key,
             clock: Clock::default(),
             snapshot_cache: Default::default(),
-            promotions_cache: RefCell::new(None),
         };
         replica.init_schema()?;
         Ok(replica)

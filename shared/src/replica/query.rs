@@ -194,36 +194,14 @@ impl Replica {
         rows.map(|b| decode("price entry", &b?)).collect()
     }
 
-    /// Every promotion held, sorted by scope and id.
+    /// Every promotion held, sorted by scope and id. (A till reads only those concerning its
+    /// basket, through `promotion_keys`: see [`Replica::sku_facts`].)
     pub fn promotions(&self) -> Result<Vec<Promotion>, ReplicaError> {
-        Ok(self.promotions_shared()?.as_ref().clone())
-    }
-
-    /// Every promotion held, sorted by scope and id, decoded once for as long as no promotion
-    /// stream moves (the till reads them for every basket; decoding 500 took milliseconds).
-    /// The key is read from the database, so writes by another process are seen too.
-    pub fn promotions_shared(&self) -> Result<std::sync::Arc<Vec<Promotion>>, ReplicaError> {
-        let mut heads = self.conn.prepare_cached(
-            "SELECT id, head_seq FROM streams WHERE name LIKE '%/promotions@%' ORDER BY id",
-        )?;
-        let key: Vec<(i64, i64)> = heads
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        if let Some((cached_key, promos)) = self.promotions_cache.borrow().as_ref()
-            && *cached_key == key
-        {
-            return Ok(promos.clone());
-        }
         let mut stmt = self
             .conn
             .prepare_cached("SELECT body FROM promotions ORDER BY scope, id")?;
         let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-        let promos: Vec<Promotion> = rows
-            .map(|b| decode("promotion", &b?))
-            .collect::<Result<_, _>>()?;
-        let promos = std::sync::Arc::new(promos);
-        *self.promotions_cache.borrow_mut() = Some((key, promos.clone()));
-        Ok(promos)
+        rows.map(|b| decode("promotion", &b?)).collect()
     }
 
     /// The entry setting the price of `sku` of `kind` at `t_ms` for `store` in `region`.
