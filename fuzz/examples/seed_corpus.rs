@@ -273,12 +273,17 @@ fn change_sets() -> Res<Vec<SignedChangeSet>> {
                     amount: 500,
                     receipt: Some(rec("S001-1")?),
                     at_ms: 1,
+                    auth: None,
+                    tender: Some(chainsync::model::PaymentMethod::Cash),
+                    note: String::new(),
                 }),
-                Op::MemberEdit(MemberEdit {
+                Op::MemberAllowance {
                     member: MemberId::new("M1")?,
-                    hlc: Hlc::default(),
-                    fields: vec![(ProfileField::OfflineAllowanceCents, "1000".into())],
-                }),
+                    allowance: Some(chainsync::model::Allowance {
+                        stored_value_cents: 1000,
+                        points: 0,
+                    }),
+                },
             ],
         )?,
         // Inventory: the store's own movement and one for another store.

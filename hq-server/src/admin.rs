@@ -500,3 +500,98 @@ pub fn import_bundle(dir: &HqDir, file: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+/// `hq-server loyalty set`: the chain's loyalty policy, replaced whole.
+pub fn set_loyalty_policy(dir: &HqDir, spec: crate::loyalty::PolicySpec) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let policy = crate::loyalty::build_policy(spec)?;
+    let committed =
+        replica.commit_local(Topic::Members, vec![Op::LoyaltyPolicy(policy)], now_ms())?;
+    println!(
+        "loyalty policy set: {} seq {}",
+        committed.stream, committed.seq
+    );
+    Ok(())
+}
+
+/// `hq-server loyalty show`.
+pub fn show_loyalty_policy(dir: &HqDir) -> Result<()> {
+    let state = dir.load()?;
+    let replica = dir.open_replica(&state.key)?;
+    println!(
+        "{}",
+        crate::loyalty::policy_json(&replica.loyalty_policy()?)
+    );
+    Ok(())
+}
+
+/// `hq-server member allowance`: a card's own offline allowance, or none.
+pub fn set_member_allowance(
+    dir: &HqDir,
+    member: &str,
+    allowance: Option<chainsync::model::Allowance>,
+) -> Result<()> {
+    let member: chainsync::ids::MemberId = member.parse().context("member")?;
+    if let Some(a) = &allowance {
+        a.check_bounds().map_err(anyhow::Error::msg)?;
+    }
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let committed = replica.commit_local(
+        Topic::Members,
+        vec![Op::MemberAllowance {
+            member: member.clone(),
+            allowance,
+        }],
+        now_ms(),
+    )?;
+    println!(
+        "allowance of {member} set: {} seq {}",
+        committed.stream, committed.seq
+    );
+    Ok(())
+}
+
+/// `hq-server member adjust`.
+pub fn adjust_member(
+    dir: &HqDir,
+    member: &str,
+    account: &str,
+    amount: i64,
+    note: &str,
+    no: String,
+) -> Result<()> {
+    let member: chainsync::ids::MemberId = member.parse().context("member")?;
+    let account = crate::loyalty::parse_account(account)?;
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let Some(op) = crate::loyalty::adjustment(
+        &replica,
+        &no,
+        &member,
+        account,
+        amount,
+        note,
+        now_ms() as i64,
+    )?
+    else {
+        println!("adjustment hq-A{no} was already made");
+        return Ok(());
+    };
+    replica.commit_local(Topic::Members, vec![op], now_ms())?;
+    println!(
+        "adjustment hq-A{no} of {member}: balance now {}",
+        replica.balance(&member, account)?
+    );
+    Ok(())
+}
+
+/// `hq-server member statement`.
+pub fn member_statement(dir: &HqDir, member: &str) -> Result<()> {
+    let member: chainsync::ids::MemberId = member.parse().context("member")?;
+    let state = dir.load()?;
+    let replica = dir.open_replica(&state.key)?;
+    println!("{}", crate::loyalty::statement_json(&replica, &member)?);
+    Ok(())
+}

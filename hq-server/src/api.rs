@@ -18,7 +18,12 @@
 //! | `PUT /v1/promotions/{id}/allocations?scope=` | units one store may give |
 //! | `GET /v1/reports/promotions?by=store\|region&format=csv` | units, sales, discount per promotion |
 //! | `GET /v1/reports/overrides`, `GET /v1/reports/returns` | till overrides; unverified returns, checked |
-//! | `GET /v1/members/{id}`, `PUT /v1/members/{id}` | members (HQ may set the offline allowance) |
+//! | `GET /v1/members/{id}`, `PUT /v1/members/{id}` | members' profiles and balances |
+//! | `GET /v1/members/{id}/statement` | every ledger entry of a member, with running balances |
+//! | `PUT`/`DELETE /v1/members/{id}/allowance` | a card's own offline allowance |
+//! | `POST /v1/members/{id}/adjustments` | an adjustment (`adjustment_no` makes it idempotent) |
+//! | `GET /v1/loyalty/policy`, `PUT /v1/loyalty/policy` | points and offline allowances |
+//! | `GET /v1/reports/card-exceptions?format=csv` | cards overdrawn or over policy offline |
 //!
 //! Writes are change sets of HQ's streams, committed before the answer and pushed to connected
 //! stores at once.
@@ -72,6 +77,19 @@ pub fn router(hub: Hub) -> Router {
         )
         .route("/v1/reports/{name}", get(report))
         .route("/v1/members/{id}", get(member).put(edit_member))
+        .route("/v1/members/{id}/statement", get(member_statement))
+        .route(
+            "/v1/members/{id}/allowance",
+            axum::routing::put(set_allowance).delete(clear_allowance),
+        )
+        .route(
+            "/v1/members/{id}/adjustments",
+            axum::routing::post(adjust_member),
+        )
+        .route(
+            "/v1/loyalty/policy",
+            get(loyalty_policy).put(set_loyalty_policy),
+        )
         .layer(middleware::from_fn_with_state(hub.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(hub)
@@ -701,10 +719,11 @@ async fn report(
         "promotions" => Report::Promotions { by_region },
         "overrides" => Report::Overrides,
         "returns" => Report::UnverifiedReturns,
+        "card-exceptions" => Report::CardExceptions,
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("no report `{other}` (promotions, overrides, returns)"),
+                format!("no report `{other}` (promotions, overrides, returns, card-exceptions)"),
             ));
         }
     };
@@ -800,7 +819,6 @@ struct MemberRequest {
     birthday: Option<String>,
     level: Option<String>,
     card_status: Option<String>,
-    offline_allowance_cents: Option<i64>,
 }
 
 async fn edit_member(
@@ -820,10 +838,6 @@ async fn edit_member(
         (ProfileField::Birthday, req.birthday),
         (ProfileField::Level, req.level),
         (ProfileField::CardStatus, req.card_status),
-        (
-            ProfileField::OfflineAllowanceCents,
-            req.offline_allowance_cents.map(|c| c.to_string()),
-        ),
     ] {
         if let Some(value) = value {
             fields.push((field, value));
@@ -844,4 +858,134 @@ async fn edit_member(
         Json(json!({ "stream": committed.stream.to_string(), "seq": committed.seq }))
             .into_response(),
     )
+}
+
+// ------------------------------------------------------------------------- members' money
+
+fn anyhow_invalid(e: anyhow::Error) -> ApiError {
+    ApiError::invalid(format!("{e:#}"))
+}
+
+async fn member_statement(State(hub): State<Hub>, Path(id): Path<String>) -> ApiResult {
+    let member: MemberId = parse("member", &id)?;
+    let answer = read(&hub, move |r| {
+        crate::loyalty::statement_json(r, &member)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
+    })
+    .await?;
+    Ok(Json(answer).into_response())
+}
+
+async fn loyalty_policy(State(hub): State<Hub>) -> ApiResult {
+    let policy = read(&hub, |r| Ok(r.loyalty_policy()?)).await?;
+    Ok(Json(crate::loyalty::policy_json(&policy)).into_response())
+}
+
+async fn set_loyalty_policy(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    body: Result<Json<crate::loyalty::PolicySpec>, JsonRejection>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let Json(spec) = body?;
+    let policy = crate::loyalty::build_policy(spec).map_err(anyhow_invalid)?;
+    let answer = crate::loyalty::policy_json(&policy);
+    let committed = hub
+        .commit_local(Topic::Members, vec![Op::LoyaltyPolicy(policy)])
+        .await?;
+    Ok(Json(json!({ "policy": answer, "seq": committed.seq })).into_response())
+}
+
+async fn set_allowance(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    Path(id): Path<String>,
+    body: Result<Json<crate::loyalty::AllowanceSpec>, JsonRejection>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let Json(spec) = body?;
+    let member: MemberId = parse("member", &id)?;
+    let allowance: chainsync::model::Allowance = spec.into();
+    allowance.check_bounds().map_err(ApiError::invalid)?;
+    let committed = hub
+        .commit_local(
+            Topic::Members,
+            vec![Op::MemberAllowance {
+                member,
+                allowance: Some(allowance),
+            }],
+        )
+        .await?;
+    Ok(Json(json!({ "allowance": spec, "seq": committed.seq })).into_response())
+}
+
+async fn clear_allowance(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let member: MemberId = parse("member", &id)?;
+    let committed = hub
+        .commit_local(
+            Topic::Members,
+            vec![Op::MemberAllowance {
+                member,
+                allowance: None,
+            }],
+        )
+        .await?;
+    Ok(Json(json!({ "allowance": null, "seq": committed.seq })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdjustmentRequest {
+    /// The caller's number for the adjustment: asking again adjusts nothing.
+    adjustment_no: String,
+    /// `stored_value` or `points`.
+    account: String,
+    /// Signed, in the account's unit.
+    amount: i64,
+    /// Why (required).
+    note: String,
+}
+
+async fn adjust_member(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    Path(id): Path<String>,
+    body: Result<Json<AdjustmentRequest>, JsonRejection>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let Json(req) = body?;
+    let member: MemberId = parse("member", &id)?;
+    let account = crate::loyalty::parse_account(&req.account).map_err(anyhow_invalid)?;
+    let (member_again, no) = (member.clone(), req.adjustment_no.clone());
+    let op = read(&hub, move |r| {
+        crate::loyalty::adjustment(
+            r,
+            &no,
+            &member_again,
+            account,
+            req.amount,
+            &req.note,
+            now_ms() as i64,
+        )
+        .map_err(anyhow_invalid)
+    })
+    .await?;
+    let Some(op) = op else {
+        return Ok(Json(
+            json!({ "adjustment": format!("hq-A{}", req.adjustment_no), "duplicate": true }),
+        )
+        .into_response());
+    };
+    let committed = hub.commit_local(Topic::Members, vec![op]).await?;
+    let balance = read(&hub, move |r| Ok(r.balance(&member, account)?)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "adjustment": format!("hq-A{}", req.adjustment_no), "balance": balance, "seq": committed.seq })),
+    )
+        .into_response())
 }

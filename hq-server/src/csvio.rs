@@ -230,6 +230,9 @@ pub enum Report {
     Overrides,
     /// `return,store,original,at_ms,refund_cents,verified,status`.
     UnverifiedReturns,
+    /// `member,store,account,balance,reasons,entry,amount,receipt,at_ms,auth`: cards overdrawn
+    /// or taken from offline beyond policy, with the offline takes behind them.
+    CardExceptions,
 }
 
 /// The report's header and rows, as text cells.
@@ -316,6 +319,7 @@ pub fn report_rows(
                 })
                 .collect(),
         ),
+        Report::CardExceptions => crate::loyalty::exception_rows(replica)?,
     })
 }
 

@@ -68,9 +68,15 @@ enum Command {
     /// Manage promotions.
     #[command(subcommand)]
     Promo(PromoCommand),
-    /// Reports as CSV: promotions, overrides, unverified returns.
+    /// Reports as CSV: promotions, overrides, unverified returns, card exceptions.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// The loyalty policy: points earned and paid, offline allowances.
+    #[command(subcommand)]
+    Loyalty(LoyaltyCommand),
+    /// Members' money: a card's own allowance, adjustments, statements.
+    #[command(subcommand)]
+    Member(MemberCommand),
     /// Import products or prices from CSV (all rows checked before anything is written).
     #[command(subcommand)]
     Import(ImportCommand),
@@ -309,6 +315,70 @@ enum ReportCommand {
     Returns {
         #[arg(long, default_value = "hq-data")]
         data: PathBuf,
+    },
+    /// Cards overdrawn, or taken from offline beyond policy, with the entries behind them.
+    CardExceptions {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoyaltyCommand {
+    /// Set the policy from a JSON file (the shape `loyalty show` prints; see docs/API.md).
+    Set {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Print the policy as JSON.
+    Show {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// A card's own offline allowance (or --clear to fall back to its level's or the chain's).
+    Allowance {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        member: String,
+        #[arg(long, default_value_t = 0)]
+        stored_value_cents: i64,
+        #[arg(long, default_value_t = 0)]
+        points: i64,
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Adjust a card (settle an overdraft, correct a mistake); --no makes it idempotent.
+    Adjust {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        member: String,
+        /// stored-value or points.
+        #[arg(long)]
+        account: String,
+        /// Signed, in cents or points.
+        #[arg(long, allow_hyphen_values = true)]
+        amount: i64,
+        /// Why.
+        #[arg(long)]
+        note: String,
+        /// The adjustment's number (default: the time in milliseconds).
+        #[arg(long)]
+        no: Option<String>,
+    },
+    /// A member's ledger entries with running balances, as JSON.
+    Statement {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        member: String,
     },
 }
 
@@ -632,6 +702,9 @@ fn main() -> Result<()> {
                 ReportCommand::Returns { data } => {
                     (data, hq_server::csvio::Report::UnverifiedReturns)
                 }
+                ReportCommand::CardExceptions { data } => {
+                    (data, hq_server::csvio::Report::CardExceptions)
+                }
             };
             if let ReportCommand::Promotions { by, .. } = &report
                 && by != "store"
@@ -644,6 +717,47 @@ fn main() -> Result<()> {
             let replica = dir.open_replica(&state.key)?;
             let mut out = std::io::stdout().lock();
             hq_server::csvio::write_report(&replica, kind, &mut out)
+        }
+        Command::Loyalty(LoyaltyCommand::Set { data, file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let spec = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a loyalty policy", file.display()))?;
+            admin::set_loyalty_policy(&HqDir::new(&data), spec)
+        }
+        Command::Loyalty(LoyaltyCommand::Show { data }) => {
+            admin::show_loyalty_policy(&HqDir::new(&data))
+        }
+        Command::Member(MemberCommand::Allowance {
+            data,
+            member,
+            stored_value_cents,
+            points,
+            clear,
+        }) => {
+            let allowance = (!clear).then_some(chainsync::model::Allowance {
+                stored_value_cents,
+                points,
+            });
+            admin::set_member_allowance(&HqDir::new(&data), &member, allowance)
+        }
+        Command::Member(MemberCommand::Adjust {
+            data,
+            member,
+            account,
+            amount,
+            note,
+            no,
+        }) => admin::adjust_member(
+            &HqDir::new(&data),
+            &member,
+            &account,
+            amount,
+            &note,
+            no.unwrap_or_else(|| chainsync::transport::now_ms().to_string()),
+        ),
+        Command::Member(MemberCommand::Statement { data, member }) => {
+            admin::member_statement(&HqDir::new(&data), &member)
         }
         Command::Import(ImportCommand::Products { data, file }) => {
             let n = hq_server::csvio::import_products(&HqDir::new(&data), &file)?;

@@ -28,10 +28,10 @@
 //! ```
 
 use crate::hlc::Hlc;
-use crate::ids::{RecordId, StreamId};
+use crate::ids::{MemberId, RecordId, StreamId};
 use crate::model::{
-    LedgerEntry, MemberEdit, PriceEntry, Product, Promotion, Receipt, Region, ReturnRecord,
-    StockMovement, StoreInfo, Void,
+    Allowance, LedgerEntry, LoyaltyPolicy, MemberEdit, PriceEntry, Product, Promotion, Receipt,
+    Region, ReturnRecord, StockMovement, StoreInfo, Void,
 };
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -43,7 +43,9 @@ pub const SNAPSHOT_SIG_PREFIX: &[u8] = b"chainsync/snapshot/v1";
 /// The body format this build writes and reads.
 /// 2: promotions as data with combination rules, receipt lines with their discounts, store
 /// time zones, returns marked unverified.
-pub const CHANGE_SET_FORMAT: u16 = 2;
+/// 3: ledger entries with their authorisation, tender and note; the loyalty policy and card
+/// allowances as ops.
+pub const CHANGE_SET_FORMAT: u16 = 3;
 /// Largest change-set body. A change set is one local transaction (a receipt, a price list
 /// import); 1 MiB holds ~10,000 price entries while keeping a frame of several within limits.
 pub const CHANGE_SET_BYTES_MAX: usize = 1024 * 1024;
@@ -66,13 +68,24 @@ pub enum Op {
     ProductUpsert(Product),
     // prices
     PriceUpsert(PriceEntry),
-    PriceRemove { id: RecordId },
+    PriceRemove {
+        id: RecordId,
+    },
     // promotions (HQ)
     PromotionUpsert(Promotion),
-    PromotionRemove { id: RecordId },
+    PromotionRemove {
+        id: RecordId,
+    },
     // members (any node)
     MemberEdit(MemberEdit),
     Ledger(LedgerEntry),
+    // members (HQ only): the chain's points and stored-value rules, a card's own allowance
+    LoyaltyPolicy(LoyaltyPolicy),
+    /// A card's own offline allowance (`None`: back to its level's or the chain's).
+    MemberAllowance {
+        member: MemberId,
+        allowance: Option<Allowance>,
+    },
     // inventory (store)
     Stock(StockMovement),
     // sales (store)

@@ -25,6 +25,7 @@ pub mod checkout;
 pub mod hlc;
 pub mod ids;
 pub mod lookup;
+pub mod loyalty;
 pub mod merge;
 pub mod model;
 pub mod protocol;

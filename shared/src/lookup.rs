@@ -12,9 +12,11 @@
 //! always fits one frame; the cache is a memo of answers, never replicated data: nothing in it is
 //! applied to the replica's tables or passed on.
 
-use crate::ids::{MemberId, Place, Sku};
-use crate::model::{LedgerAccount, PriceEntry, Product, ProfileField, Promotion};
-use crate::replica::{Replica, ReplicaError};
+use crate::ids::{MemberId, Place, RecordId, Sku};
+use crate::model::{
+    Allowance, LedgerAccount, LoyaltyPolicy, PriceEntry, Product, ProfileField, Promotion,
+};
+use crate::replica::{HoldOutcome, HoldRequest, Replica, ReplicaError};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +30,10 @@ pub enum LookupQuery {
     Skus(Vec<Sku>),
     /// A member's profile and balances.
     Member(MemberId),
+    /// Hold an amount of a card for a sale about to be recorded (any online store; HQ writes).
+    Hold(HoldRequest),
+    /// Release a hold of the asking store (a sale abandoned or refused).
+    Release(RecordId),
 }
 
 /// What HQ answers.
@@ -35,6 +41,9 @@ pub enum LookupQuery {
 pub enum LookupAnswer {
     Skus(Vec<SkuFacts>),
     Member(MemberFacts),
+    Hold(HoldOutcome),
+    /// Whether a live hold was released.
+    Released(bool),
 }
 
 /// Everything that decides what one sku costs at one store.
@@ -60,6 +69,11 @@ pub struct MemberFacts {
     pub stored_value_cents: i64,
     /// Whether the node knows the member at all (a profile field or a ledger entry).
     pub known: bool,
+    /// The chain's loyalty policy, so that a store without HQ's members stream (hosted) earns
+    /// and pays points by the same rules.
+    pub policy: LoyaltyPolicy,
+    /// The card's offline allowance as the answering node knows it.
+    pub allowance: Allowance,
 }
 
 /// Why a lookup could not be made or answered.
@@ -117,6 +131,11 @@ impl Replica {
         Ok(match query {
             LookupQuery::Skus(skus) => LookupAnswer::Skus(self.sku_facts(place, skus)?),
             LookupQuery::Member(member) => LookupAnswer::Member(self.member_facts(member)?),
+            LookupQuery::Hold(_) | LookupQuery::Release(_) => {
+                return Err(LookupError::Malformed(
+                    "holds are placed at HQ, by the hub (HubStore::lookup)".into(),
+                ));
+            }
         })
     }
 
@@ -188,6 +207,8 @@ impl Replica {
             profile,
             points: self.balance(member, LedgerAccount::Points)?,
             stored_value_cents: self.balance(member, LedgerAccount::StoredValue)?,
+            policy: self.loyalty_policy()?,
+            allowance: self.offline_allowance_of(member)?,
         })
     }
 

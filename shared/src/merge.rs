@@ -265,6 +265,9 @@ mod tests {
             amount,
             receipt: None,
             at_ms: 0,
+            auth: None,
+            tender: None,
+            note: String::new(),
         };
         let entries = vec![
             e("S1-1", LedgerAccount::Points, 50),
@@ -276,7 +279,7 @@ mod tests {
     }
 
     fn arb_write() -> impl Strategy<Value = (u8, u64, u32, u8, String)> {
-        (0u8..7, 0u64..5, 0u32..3, 0u8..4, "[a-z]{0,3}")
+        (0u8..6, 0u64..5, 0u32..3, 0u8..4, "[a-z]{0,3}")
     }
 
     proptest! {

@@ -292,20 +292,17 @@ pub enum ProfileField {
     Level,
     /// `active`, `lost`, `cancelled`.
     CardStatus,
-    /// The stored value a store may spend offline, in cents (set by HQ).
-    OfflineAllowanceCents,
 }
 
 impl ProfileField {
     /// Every field, in a stable order.
-    pub const ALL: [ProfileField; 7] = [
+    pub const ALL: [ProfileField; 6] = [
         ProfileField::Name,
         ProfileField::Phone,
         ProfileField::Email,
         ProfileField::Birthday,
         ProfileField::Level,
         ProfileField::CardStatus,
-        ProfileField::OfflineAllowanceCents,
     ];
 
     /// A small stable number for storage.
@@ -335,15 +332,69 @@ pub enum LedgerAccount {
     StoredValue,
 }
 
-/// Why a ledger entry was written.
+/// Why a ledger entry was written. Each kind has one sign (see [`LedgerEntry::check_bounds`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LedgerKind {
+    /// Points a sale earned (+).
     Earned,
+    /// Points paid with (−).
     Redeemed,
+    /// Points expired by HQ's policy (−, HQ only).
     Expired,
+    /// Stored value bought with money (+, carries its tender).
     ToppedUp,
+    /// Stored value paid with (−).
     Spent,
+    /// A correction by HQ, e.g. settling an overdrawn card (either sign, HQ only).
     Adjusted,
+    /// Stored value or points given back by a void or a return (+).
+    Refunded,
+    /// Points a return takes back because the returned units earned them (−).
+    TakenBack,
+}
+
+impl LedgerKind {
+    /// Every kind, in storage-code order.
+    pub const ALL: [LedgerKind; 8] = [
+        LedgerKind::Earned,
+        LedgerKind::Redeemed,
+        LedgerKind::Expired,
+        LedgerKind::ToppedUp,
+        LedgerKind::Spent,
+        LedgerKind::Adjusted,
+        LedgerKind::Refunded,
+        LedgerKind::TakenBack,
+    ];
+
+    /// The kind of a storage code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    /// The kind's name on statements and in the APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerKind::Earned => "earned",
+            LedgerKind::Redeemed => "redeemed",
+            LedgerKind::Expired => "expired",
+            LedgerKind::ToppedUp => "topped_up",
+            LedgerKind::Spent => "spent",
+            LedgerKind::Adjusted => "adjusted",
+            LedgerKind::Refunded => "refunded",
+            LedgerKind::TakenBack => "taken_back",
+        }
+    }
+}
+
+/// How a store was allowed to take from a balance (a spend or a redemption).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpendAuth {
+    /// HQ held the amount first; this entry captures hold `0` (a hold id of the store).
+    Held(RecordId),
+    /// HQ could not be reached: the store took it within the card's offline allowance. Both
+    /// figures are as the store knew them, in the account's unit: the allowance it applied, and
+    /// what it had already taken offline from this card and HQ had not yet acknowledged.
+    Offline { allowance: i64, spent_before: i64 },
 }
 
 /// One movement of a member's points or stored value. Balances are the sum of entries; no node
@@ -358,6 +409,64 @@ pub struct LedgerEntry {
     pub amount: i64,
     pub receipt: Option<RecordId>,
     pub at_ms: i64,
+    /// A store's spend or redemption: how it was authorised (required from stores).
+    pub auth: Option<SpendAuth>,
+    /// A top-up: the money that paid for it (cash or card; required).
+    pub tender: Option<PaymentMethod>,
+    /// A store's free text: the reason of an adjustment, the till's reference.
+    pub note: String,
+}
+
+/// What a store may take from one card while it cannot reach HQ, in each account's unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allowance {
+    pub stored_value_cents: i64,
+    pub points: i64,
+}
+
+impl Allowance {
+    /// The allowance of one account.
+    pub fn of(&self, account: LedgerAccount) -> i64 {
+        match account {
+            LedgerAccount::Points => self.points,
+            LedgerAccount::StoredValue => self.stored_value_cents,
+        }
+    }
+}
+
+/// A member level's multiplier on points earned, in percent (150: one and a half times).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelMultiplier {
+    pub level: String,
+    pub percent: u32,
+}
+
+/// A member level's offline allowance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelAllowance {
+    pub level: String,
+    pub allowance: Allowance,
+}
+
+/// HQ's rules for points and stored value, one for the chain, replaced whole (HQ's members
+/// stream). Read by [`crate::loyalty`]; with no policy at all a store earns no points, takes
+/// no points as payment and spends nothing offline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoyaltyPolicy {
+    /// Points earned per whole currency unit (100 cents) of eligible spend.
+    pub points_per_unit: u32,
+    /// Multipliers by member level (a level not listed earns 100 %).
+    pub level_multipliers: Vec<LevelMultiplier>,
+    /// Skus that earn no points (tobacco, gift cards …).
+    pub excluded_skus: Vec<Sku>,
+    /// Categories that earn no points.
+    pub excluded_categories: Vec<String>,
+    /// What one point pays at the till, in cents (0: points are not a means of payment).
+    pub point_value_cents: u32,
+    /// The offline allowance of a card with no allowance of its own and no level listed.
+    pub offline: Allowance,
+    /// Offline allowances by member level.
+    pub level_offline: Vec<LevelAllowance>,
 }
 
 /// Why stock moved.
@@ -652,9 +761,104 @@ impl StockMovement {
 }
 
 impl LedgerEntry {
-    /// Checks the amount.
+    /// Checks the amount, its sign for the kind, and what the kind must carry.
     pub fn check_bounds(&self) -> Result<(), String> {
-        check_amount("ledger amount", self.amount)
+        check_amount("ledger amount", self.amount)?;
+        if self.note.len() > TEXT_BYTES_MAX {
+            return Err(format!("ledger note longer than {TEXT_BYTES_MAX} bytes"));
+        }
+        let (sign_ok, sign) = match self.kind {
+            LedgerKind::Earned | LedgerKind::ToppedUp | LedgerKind::Refunded => {
+                (self.amount > 0, "positive")
+            }
+            LedgerKind::Redeemed
+            | LedgerKind::Spent
+            | LedgerKind::Expired
+            | LedgerKind::TakenBack => (self.amount < 0, "negative"),
+            LedgerKind::Adjusted => (self.amount != 0, "non-zero"),
+        };
+        if !sign_ok {
+            return Err(format!(
+                "a {:?} ledger entry of {} must be {sign}",
+                self.kind, self.amount
+            ));
+        }
+        let account_ok = match self.kind {
+            LedgerKind::Earned
+            | LedgerKind::Redeemed
+            | LedgerKind::Expired
+            | LedgerKind::TakenBack => self.account == LedgerAccount::Points,
+            LedgerKind::ToppedUp | LedgerKind::Spent => self.account == LedgerAccount::StoredValue,
+            LedgerKind::Adjusted | LedgerKind::Refunded => true,
+        };
+        if !account_ok {
+            return Err(format!(
+                "a {:?} ledger entry does not move {:?}",
+                self.kind, self.account
+            ));
+        }
+        match (self.kind, self.tender) {
+            (LedgerKind::ToppedUp, Some(PaymentMethod::Cash | PaymentMethod::Card)) => {}
+            (LedgerKind::ToppedUp, other) => {
+                return Err(format!(
+                    "a top-up must carry the cash or card payment that funded it, not {other:?}"
+                ));
+            }
+            (_, Some(_)) => return Err("only a top-up carries a tender".into()),
+            (_, None) => {}
+        }
+        if self.auth.is_some() && !matches!(self.kind, LedgerKind::Spent | LedgerKind::Redeemed) {
+            return Err("only a spend or a redemption carries an authorisation".into());
+        }
+        if let Some(SpendAuth::Offline {
+            allowance,
+            spent_before,
+        }) = &self.auth
+        {
+            check_amount("offline allowance", *allowance)?;
+            check_amount("offline spends", *spent_before)?;
+        }
+        Ok(())
+    }
+}
+
+impl LoyaltyPolicy {
+    /// Checks the numbers and list sizes.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if self.points_per_unit > 10_000 || self.point_value_cents > 10_000 {
+            return Err("points per unit and a point's value are at most 10,000".into());
+        }
+        let lists = [
+            self.level_multipliers.len(),
+            self.excluded_skus.len(),
+            self.excluded_categories.len(),
+            self.level_offline.len(),
+        ];
+        if lists.iter().any(|n| *n > PROMOTION_LIST_MAX) {
+            return Err(format!("a policy list over {PROMOTION_LIST_MAX} entries"));
+        }
+        if self.level_multipliers.iter().any(|m| m.percent > 10_000) {
+            return Err("a level multiplier over 10,000 %".into());
+        }
+        self.offline.check_bounds()?;
+        self.level_offline
+            .iter()
+            .try_for_each(|l| l.allowance.check_bounds())
+    }
+}
+
+impl Allowance {
+    /// Checks both amounts: not negative, within the limits.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        for (what, v) in [
+            ("stored value allowance", self.stored_value_cents),
+            ("points allowance", self.points),
+        ] {
+            if !(0..=AMOUNT_CENTS_MAX).contains(&v) {
+                return Err(format!("{what} of {v} is outside 0..={AMOUNT_CENTS_MAX}"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -30,7 +30,7 @@ use crate::changeset::{
     SNAPSHOT_SIG_PREFIX, SignedChangeSet, SignedSnapshot, Snapshot, ZERO_HASH, signing_input,
 };
 use crate::ids::{NodeId, RecordId, Scope, StreamId, Topic, record_id_owned_by};
-use crate::model::{ProfileField, UNIT_PRICE_CENTS_MAX};
+use crate::model::UNIT_PRICE_CENTS_MAX;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 
 /// What the gate needs to know about an origin.
@@ -389,17 +389,18 @@ fn op_allowed(origin: &NodeId, topic: &Topic, op: &Op) -> Result<(), String> {
             same_scope(&promo.scope, scope, "promotion")
         }
         (Topic::Promotions(_), Op::PromotionRemove { id }) => owned(id, origin, "promotion"),
-        (Topic::Members, Op::MemberEdit(edit)) => {
-            let sets_allowance = edit
-                .fields
-                .iter()
-                .any(|(f, _)| *f == ProfileField::OfflineAllowanceCents);
-            if sets_allowance && !origin.is_hq() {
-                return Err("only HQ sets a member's offline allowance".into());
-            }
-            Ok(())
+        (Topic::Members, Op::MemberEdit(_)) => Ok(()),
+        (Topic::Members, Op::Ledger(entry)) => {
+            owned(&entry.id, origin, "ledger entry")?;
+            ledger_allowed(origin, entry)
         }
-        (Topic::Members, Op::Ledger(entry)) => owned(&entry.id, origin, "ledger entry"),
+        (Topic::Members, Op::LoyaltyPolicy(_) | Op::MemberAllowance { .. }) => {
+            if origin.is_hq() {
+                Ok(())
+            } else {
+                Err(format!("only HQ sets the {}", op_name(op)))
+            }
+        }
         (Topic::Inventory, Op::Stock(m)) => {
             owned(&m.id, origin, "stock movement")?;
             same_store(&m.store, origin, "stock movement")
@@ -421,6 +422,26 @@ fn op_allowed(origin: &NodeId, topic: &Topic, op: &Op) -> Result<(), String> {
     }
 }
 
+/// What a ledger entry may say for its origin: HQ alone adjusts and expires; a store takes from
+/// a balance only with an authorisation (a hold of its own, or its offline allowance).
+fn ledger_allowed(origin: &NodeId, entry: &crate::model::LedgerEntry) -> Result<(), String> {
+    use crate::model::{LedgerKind, SpendAuth};
+    if origin.is_hq() {
+        return Ok(());
+    }
+    match (&entry.kind, &entry.auth) {
+        (LedgerKind::Adjusted | LedgerKind::Expired, _) => {
+            Err(format!("only HQ writes {:?} ledger entries", entry.kind))
+        }
+        (LedgerKind::Spent | LedgerKind::Redeemed, None) => Err(format!(
+            "ledger entry {}: a store takes from a balance only with a hold or within its offline allowance",
+            entry.id
+        )),
+        (_, Some(SpendAuth::Held(hold))) => owned(hold, origin, "hold"),
+        _ => Ok(()),
+    }
+}
+
 /// The domain limits of [`crate::model`], for every op that carries numbers: a node's own
 /// writes and every change set from any node pass the same checks.
 fn check_bounds(op: &Op) -> Result<(), String> {
@@ -428,6 +449,10 @@ fn check_bounds(op: &Op) -> Result<(), String> {
         Op::PriceUpsert(e) => e.check_bounds(),
         Op::PromotionUpsert(p) => p.check_bounds(),
         Op::Ledger(e) => e.check_bounds(),
+        Op::LoyaltyPolicy(p) => p.check_bounds(),
+        Op::MemberAllowance {
+            allowance: Some(a), ..
+        } => a.check_bounds(),
         Op::Stock(m) => m.check_bounds(),
         Op::Receipt(r) => r.check_bounds(),
         Op::Return(r) => r.check_bounds(),
@@ -454,6 +479,8 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::PromotionRemove { .. } => "promotion removal",
         Op::MemberEdit(_) => "member edit",
         Op::Ledger(_) => "ledger entry",
+        Op::LoyaltyPolicy(_) => "loyalty policy",
+        Op::MemberAllowance { .. } => "member allowance",
         Op::Stock(_) => "stock movement",
         Op::Receipt(_) => "receipt",
         Op::Return(_) => "return",

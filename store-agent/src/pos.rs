@@ -27,8 +27,9 @@
 //! | `PUT /v1/prices/{sku}` | this store's own price (only where HQ allows it: `may_set_own_prices`) |
 //! | `GET /v1/members/{id}` | profile and balances |
 //! | `PUT /v1/members/{id}` | sign up or edit |
-//! | `POST /v1/members/{id}/points` | earn (+) or redeem (−) points |
-//! | `POST /v1/members/{id}/stored-value` | top up (+) or spend (−) |
+//! | `POST /v1/members/{id}/points` | redeem points outside a sale (−; `entry_no`) |
+//! | `POST /v1/members/{id}/stored-value` | top up (+, with its `tender`) or spend (−; `entry_no`) |
+//! | `GET /v1/members/{id}/statement` | the member's ledger entries with running balances |
 //! | `POST /v1/stock/received`, `/v1/stock/counts`, `/v1/stock/transfers` | stock movements |
 //! | `GET /v1/stock`, `GET /v1/stock/{sku}` | local stock |
 //! | `GET /v1/sync` | link to HQ: connected, last exchange, outbox backlog by topic |
@@ -50,7 +51,8 @@ use chainsync::merge;
 use chainsync::model::{
     AMOUNT_CENTS_MAX, DiscountSource, LedgerAccount, LedgerEntry, LedgerKind, LineDiscount,
     MemberEdit, MovementKind, Payment, PaymentMethod, PriceKind, ProfileField, RECEIPT_LINES_MAX,
-    Receipt, ReceiptLine, ReturnRecord, STOCK_MOVE_MAX_UNITS, StockMovement, StoreMode, Void,
+    Receipt, ReceiptLine, ReturnRecord, STOCK_MOVE_MAX_UNITS, SpendAuth, StockMovement, StoreMode,
+    Void,
 };
 use chainsync::protocol::session::LOOKUP_TIMEOUT_MS;
 use chainsync::replica::{Replica, ReplicaError};
@@ -63,6 +65,8 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, watch};
+
+mod wallet;
 
 /// Largest request body accepted.
 pub const REQUEST_BYTES_MAX: usize = 256 * 1024;
@@ -91,8 +95,9 @@ pub fn router(state: PosState) -> Router {
         .route("/v1/voids", post(record_void))
         .route("/v1/prices/{sku}", get(price).put(set_own_price))
         .route("/v1/members/{id}", get(member).put(edit_member))
-        .route("/v1/members/{id}/points", post(points))
-        .route("/v1/members/{id}/stored-value", post(stored_value))
+        .route("/v1/members/{id}/points", post(wallet::points))
+        .route("/v1/members/{id}/stored-value", post(wallet::stored_value))
+        .route("/v1/members/{id}/statement", get(wallet::statement))
         .route("/v1/stock", get(stock_all))
         .route("/v1/stock/{sku}", get(stock_one))
         .route("/v1/stock/received", post(stock_received))
@@ -390,7 +395,7 @@ impl PosState {
             }
             match self.lookup(LookupQuery::Skus(skus.to_vec())).await? {
                 LookupAnswer::Skus(facts) => Ok(facts),
-                LookupAnswer::Member(_) => Err("HQ answered another question".to_owned()),
+                _ => Err("HQ answered another question".to_owned()),
             }
         };
         let member_lookup = async {
@@ -399,7 +404,7 @@ impl PosState {
             };
             match self.lookup(LookupQuery::Member(member.clone())).await? {
                 LookupAnswer::Member(facts) => Ok(Some(facts)),
-                LookupAnswer::Skus(_) => Err("HQ answered another question".to_owned()),
+                _ => Err("HQ answered another question".to_owned()),
             }
         };
         let (skus, member) = tokio::join!(sku_lookup, member_lookup);
@@ -823,7 +828,32 @@ async fn record_sale(
     let member = parse_member(req.member.as_deref())?;
     let skus = line_skus(&req.lines)?;
     let basket = basket_lines(&req.lines)?;
-    let (status, receipt) = state
+    let paid_by_card = req
+        .payments
+        .iter()
+        .any(|p| matches!(p.method, Method::StoredValue | Method::Points) && p.amount_cents > 0);
+    let mut takes = Vec::new();
+    let mut held_for = None;
+    if paid_by_card {
+        // Stored value and points: held at HQ first when it is reachable, under a hold id made
+        // from the till's receipt number, so that a retry finds the same hold.
+        let (Some(no), Some(m)) = (&req.receipt_no, &member) else {
+            return Err(PosError::invalid(
+                "a sale paid with stored value or points needs the till's `receipt_no` and the `member`",
+            ));
+        };
+        let id: RecordId = parse("receipt_no", &format!("{store}-P{no}"))?;
+        let key = format!("sale:{id}");
+        if let Some(answer) = state.read(move |r| Ok(r.pos_answer(&key)?)).await? {
+            return Ok((StatusCode::OK, Json(repeated(&answer)?)).into_response());
+        }
+        let facts = state.facts(Vec::new(), Some(m.clone())).await?;
+        let policy = facts.member.map(|m| m.policy).unwrap_or_default();
+        takes = wallet::takes(&req.payments, &policy)?;
+        wallet::hold_takes(&state, &id, m, &mut takes).await?;
+        held_for = Some(takes.clone());
+    }
+    let written = state
         .write_with_facts(skus, member.clone(), move |r, facts| {
             let id = match &req.receipt_no {
                 Some(no) => parse::<RecordId>("receipt_no", &format!("{store}-P{no}"))?,
@@ -852,19 +882,33 @@ async fn record_sale(
                 lines: priced.lines.clone(),
             };
             receipt.check_bounds().map_err(PosError::invalid)?;
+            let entries = wallet::sale_entries(r, &facts, &receipt, &takes)?;
             let mut answer = priced_json(&priced);
             answer["receipt_id"] = json!(id.as_str());
             answer["seq"] = json!(next_seq(r, Topic::Sales)?);
-            r.commit_local_answering(
-                Topic::Sales,
-                vec![Op::Receipt(receipt)],
-                now_ms(),
-                &key,
-                &answer_bytes(&answer)?,
-            )?;
+            if !entries.is_empty() {
+                answer["member_ledger"] = wallet::entries_json(&entries);
+            }
+            let mut writes = vec![(Topic::Sales, vec![Op::Receipt(receipt)])];
+            if !entries.is_empty() {
+                writes.push((
+                    Topic::Members,
+                    entries.into_iter().map(Op::Ledger).collect(),
+                ));
+            }
+            r.commit_local_many(writes, now_ms(), &key, &answer_bytes(&answer)?)?;
             Ok((StatusCode::CREATED, answer))
         })
-        .await?;
+        .await;
+    let (status, receipt) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            if let Some(mut held) = held_for {
+                wallet::release(&state, &mut held).await;
+            }
+            return Err(e);
+        }
+    };
     Ok((status, Json(receipt)).into_response())
 }
 
@@ -908,8 +952,23 @@ async fn record_return(
     }
     let mut skus: Vec<Sku> = wanted.iter().map(|(s, _)| s.clone()).collect();
     skus.dedup();
+    // The original's member, when this store holds it: their policy decides points taken back.
+    let original_again = original.clone();
+    let member = state
+        .read(move |r| {
+            Ok(r.original_receipt(&original_again)?
+                .and_then(|o| o.member)
+                .and_then(|m| m.parse::<MemberId>().ok()))
+        })
+        .await?;
+    let refund_method = req.refund_method.unwrap_or(Method::Cash);
+    if matches!(refund_method, Method::Points) {
+        return Err(PosError::invalid(
+            "a refund goes to cash, card, voucher or stored value; points come back by themselves",
+        ));
+    }
     let (status, answer) = state
-        .write_with_facts(skus, None, move |r, facts| {
+        .write_with_facts(skus, member, move |r, facts| {
             let key = format!("return:{id}");
             if let Some(answer) = r.pos_answer(&key)? {
                 return Ok((StatusCode::OK, repeated(&answer)?));
@@ -920,14 +979,16 @@ async fn record_return(
                     json!({ "return_id": id.as_str(), "duplicate": true }),
                 ));
             }
-            let (lines, unverified) = match r.original_receipt(&original)? {
+            let held_original = r.original_receipt(&original)?;
+            let mut earlier: Vec<ReceiptLine> = Vec::new();
+            let (lines, unverified) = match &held_original {
                 Some(o) if o.voided => {
                     return Err(PosError::conflict(format!(
                         "receipt {original} was voided: nothing to return"
                     )));
                 }
                 Some(o) => {
-                    let earlier: Vec<ReceiptLine> = r
+                    earlier = r
                         .returns_against(&original)?
                         .into_iter()
                         .flat_map(|ret| ret.lines)
@@ -960,14 +1021,25 @@ async fn record_return(
                 original: original.clone(),
                 at_ms: now_ms() as i64,
                 refunds: vec![Payment {
-                    method: req.refund_method.unwrap_or(Method::Cash).into(),
+                    method: refund_method.into(),
                     amount_cents: refund,
                 }],
                 lines,
                 unverified,
             };
             ret.check_bounds().map_err(PosError::invalid)?;
-            let answer = json!({
+            let entries = match &held_original {
+                Some(o) => wallet::return_entries(r, &facts, &ret, o, &earlier)?,
+                None => Vec::new(),
+            };
+            if matches!(refund_method, Method::StoredValue)
+                && !entries.iter().any(|e| e.account == LedgerAccount::StoredValue)
+            {
+                return Err(PosError::invalid(format!(
+                    "a refund to stored value needs the original receipt {original} of a member at this store"
+                )));
+            }
+            let mut answer = json!({
                 "return_id": id.as_str(),
                 "original": original.as_str(),
                 "refund_cents": refund,
@@ -975,13 +1047,12 @@ async fn record_return(
                 "lines": ret.lines.iter().map(|l| line_json(l, false)).collect::<Vec<_>>(),
                 "seq": next_seq(r, Topic::Sales)?,
             });
-            r.commit_local_answering(
-                Topic::Sales,
-                vec![Op::Return(ret)],
-                now_ms(),
-                &key,
-                &answer_bytes(&answer)?,
-            )?;
+            let mut writes = vec![(Topic::Sales, vec![Op::Return(ret)])];
+            if !entries.is_empty() {
+                answer["member_ledger"] = wallet::entries_json(&entries);
+                writes.push((Topic::Members, entries.into_iter().map(Op::Ledger).collect()));
+            }
+            r.commit_local_many(writes, now_ms(), &key, &answer_bytes(&answer)?)?;
             Ok((StatusCode::CREATED, answer))
         })
         .await?;
@@ -1042,14 +1113,14 @@ async fn record_void(
                 at_ms: now_ms() as i64,
                 reason: req.reason,
             };
-            let answer = json!({ "void_id": id.as_str(), "original": original.as_str(), "seq": next_seq(r, Topic::Sales)? });
-            r.commit_local_answering(
-                Topic::Sales,
-                vec![Op::Void(void)],
-                now_ms(),
-                &key,
-                &answer_bytes(&answer)?,
-            )?;
+            let entries = wallet::void_entries(r, &void)?;
+            let mut answer = json!({ "void_id": id.as_str(), "original": original.as_str(), "seq": next_seq(r, Topic::Sales)? });
+            let mut writes = vec![(Topic::Sales, vec![Op::Void(void)])];
+            if !entries.is_empty() {
+                answer["member_ledger"] = wallet::entries_json(&entries);
+                writes.push((Topic::Members, entries.into_iter().map(Op::Ledger).collect()));
+            }
+            r.commit_local_many(writes, now_ms(), &key, &answer_bytes(&answer)?)?;
             Ok((StatusCode::CREATED, answer))
         })
         .await?;
@@ -1309,6 +1380,8 @@ async fn edit_member(
                         points: 0,
                         stored_value_cents: 0,
                         known: true,
+                        policy: Default::default(),
+                        allowance: Default::default(),
                     });
                     for (field, value) in fields {
                         m.profile.retain(|(f, _)| *f != field);
@@ -1320,117 +1393,6 @@ async fn edit_member(
         })
         .await?;
     Ok(Json(answer).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LedgerRequest {
-    /// Positive adds (earn, top up), negative takes (redeem, spend).
-    change: i64,
-    receipt: Option<String>,
-}
-
-async fn ledger(
-    state: PosState,
-    id: String,
-    req: LedgerRequest,
-    account: LedgerAccount,
-) -> PosResult {
-    let member: MemberId = parse("member", &id)?;
-    if req.change == 0 {
-        return Err(PosError::invalid("change must not be zero"));
-    }
-    chainsync::model::check_amount("change", req.change).map_err(PosError::invalid)?;
-    let store = state.store.clone();
-    // A hosted store takes balances from HQ; it only lets a member take from one (redeem,
-    // spend) when HQ's answer is fresh and holds all of this store's earlier member writes.
-    let hosted_facts = if state.hosted().await? {
-        let facts = state.facts(Vec::new(), Some(member.clone())).await?;
-        if req.change < 0 && facts.source != Source::Hq {
-            return Err(PosError::unavailable(
-                "taking from a balance at a hosted store needs HQ, which is unreachable",
-            ));
-        }
-        Some(facts)
-    } else {
-        None
-    };
-    let answer = state
-        .write(move |r| {
-            let balance = match &hosted_facts {
-                None => r.balance(&member, account)?,
-                Some(facts) => {
-                    let members = StreamId::new(r.node().clone(), Topic::Members);
-                    let in_flight = r
-                        .own_streams()?
-                        .into_iter()
-                        .any(|(s, acked, head)| s == members && acked < head);
-                    if req.change < 0 && in_flight {
-                        return Err(PosError::unavailable(
-                            "this store's earlier member writes are still on their way to HQ; try again in a moment",
-                        ));
-                    }
-                    facts.member.as_ref().map_or(0, |m| match account {
-                        LedgerAccount::Points => m.points,
-                        LedgerAccount::StoredValue => m.stored_value_cents,
-                    })
-                }
-            };
-            let after = balance
-                .checked_add(req.change)
-                .ok_or_else(|| PosError::invalid("the balance would overflow"))?;
-            if req.change < 0 && after < 0 {
-                return Err(PosError::conflict(format!(
-                    "balance is {balance}; taking {} would overdraw it",
-                    -req.change
-                )));
-            }
-            let kind = match (account, req.change > 0) {
-                (LedgerAccount::Points, true) => LedgerKind::Earned,
-                (LedgerAccount::Points, false) => LedgerKind::Redeemed,
-                (LedgerAccount::StoredValue, true) => LedgerKind::ToppedUp,
-                (LedgerAccount::StoredValue, false) => LedgerKind::Spent,
-            };
-            let entry = LedgerEntry {
-                id: minted(&store, "L", next_seq(r, Topic::Members)?)?,
-                member: member.clone(),
-                account,
-                kind,
-                amount: req.change,
-                receipt: req
-                    .receipt
-                    .as_deref()
-                    .map(|x| parse::<RecordId>("receipt", x))
-                    .transpose()?,
-                at_ms: now_ms() as i64,
-            };
-            r.commit_local(Topic::Members, vec![Op::Ledger(entry)], now_ms())?;
-            let (after, source) = match &hosted_facts {
-                None => (r.balance(&member, account)?, Source::Replica),
-                Some(facts) => (after, facts.source),
-            };
-            Ok(json!({ "member": member.as_str(), "balance": after, "source": source.to_json() }))
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(answer)).into_response())
-}
-
-async fn points(
-    State(state): State<PosState>,
-    Path(id): Path<String>,
-    body: Result<Json<LedgerRequest>, JsonRejection>,
-) -> PosResult {
-    let Json(req) = body?;
-    ledger(state, id, req, LedgerAccount::Points).await
-}
-
-async fn stored_value(
-    State(state): State<PosState>,
-    Path(id): Path<String>,
-    body: Result<Json<LedgerRequest>, JsonRejection>,
-) -> PosResult {
-    let Json(req) = body?;
-    ledger(state, id, req, LedgerAccount::StoredValue).await
 }
 
 // ------------------------------------------------------------------------- stock

@@ -362,6 +362,18 @@ impl Agent {
     pub fn send_raw(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
         http(self.pos, method, path, Some(&self.token), Some(body)).expect("request")
     }
+
+    /// A stored-value call at the POS under a fresh entry number: a top-up paid in cash when
+    /// `change` is positive, a spend when negative.
+    pub fn stored_value(&self, member: &str, change: i64) -> (u16, Value) {
+        static ENTRY_NO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let no = ENTRY_NO.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut body = serde_json::json!({ "entry_no": format!("t{no}"), "change": change });
+        if change > 0 {
+            body["tender"] = serde_json::json!("cash");
+        }
+        self.send("POST", &format!("/v1/members/{member}/stored-value"), &body)
+    }
 }
 
 pub use hq_server::demo::http_request as http;

@@ -12,8 +12,8 @@ pub mod sim;
 use chainsync::changeset::Op;
 use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Sku, Topic};
 use chainsync::model::{
-    LedgerAccount, LedgerEntry, LedgerKind, Payment, PaymentMethod, Receipt, ReceiptLine, Region,
-    StoreInfo, StoreMode,
+    AMOUNT_CENTS_MAX, LedgerAccount, LedgerEntry, LedgerKind, Payment, PaymentMethod, Receipt,
+    ReceiptLine, Region, SpendAuth, StoreInfo, StoreMode,
 };
 use chainsync::replica::{Durability, Identity, Replica};
 use ed25519_dalek::SigningKey;
@@ -221,5 +221,11 @@ pub fn points(origin: &NodeId, n: u64, member: &MemberId, amount: i64) -> Ledger
         amount,
         receipt: None,
         at_ms: 0,
+        auth: (amount < 0).then_some(SpendAuth::Offline {
+            allowance: AMOUNT_CENTS_MAX,
+            spent_before: 0,
+        }),
+        tender: None,
+        note: String::new(),
     }
 }

@@ -25,9 +25,10 @@ use chainsync::changeset::Op;
 use chainsync::hlc::Hlc;
 use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Scope, Topic};
 use chainsync::model::{
-    ALL_DAYS, Combination, LedgerAccount, LedgerEntry, LedgerKind, MemberEdit, MovementKind,
-    Payment, PaymentMethod, PriceEntry, PriceKind, Product, ProfileField, Promotion, PromotionRule,
-    Receipt, ReceiptLine, ReturnRecord, SpendReward, SpendTier, StockMovement, Void,
+    ALL_DAYS, AMOUNT_CENTS_MAX, Allowance, Combination, LedgerAccount, LedgerEntry, LedgerKind,
+    MemberEdit, MovementKind, Payment, PaymentMethod, PriceEntry, PriceKind, Product, ProfileField,
+    Promotion, PromotionRule, Receipt, ReceiptLine, ReturnRecord, SpendAuth, SpendReward,
+    SpendTier, StockMovement, Void,
 };
 use chainsync::protocol::frame::{Frame, FrameDecoder, encode_frame};
 use chainsync::protocol::{HubSession, LeafSession, SessionError, subscribes};
@@ -545,7 +546,7 @@ impl Sim {
             1 => (
                 LedgerAccount::Points,
                 LedgerKind::Redeemed,
-                -(self.rng.below(50) as i64),
+                -(1 + self.rng.below(50) as i64),
             ),
             2 => (
                 LedgerAccount::StoredValue,
@@ -555,7 +556,7 @@ impl Sim {
             _ => (
                 LedgerAccount::StoredValue,
                 LedgerKind::Spent,
-                -(self.rng.below(2_000) as i64),
+                -(1 + self.rng.below(2_000) as i64),
             ),
         };
         let entry = LedgerEntry {
@@ -566,6 +567,12 @@ impl Sim {
             amount,
             receipt: None,
             at_ms: self.now_ms as i64,
+            auth: (amount < 0).then_some(SpendAuth::Offline {
+                allowance: AMOUNT_CENTS_MAX,
+                spent_before: 0,
+            }),
+            tender: (kind == LedgerKind::ToppedUp).then_some(PaymentMethod::Cash),
+            note: String::new(),
         };
         self.store_commit(i, Topic::Members, vec![Op::Ledger(entry)])?;
         let balance = self.oracle.balances.entry(member.to_string()).or_default();
@@ -750,21 +757,22 @@ impl Sim {
 
     fn hq_member_edit(&mut self) -> SimResult<()> {
         let member = self.random_member();
-        let mut fields = self.member_fields();
+        let fields = self.member_fields();
+        let mut ops = vec![Op::MemberEdit(MemberEdit {
+            member: member.clone(),
+            hlc: Hlc::default(),
+            fields,
+        })];
         if self.rng.chance(50) {
-            fields.push((
-                ProfileField::OfflineAllowanceCents,
-                format!("{}", self.rng.below(10) * 1_000),
-            ));
-        }
-        self.hq_commit(
-            Topic::Members,
-            vec![Op::MemberEdit(MemberEdit {
+            ops.push(Op::MemberAllowance {
                 member,
-                hlc: Hlc::default(),
-                fields,
-            })],
-        )
+                allowance: Some(Allowance {
+                    stored_value_cents: self.rng.below(10) as i64 * 1_000,
+                    points: 0,
+                }),
+            });
+        }
+        self.hq_commit(Topic::Members, ops)
     }
 
     fn hq_product_change(&mut self) -> SimResult<()> {

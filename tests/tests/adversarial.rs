@@ -595,22 +595,94 @@ fn a_store_writing_what_it_does_not_own_is_op_not_allowed() {
         assert!(halted(&w.hq, &sales).is_some());
     }
 
+    // Members' money: what only HQ may write, and what a store may not write without its
+    // authorisation or its tender.
     let members = stream("S001", Topic::Members);
-    let allowance = edit(
-        &member("M0"),
-        ProfileField::OfflineAllowanceCents,
-        "1000000",
-    );
-    let bad = forge_next(&w.hq, &members, vec![Op::MemberEdit(allowance)], &key);
-    let before = fingerprint(&w.hq);
-    let report = w.hq.apply_batch(&[bad], Some(&s1), T1).unwrap();
-    assert!(
-        matches!(&report.rejected[..], [ChangeSetError::OpNotAllowed { stream: s, seq: 2, index: 0, reason }]
-            if *s == members && reason.contains("allowance")),
-        "{:?}",
-        report.rejected
-    );
-    assert_eq!(fingerprint(&w.hq), before);
+    let ledger = |id: &str, account, kind, amount, auth, tender| {
+        Op::Ledger(chainsync::model::LedgerEntry {
+            id: record(id),
+            member: member("M0"),
+            account,
+            kind,
+            amount,
+            receipt: None,
+            at_ms: 0,
+            auth,
+            tender,
+            note: String::new(),
+        })
+    };
+    use chainsync::model::{LedgerAccount as A, LedgerKind as K, PaymentMethod as P};
+    let cases = [
+        (
+            Op::MemberAllowance {
+                member: member("M0"),
+                allowance: Some(chainsync::model::Allowance {
+                    stored_value_cents: 1_000_000,
+                    points: 0,
+                }),
+            },
+            "only HQ sets the member allowance",
+        ),
+        (
+            Op::LoyaltyPolicy(chainsync::model::LoyaltyPolicy::default()),
+            "only HQ sets the loyalty policy",
+        ),
+        (
+            ledger("S001-L7", A::StoredValue, K::Adjusted, 5_000, None, None),
+            "only HQ writes Adjusted",
+        ),
+        (
+            ledger("S001-L7", A::StoredValue, K::Spent, -5_000, None, None),
+            "only with a hold or within its offline allowance",
+        ),
+        (
+            ledger("S001-L7", A::StoredValue, K::ToppedUp, 5_000, None, None),
+            "must carry the cash or card payment",
+        ),
+        (
+            ledger(
+                "S001-L7",
+                A::StoredValue,
+                K::ToppedUp,
+                5_000,
+                None,
+                Some(P::StoredValue),
+            ),
+            "must carry the cash or card payment",
+        ),
+        (
+            ledger("S001-L7", A::StoredValue, K::Spent, 5_000, None, None),
+            "must be negative",
+        ),
+        (
+            ledger(
+                "S001-L7",
+                A::StoredValue,
+                K::Spent,
+                -5_000,
+                Some(chainsync::model::SpendAuth::Held(record("S002-H1"))),
+                None,
+            ),
+            "hold id S002-H1 does not start with `S001-`",
+        ),
+        (
+            ledger("S001-L7", A::StoredValue, K::Earned, 5, None, None),
+            "does not move StoredValue",
+        ),
+    ];
+    for (op, what) in cases {
+        let bad = forge_next(&w.hq, &members, vec![op], &key);
+        let before = fingerprint(&w.hq);
+        let report = w.hq.apply_batch(&[bad], Some(&s1), T1).unwrap();
+        assert!(
+            matches!(&report.rejected[..], [ChangeSetError::OpNotAllowed { stream: s, index: 0, reason, .. }]
+                if *s == members && reason.contains(what)),
+            "{what}: {:?}",
+            report.rejected
+        );
+        assert_eq!(fingerprint(&w.hq), before);
+    }
 }
 
 // Absurd numbers from a store's own signed stream are refused at HQ's gate naming the limit, and
@@ -652,6 +724,9 @@ fn absurd_quantities_and_amounts_from_any_node_are_refused_at_the_gate() {
         amount: 1 << 62,
         receipt: None,
         at_ms: 0,
+        auth: None,
+        tender: Some(chainsync::model::PaymentMethod::Cash),
+        note: String::new(),
     };
     let report =
         w.hq.apply_batch(

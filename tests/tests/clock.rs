@@ -1,6 +1,6 @@
 //! Store clocks set hours wrong, with real processes: two agents run under libfaketime, one five
 //! hours ahead and one five hours behind HQ. Sales keep the store's own time, a member edited at
-//! both ends up the same everywhere, points add up everywhere, and a price HQ sets "now" is
+//! both ends up the same everywhere, stored value adds up everywhere, and a price HQ sets "now" is
 //! charged at once even by the store whose clock says it is not in effect yet.
 //!
 //! Ignored by plain `cargo test` because it needs libfaketime (`apt-get install faketime`);
@@ -117,14 +117,14 @@ fn stores_with_clocks_hours_off_converge_and_keep_their_sale_times() {
     ] {
         let (status, body) = agent.send("PUT", "/v1/members/M1", &json!({ "name": name }));
         assert_eq!(status, 200, "{body}");
-        let (status, body) = agent.send("POST", "/v1/members/M1/points", &json!({ "change": 10 }));
+        let (status, body) = agent.stored_value("M1", 10);
         assert_eq!(status, 201, "{body}");
     }
-    let at_hq = wait_until(WAIT, "the member's points at HQ", || {
+    let at_hq = wait_until(WAIT, "the member's stored value at HQ", || {
         let points = replica
             .balance(
                 &"M1".parse().unwrap(),
-                chainsync::model::LedgerAccount::Points,
+                chainsync::model::LedgerAccount::StoredValue,
             )
             .unwrap();
         let profile = replica.member_profile(&"M1".parse().unwrap()).unwrap();
@@ -133,7 +133,8 @@ fn stores_with_clocks_hours_off_converge_and_keep_their_sale_times() {
     for agent in [&ahead, &behind] {
         wait_until(WAIT, "one member everywhere", || {
             let (_, body) = agent.get("/v1/members/M1");
-            (body["points"] == 30 && body["profile"]["name"] == at_hq.as_str()).then_some(())
+            (body["stored_value_cents"] == 30 && body["profile"]["name"] == at_hq.as_str())
+                .then_some(())
         });
     }
 

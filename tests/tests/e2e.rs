@@ -56,7 +56,7 @@ fn setup(root: &std::path::Path) -> Hq {
 }
 
 // Three stores in two regions: sales flow up, a regional price flows down to exactly that
-// region, a member signed up at one store earns points at another and both see one balance.
+// region, a member signed up at one store tops up stored value at another and both see one balance.
 #[test]
 fn three_stores_two_regions_sales_up_prices_down_members_everywhere() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,20 +112,21 @@ fn three_stores_two_regions_sales_up_prices_down_members_everywhere() {
     });
     assert_eq!(price_at(&agents[2]), 129, "south keeps the chain price");
 
-    // A member signed up at S001 earns points at S003; both see the same balance.
+    // A member signed up at S001 tops up at S003; both see the same balance.
     let (status, body) = agents[0].send(
         "PUT",
         "/v1/members/M42",
         &json!({ "name": "Ada", "phone": "555-0100" }),
     );
     assert_eq!(status, 200, "{body}");
-    let (status, body) = agents[0].send("POST", "/v1/members/M42/points", &json!({ "change": 30 }));
+    let (status, body) = agents[0].stored_value("M42", 30);
     assert_eq!(status, 201, "{body}");
-    wait_until(WAIT, "the member and the points at S003", || {
+    wait_until(WAIT, "the member and the stored value at S003", || {
         let (status, body) = agents[2].get("/v1/members/M42");
-        (status == 200 && body["profile"]["name"] == "Ada" && body["points"] == 30).then_some(())
+        (status == 200 && body["profile"]["name"] == "Ada" && body["stored_value_cents"] == 30)
+            .then_some(())
     });
-    let (status, body) = agents[2].send("POST", "/v1/members/M42/points", &json!({ "change": 12 }));
+    let (status, body) = agents[2].stored_value("M42", 12);
     assert_eq!(
         (status, body["balance"].as_i64()),
         (201, Some(42)),
@@ -134,7 +135,7 @@ fn three_stores_two_regions_sales_up_prices_down_members_everywhere() {
     for agent in [&agents[0], &agents[2]] {
         wait_until(WAIT, "one balance everywhere", || {
             let (_, body) = agent.get("/v1/members/M42");
-            (body["points"] == 42).then_some(())
+            (body["stored_value_cents"] == 42).then_some(())
         });
     }
 }

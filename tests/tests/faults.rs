@@ -85,8 +85,7 @@ fn a_chain_behind_a_faulty_network_converges_once_the_faults_stop() {
                 body["receipt_id"].as_str().unwrap().to_owned(),
             ));
         }
-        let (status, body) =
-            agents[round % 3].send("POST", "/v1/members/M7/points", &json!({ "change": 5 }));
+        let (status, body) = agents[round % 3].stored_value("M7", 5);
         assert_eq!(status, 201, "{body}");
         if round == 3 {
             hq.cli_ok(&[
@@ -144,7 +143,7 @@ fn a_chain_behind_a_faulty_network_converges_once_the_faults_stop() {
     let points = 5 * round as i64;
     for agent in &agents {
         wait_until(long, "one member balance everywhere", || {
-            (agent.get("/v1/members/M7").1["points"] == points).then_some(())
+            (agent.get("/v1/members/M7").1["stored_value_cents"] == points).then_some(())
         });
     }
 }

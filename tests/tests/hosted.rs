@@ -70,15 +70,15 @@ fn a_hosted_store_reads_through_to_hq_sells_offline_and_drains_its_journal_once(
     assert_eq!((status, &body["total_cents"]), (201, &json!(129)), "{body}");
     let (status, body) = agent.send("PUT", "/v1/members/M9", &json!({ "name": "Bea" }));
     assert_eq!(status, 200, "{body}");
-    let (status, body) = agent.send("POST", "/v1/members/M9/points", &json!({ "change": 40 }));
+    let (status, body) = agent.stored_value("M9", 40);
     assert_eq!((status, &body["balance"]), (201, &json!(40)), "{body}");
     let replica = hq.replica();
-    wait_until(WAIT, "the sale and the points at HQ", || {
+    wait_until(WAIT, "the sale and the stored value at HQ", || {
         (replica.receipt_ids(&node("S001")).unwrap().len() == 1
             && replica
                 .balance(
                     &"M9".parse().unwrap(),
-                    chainsync::model::LedgerAccount::Points,
+                    chainsync::model::LedgerAccount::StoredValue,
                 )
                 .unwrap()
                 == 40)
@@ -87,7 +87,11 @@ fn a_hosted_store_reads_through_to_hq_sells_offline_and_drains_its_journal_once(
     let (status, body) = agent.get("/v1/members/M9");
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        (&body["points"], &body["profile"]["name"], &body["source"]),
+        (
+            &body["stored_value_cents"],
+            &body["profile"]["name"],
+            &body["source"]
+        ),
         (&json!(40), &json!("Bea"), &json!("hq")),
         "{body}"
     );
@@ -109,10 +113,10 @@ fn a_hosted_store_reads_through_to_hq_sells_offline_and_drains_its_journal_once(
     let (status, body) = sale(&agent, "7", "chips");
     assert_eq!(status, 503, "chips was never looked up here: {body}");
     assert!(body["error"].as_str().unwrap().contains("chips"), "{body}");
-    let (status, body) = agent.send("POST", "/v1/members/M9/points", &json!({ "change": -10 }));
-    assert_eq!(status, 503, "redeeming needs HQ's balance: {body}");
-    let (status, body) = agent.send("POST", "/v1/members/M9/points", &json!({ "change": 5 }));
-    assert_eq!(status, 201, "earning works offline: {body}");
+    let (status, body) = agent.stored_value("M9", -10);
+    assert_eq!(status, 503, "spending at a hosted store needs HQ: {body}");
+    let (status, body) = agent.stored_value("M9", 5);
+    assert_eq!(status, 201, "a top-up paid in cash works offline: {body}");
     // A till retrying a sale it already made records nothing new, offline too.
     let (status, body) = sale(&agent, "3", "cola");
     assert_eq!((status, &body["duplicate"]), (200, &json!(true)), "{body}");
@@ -146,9 +150,9 @@ fn a_hosted_store_reads_through_to_hq_sells_offline_and_drains_its_journal_once(
     );
     wait_until(WAIT, "HQ's balance read back through the store", || {
         let (status, body) = agent.get("/v1/members/M9");
-        (status == 200 && body["points"] == 45 && body["source"] == "hq").then_some(())
+        (status == 200 && body["stored_value_cents"] == 45 && body["source"] == "hq").then_some(())
     });
-    let (status, body) = agent.send("POST", "/v1/members/M9/points", &json!({ "change": -10 }));
+    let (status, body) = agent.stored_value("M9", -10);
     assert_eq!((status, &body["balance"]), (201, &json!(35)), "{body}");
 
     // Switched to realtime at HQ, the store builds its replica and answers from it.

@@ -17,7 +17,7 @@ fn sale(agent: &Agent, receipt_no: &str) -> (u16, serde_json::Value) {
     )
 }
 
-/// HQ and S001 running, S001 with three sales and 25 points for M1, all of it at HQ.
+/// HQ and S001 running, S001 with three sales and 25 cents of stored value for M1, all of it at HQ.
 fn store_with_history(root: &std::path::Path) -> (Hq, Proc, Agent, Proc) {
     let hq = Hq::init(root);
     hq.cli_ok(&["product", "add", "--sku", "cola", "--name", "Cola"]);
@@ -32,7 +32,7 @@ fn store_with_history(root: &std::path::Path) -> (Hq, Proc, Agent, Proc) {
     for n in 1..=3 {
         assert_eq!(sale(&agent, &n.to_string()).0, 201);
     }
-    let (status, body) = agent.send("POST", "/v1/members/M1/points", &json!({ "change": 25 }));
+    let (status, body) = agent.stored_value("M1", 25);
     assert_eq!(status, 201, "{body}");
     wait_until(WAIT, "everything at HQ", || {
         let sync = agent.get("/v1/sync").1;
@@ -98,7 +98,7 @@ fn a_store_that_lost_its_database_restores_its_history_from_hq_before_selling() 
     assert_eq!(replica.stock_of(&s1, &"cola".parse().unwrap()).unwrap(), -4);
     let (_, stock) = agent.get("/v1/stock/cola");
     assert_eq!(stock["qty"], -4, "the store's stock is whole again");
-    let (status, body) = agent.send("POST", "/v1/members/M1/points", &json!({ "change": 5 }));
+    let (status, body) = agent.stored_value("M1", 5);
     assert_eq!((status, &body["balance"]), (201, &json!(30)), "{body}");
     replica.audit().unwrap();
 }
@@ -137,7 +137,7 @@ fn a_store_replaced_after_losing_its_key_continues_its_history_under_a_new_key()
         "the sale continues the store's stream: {body}"
     );
     assert_eq!(sale(&agent, "2").1["duplicate"], true);
-    let (status, body) = agent.send("POST", "/v1/members/M1/points", &json!({ "change": 5 }));
+    let (status, body) = agent.stored_value("M1", 5);
     assert_eq!((status, &body["balance"]), (201, &json!(30)), "{body}");
     let replica = hq.replica();
     let s1 = NodeId::new("S001").unwrap();
@@ -152,8 +152,8 @@ fn a_store_replaced_after_losing_its_key_continues_its_history_under_a_new_key()
     let provision2 = hq.add_store("S002", "north");
     let other = Agent::init(dir.path(), "S002", &provision2).unwrap();
     let _other_proc = other.start();
-    wait_until(WAIT, "S001's points at S002", || {
-        (other.get("/v1/members/M1").1["points"] == 30).then_some(())
+    wait_until(WAIT, "S001's stored value at S002", || {
+        (other.get("/v1/members/M1").1["stored_value_cents"] == 30).then_some(())
     });
     let halted: Vec<_> = replica
         .stream_status()

@@ -160,11 +160,26 @@ impl HubStore for Replica {
     }
 
     fn lookup(
-        &self,
+        &mut self,
         peer: &PeerInfo,
         query: &LookupQuery,
         now_ms: u64,
     ) -> Result<LookupAnswer, ReplicaError> {
+        match query {
+            LookupQuery::Hold(req) => {
+                return Ok(LookupAnswer::Hold(self.place_hold(
+                    &peer.place.store,
+                    req,
+                    now_ms,
+                )?));
+            }
+            LookupQuery::Release(id) => {
+                return Ok(LookupAnswer::Released(
+                    self.release_hold(&peer.place.store, id)?,
+                ));
+            }
+            LookupQuery::Skus(_) | LookupQuery::Member(_) => {}
+        }
         let mut answer = Replica::lookup(self, &peer.place, query).map_err(|e| match e {
             crate::lookup::LookupError::Storage(e) => e,
             other => ReplicaError::Corrupt(other.to_string()),

@@ -189,9 +189,9 @@ pub trait HubStore {
         public_key: [u8; 32],
         now_ms: u64,
     ) -> Result<Result<RegionId, String>, Self::Error>;
-    /// Answers a hosted store's lookup for that store's scopes.
+    /// Answers a store's lookup for that store's scopes, and places or releases its holds.
     fn lookup(
-        &self,
+        &mut self,
         peer: &PeerInfo,
         query: &LookupQuery,
         now_ms: u64,

@@ -22,6 +22,7 @@ use crate::hlc::Hlc;
 use crate::ids::{NodeId, StreamId, Topic};
 use crate::model::{
     DiscountSource, LedgerAccount, LedgerKind, MovementKind, PriceKind, Receipt, ReceiptLine,
+    SpendAuth,
 };
 use rusqlite::{Connection, params};
 use std::collections::BTreeMap;
@@ -59,6 +60,7 @@ impl StockDeltas {
 pub(crate) fn apply_op(
     tx: &Connection,
     stream: &StreamId,
+    seq: u64,
     hlc: Hlc,
     op: &Op,
     stock: &mut StockDeltas,
@@ -193,9 +195,18 @@ pub(crate) fn apply_op(
             }
         }
         Op::Ledger(e) => {
+            let (hold, offline) = match &e.auth {
+                Some(SpendAuth::Held(hold)) => (Some(hold.as_str()), None),
+                Some(SpendAuth::Offline {
+                    allowance,
+                    spent_before,
+                }) => (None, Some((*allowance, *spent_before))),
+                None => (None, None),
+            };
             tx.prepare_cached(
-                "INSERT OR IGNORE INTO ledger (id, member, account, kind, amount, receipt, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR IGNORE INTO ledger (id, member, account, kind, amount, receipt, at_ms,
+                     origin, seq, hold, offline_allowance, offline_before, tender, note)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 e.id.as_str(),
@@ -204,8 +215,39 @@ pub(crate) fn apply_op(
                 ledger_kind_code(e.kind),
                 e.amount,
                 e.receipt.as_ref().map(|r| r.as_str()),
-                e.at_ms
+                e.at_ms,
+                stream.origin.as_str(),
+                seq as i64,
+                hold,
+                offline.map(|o| o.0),
+                offline.map(|o| o.1),
+                e.tender.map(|t| t as u8),
+                e.note,
             ])?;
+            // At HQ the entry captures the hold it names (elsewhere there are no holds).
+            if let Some(hold) = hold {
+                tx.prepare_cached("UPDATE holds SET state = 1 WHERE id = ?1")?
+                    .execute(params![hold])?;
+            }
+        }
+        Op::LoyaltyPolicy(policy) => {
+            tx.prepare_cached("INSERT OR REPLACE INTO loyalty_policy (id, body) VALUES (1, ?1)")?
+                .execute(params![encode(policy)])?;
+        }
+        Op::MemberAllowance { member, allowance } => {
+            match allowance {
+                Some(a) => {
+                    tx.prepare_cached(
+                    "INSERT OR REPLACE INTO member_allowances (member, stored_value_cents, points)
+                     VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![member.as_str(), a.stored_value_cents, a.points])?;
+                }
+                None => {
+                    tx.prepare_cached("DELETE FROM member_allowances WHERE member = ?1")?
+                        .execute(params![member.as_str()])?;
+                }
+            }
         }
         Op::Stock(m) => {
             let inserted = tx

@@ -22,6 +22,10 @@
 mod apply;
 use apply::StockDeltas;
 mod hq;
+mod members;
+pub use members::{
+    CardException, HOLD_TTL_MS, HoldOutcome, HoldRequest, ReceiptLedgerRow, StatementRow,
+};
 mod query;
 mod report;
 mod retail;
@@ -48,7 +52,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Schema version this build writes; a database of another version is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,13 +282,24 @@ impl Replica {
         now_ms: u64,
         also: impl FnOnce(&Connection) -> rusqlite::Result<()>,
     ) -> Result<Committed, ReplicaError> {
-        let stream = StreamId::new(self.identity.node.clone(), topic);
+        self.commit_local_all(vec![(topic, ops)], now_ms, also)?
+            .pop()
+            .ok_or_else(|| ReplicaError::Corrupt("a write committed nothing".into()))
+    }
+
+    /// Writes the next change set of each of this node's streams named in `writes`, and runs
+    /// `also`, in one transaction: all of them or none.
+    pub(crate) fn commit_local_all(
+        &mut self,
+        writes: Vec<(Topic, Vec<Op>)>,
+        now_ms: u64,
+        also: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+    ) -> Result<Vec<Committed>, ReplicaError> {
         // IMMEDIATE: take the write lock before reading the head, so another process writing the
         // same database (a CLI beside the server) waits instead of racing for the same seq.
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let head = stream_head(&tx, &stream)?;
         if get_meta(&tx, "awaiting_hub_heads")?.is_some() {
             return Err(ReplicaError::Restoring(
                 "this store's database was created afresh: writes wait until HQ has said how far \
@@ -292,40 +307,51 @@ impl Replica {
                     .into(),
             ));
         }
-        let at_hub: Option<i64> = tx
-            .prepare_cached("SELECT hub_seq FROM restore_own WHERE name = ?1")?
-            .query_row(params![stream.to_string()], |r| r.get(0))
-            .optional()?;
-        if let Some(at_hub) = at_hub.filter(|s| *s as u64 > head.seq) {
-            return Err(ReplicaError::Restoring(format!(
-                "HQ holds {stream} up to seq {at_hub}, this store only up to {}: its history is \
-                 being restored from HQ, and writes wait until it is",
-                head.seq
-            )));
-        }
-        let hlc = self.clock.tick(now_ms);
-        let change_set = ChangeSet {
-            format: CHANGE_SET_FORMAT,
-            stream,
-            seq: head.seq + 1,
-            prev: head.hash,
-            hlc,
-            ops,
-        };
-        let signed = SignedChangeSet::sign(&change_set, &self.identity.key)?;
-        let facts = TxFacts::new(&tx, &self.hq_key);
-        let verified = match validate::validate(&signed, None, &facts)? {
-            Ok(Verdict::Apply(cs)) => cs,
-            Ok(Verdict::Duplicate { stream, seq }) => {
-                // Cannot happen: seq is head + 1. A broken invariant, reported rather than hidden.
-                return Err(ReplicaError::Corrupt(format!(
-                    "own write {stream} seq {seq} seen as a duplicate"
+        let mut committed = Vec::with_capacity(writes.len());
+        let mut stock = StockDeltas::default();
+        let mut hlc = self.clock.last();
+        for (topic, ops) in writes {
+            let stream = StreamId::new(self.identity.node.clone(), topic);
+            let head = stream_head(&tx, &stream)?;
+            let at_hub: Option<i64> = tx
+                .prepare_cached("SELECT hub_seq FROM restore_own WHERE name = ?1")?
+                .query_row(params![stream.to_string()], |r| r.get(0))
+                .optional()?;
+            if let Some(at_hub) = at_hub.filter(|s| *s as u64 > head.seq) {
+                return Err(ReplicaError::Restoring(format!(
+                    "HQ holds {stream} up to seq {at_hub}, this store only up to {}: its history is \
+                     being restored from HQ, and writes wait until it is",
+                    head.seq
                 )));
             }
-            Err(e) => return Err(ReplicaError::Refused(e)),
-        };
-        let mut stock = StockDeltas::default();
-        append(&tx, &verified, &signed, now_ms, &mut stock)?;
+            hlc = self.clock.tick(now_ms);
+            let change_set = ChangeSet {
+                format: CHANGE_SET_FORMAT,
+                stream,
+                seq: head.seq + 1,
+                prev: head.hash,
+                hlc,
+                ops,
+            };
+            let signed = SignedChangeSet::sign(&change_set, &self.identity.key)?;
+            let facts = TxFacts::new(&tx, &self.hq_key);
+            let verified = match validate::validate(&signed, None, &facts)? {
+                Ok(Verdict::Apply(cs)) => cs,
+                Ok(Verdict::Duplicate { stream, seq }) => {
+                    // Cannot happen: seq is head + 1. A broken invariant, reported rather than hidden.
+                    return Err(ReplicaError::Corrupt(format!(
+                        "own write {stream} seq {seq} seen as a duplicate"
+                    )));
+                }
+                Err(e) => return Err(ReplicaError::Refused(e)),
+            };
+            append(&tx, &verified, &signed, now_ms, &mut stock)?;
+            committed.push(Committed {
+                stream: verified.stream,
+                seq: verified.seq,
+                signed,
+            });
+        }
         stock.flush(&tx)?;
         also(&tx)?;
         put_meta(
@@ -334,11 +360,7 @@ impl Replica {
             &postcard::to_allocvec(&hlc).map_err(EncodeError::from)?,
         )?;
         tx.commit()?;
-        Ok(Committed {
-            stream: verified.stream,
-            seq: verified.seq,
-            signed,
-        })
+        Ok(committed)
     }
 
     /// Validates and applies a received batch in one transaction. `peer` is the authenticated
@@ -903,7 +925,7 @@ fn append(
     let id = ensure_stream(tx, &cs.stream)?;
     tx.prepare_cached("INSERT INTO log (stream, seq, body, sig) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![id, cs.seq as i64, signed.body, &signed.sig[..]])?;
-    append_ops(tx, &cs.stream, cs.hlc, &cs.ops, stock)?;
+    append_ops(tx, &cs.stream, cs.seq, cs.hlc, &cs.ops, stock)?;
     tx.prepare_cached(
         "UPDATE streams SET head_seq = ?2, head_hash = ?3, last_applied_ms = ?4,
          halted_reason = NULL, halted_at_ms = NULL WHERE id = ?1",
@@ -921,12 +943,13 @@ fn append(
 fn append_ops(
     tx: &Connection,
     stream: &StreamId,
+    seq: u64,
     hlc: Hlc,
     ops: &[Op],
     stock: &mut StockDeltas,
 ) -> rusqlite::Result<()> {
     for op in ops {
-        apply::apply_op(tx, stream, hlc, op, stock)?;
+        apply::apply_op(tx, stream, seq, hlc, op, stock)?;
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
--- chainsync replica schema, version 2. Applied once by Replica::open.
+-- chainsync replica schema, version 3. Applied once by Replica::open.
 -- Replication state: the log of every stream this node keeps, and where each stands.
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -105,9 +105,40 @@ CREATE TABLE ledger (
     kind    INTEGER NOT NULL,
     amount  INTEGER NOT NULL,
     receipt TEXT,
-    at_ms   INTEGER NOT NULL
+    at_ms   INTEGER NOT NULL,
+    origin  TEXT    NOT NULL,           -- the node whose members stream carried it
+    seq     INTEGER NOT NULL,           -- its change set's seq in that stream (0 from a snapshot)
+    hold    TEXT,                       -- SpendAuth::Held: the hold it captured
+    offline_allowance INTEGER,          -- SpendAuth::Offline: the allowance the store applied
+    offline_before    INTEGER,          -- … and what it had taken offline before, unacknowledged
+    tender  INTEGER,                    -- top-ups: PaymentMethod code
+    note    TEXT    NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX ledger_by_member ON ledger (member, account);
+CREATE INDEX ledger_by_receipt ON ledger (receipt) WHERE receipt IS NOT NULL;
+-- HQ's loyalty policy (one row, postcard) and cards' own offline allowances.
+CREATE TABLE loyalty_policy (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    body BLOB NOT NULL
+);
+CREATE TABLE member_allowances (
+    member             TEXT PRIMARY KEY,
+    stored_value_cents INTEGER NOT NULL,
+    points             INTEGER NOT NULL
+) WITHOUT ROWID;
+-- HQ only: holds on balances asked for by online stores (not replicated; a hold is HQ's
+-- promise to one store, kept until captured by a ledger entry, released, or expired).
+CREATE TABLE holds (
+    id          TEXT PRIMARY KEY,
+    store       TEXT    NOT NULL,
+    member      TEXT    NOT NULL,
+    account     INTEGER NOT NULL,
+    amount      INTEGER NOT NULL,       -- positive: what is held
+    created_ms  INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    state       INTEGER NOT NULL DEFAULT 0  -- 0 live, 1 captured, 2 released
+) WITHOUT ROWID;
+CREATE INDEX holds_live ON holds (member, account) WHERE state = 0;
 CREATE TABLE stock (
     store TEXT    NOT NULL,
     sku   TEXT    NOT NULL,

@@ -225,6 +225,7 @@ impl Replica {
         append_ops(
             &tx,
             &snapshot.stream,
+            0,
             snapshot.hlc,
             &snapshot.ops,
             &mut stock,
@@ -331,6 +332,8 @@ impl Compactor {
             Op::PriceRemove { id } => (3, id.to_string()),
             Op::PromotionUpsert(p) => (4, p.id.to_string()),
             Op::PromotionRemove { id } => (4, id.to_string()),
+            Op::LoyaltyPolicy(_) => (5, String::new()),
+            Op::MemberAllowance { member, .. } => (6, member.to_string()),
             Op::MemberEdit(edit) => {
                 let stamp = if edit.hlc == Hlc::default() {
                     change_set_hlc

@@ -1,0 +1,230 @@
+//! Members' money at HQ: the loyalty policy as staff write it (the API's JSON and the CLI's
+//! file), cards' own offline allowances, adjustments that settle exceptions, statements and the
+//! exceptions report. Thin: each checks its input, then becomes ops of HQ's members stream; the
+//! rules themselves are `chainsync::loyalty`'s.
+
+use anyhow::{Context, Result, bail};
+use chainsync::changeset::Op;
+use chainsync::ids::{MemberId, RecordId, Sku};
+use chainsync::model::{
+    Allowance, LedgerAccount, LedgerEntry, LedgerKind, LevelAllowance, LevelMultiplier,
+    LoyaltyPolicy,
+};
+use chainsync::replica::Replica;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// An allowance as staff write it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllowanceSpec {
+    pub stored_value_cents: i64,
+    pub points: i64,
+}
+
+impl From<AllowanceSpec> for Allowance {
+    fn from(a: AllowanceSpec) -> Self {
+        Allowance {
+            stored_value_cents: a.stored_value_cents,
+            points: a.points,
+        }
+    }
+}
+
+/// The loyalty policy as staff write it:
+///
+/// ```json
+/// { "points_per_unit": 1, "point_value_cents": 1,
+///   "level_multipliers": { "gold": 200 },
+///   "excluded_skus": ["tobacco20"], "excluded_categories": ["giftcards"],
+///   "offline": { "stored_value_cents": 1000, "points": 500 },
+///   "level_offline": { "gold": { "stored_value_cents": 5000, "points": 2000 } } }
+/// ```
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySpec {
+    /// Points earned per whole currency unit of eligible spend.
+    pub points_per_unit: u32,
+    /// What one point pays at the till, in cents (0: points are not a payment).
+    pub point_value_cents: u32,
+    /// Percent by member level (200: double points).
+    pub level_multipliers: BTreeMap<String, u32>,
+    pub excluded_skus: Vec<String>,
+    pub excluded_categories: Vec<String>,
+    /// What a store may take from a card while HQ is unreachable, unless the card or its level
+    /// has its own.
+    pub offline: AllowanceSpec,
+    pub level_offline: BTreeMap<String, AllowanceSpec>,
+}
+
+/// The policy a spec describes, checked.
+pub fn build_policy(spec: PolicySpec) -> Result<LoyaltyPolicy> {
+    let excluded_skus = spec
+        .excluded_skus
+        .iter()
+        .map(|s| {
+            s.parse::<Sku>()
+                .with_context(|| format!("excluded sku `{s}`"))
+        })
+        .collect::<Result<_>>()?;
+    let policy = LoyaltyPolicy {
+        points_per_unit: spec.points_per_unit,
+        level_multipliers: spec
+            .level_multipliers
+            .into_iter()
+            .map(|(level, percent)| LevelMultiplier { level, percent })
+            .collect(),
+        excluded_skus,
+        excluded_categories: spec.excluded_categories,
+        point_value_cents: spec.point_value_cents,
+        offline: spec.offline.into(),
+        level_offline: spec
+            .level_offline
+            .into_iter()
+            .map(|(level, a)| LevelAllowance {
+                level,
+                allowance: a.into(),
+            })
+            .collect(),
+    };
+    if let Err(e) = policy.check_bounds() {
+        bail!("loyalty policy: {e}");
+    }
+    Ok(policy)
+}
+
+/// A policy as the API and the CLI show it (the spec's shape).
+pub fn policy_json(p: &LoyaltyPolicy) -> Value {
+    let allowance =
+        |a: &Allowance| json!({ "stored_value_cents": a.stored_value_cents, "points": a.points });
+    json!({
+        "points_per_unit": p.points_per_unit,
+        "point_value_cents": p.point_value_cents,
+        "level_multipliers": p.level_multipliers.iter().map(|m| (m.level.clone(), json!(m.percent))).collect::<serde_json::Map<_, _>>(),
+        "excluded_skus": p.excluded_skus.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        "excluded_categories": p.excluded_categories,
+        "offline": allowance(&p.offline),
+        "level_offline": p.level_offline.iter().map(|l| (l.level.clone(), allowance(&l.allowance))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+/// The account named `text` (`stored-value`/`stored_value` or `points`).
+pub fn parse_account(text: &str) -> Result<LedgerAccount> {
+    match text {
+        "stored-value" | "stored_value" => Ok(LedgerAccount::StoredValue),
+        "points" => Ok(LedgerAccount::Points),
+        other => bail!("account `{other}` is neither stored_value nor points"),
+    }
+}
+
+/// An adjustment: HQ's correction of a card, e.g. settling an overdraft. Its id comes from the
+/// caller's number (`hq-A{no}`), so asking again is a no-op; `None` if it was already made.
+pub fn adjustment(
+    replica: &Replica,
+    no: &str,
+    member: &MemberId,
+    account: LedgerAccount,
+    amount: i64,
+    note: &str,
+    now_ms: i64,
+) -> Result<Option<Op>> {
+    let id: RecordId = format!("hq-A{no}")
+        .parse()
+        .with_context(|| format!("adjustment number `{no}`"))?;
+    if note.trim().is_empty() {
+        bail!("an adjustment needs a note saying why");
+    }
+    if replica
+        .statement(member)?
+        .iter()
+        .any(|e| e.id == id.as_str())
+    {
+        return Ok(None);
+    }
+    let entry = LedgerEntry {
+        id,
+        member: member.clone(),
+        account,
+        kind: LedgerKind::Adjusted,
+        amount,
+        receipt: None,
+        at_ms: now_ms,
+        auth: None,
+        tender: None,
+        note: note.to_owned(),
+    };
+    if let Err(e) = entry.check_bounds() {
+        bail!("adjustment: {e}");
+    }
+    Ok(Some(Op::Ledger(entry)))
+}
+
+/// The card exceptions as report rows, one per offline take behind them (or one with empty
+/// entry cells when none is, e.g. points taken back after they were spent). Column 1 is the
+/// store, as in every report.
+pub fn exception_rows(replica: &Replica) -> Result<(Vec<&'static str>, Vec<Vec<String>>)> {
+    let header = vec![
+        "member", "store", "account", "balance", "reasons", "entry", "amount", "receipt", "at_ms",
+        "auth",
+    ];
+    let mut rows = Vec::new();
+    for x in replica.card_exceptions()? {
+        let account = match x.account {
+            LedgerAccount::StoredValue => "stored_value",
+            LedgerAccount::Points => "points",
+        };
+        let reasons = x.reasons.join("; ");
+        if x.entries.is_empty() {
+            rows.push(vec![
+                x.member.clone(),
+                String::new(),
+                account.into(),
+                x.balance.to_string(),
+                reasons.clone(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for e in &x.entries {
+            rows.push(vec![
+                x.member.clone(),
+                e.store.clone(),
+                account.into(),
+                x.balance.to_string(),
+                reasons.clone(),
+                e.id.clone(),
+                e.amount.to_string(),
+                e.receipt.clone().unwrap_or_default(),
+                e.at_ms.to_string(),
+                e.auth.clone(),
+            ]);
+        }
+    }
+    Ok((header, rows))
+}
+
+/// A statement as JSON.
+pub fn statement_json(replica: &Replica, member: &MemberId) -> Result<Value> {
+    let rows = replica.statement(member)?;
+    Ok(json!({
+        "member": member.as_str(),
+        "points": replica.balance(member, LedgerAccount::Points)?,
+        "stored_value_cents": replica.balance(member, LedgerAccount::StoredValue)?,
+        "entries": rows.iter().map(|e| json!({
+            "id": e.id,
+            "account": match e.account { LedgerAccount::StoredValue => "stored_value", LedgerAccount::Points => "points" },
+            "kind": e.kind,
+            "amount": e.amount,
+            "balance_after": e.balance_after,
+            "store": e.store,
+            "receipt": e.receipt,
+            "at_ms": e.at_ms,
+            "auth": e.auth,
+            "note": e.note,
+        })).collect::<Vec<_>>(),
+    }))
+}
