@@ -257,7 +257,7 @@ fn rand_suffix() -> u128 {
 }
 
 /// A store agent: its data folder, POS address and token.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Agent {
     pub store: String,
     pub data: PathBuf,
