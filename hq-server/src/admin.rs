@@ -595,3 +595,78 @@ pub fn member_statement(dir: &HqDir, member: &str) -> Result<()> {
     println!("{}", crate::loyalty::statement_json(&replica, &member)?);
     Ok(())
 }
+
+/// `hq-server member find`.
+pub fn find_members(dir: &HqDir, phone: &str) -> Result<()> {
+    let state = dir.load()?;
+    let replica = dir.open_replica(&state.key)?;
+    for m in replica.members_by_phone(phone)? {
+        let cards: Vec<String> = replica
+            .cards_of(&m)?
+            .iter()
+            .map(|c| format!("{} ({})", c.number, c.status.as_str()))
+            .collect();
+        println!("{m}\t{}", cards.join(", "));
+    }
+    Ok(())
+}
+
+/// `hq-server member merge`.
+pub fn merge_members(dir: &HqDir, alias: &str, into: &str) -> Result<()> {
+    let alias: chainsync::ids::MemberId = alias.parse().context("alias")?;
+    let into: chainsync::ids::MemberId = into.parse().context("into")?;
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let op = crate::loyalty::merge_op(&replica, &alias, &into)?;
+    let committed = replica.commit_local(Topic::Members, vec![op], now_ms())?;
+    println!(
+        "{alias} merged into {into}: {} seq {}; points {}, stored value {}",
+        committed.stream,
+        committed.seq,
+        replica.balance(&into, chainsync::model::LedgerAccount::Points)?,
+        replica.balance(&into, chainsync::model::LedgerAccount::StoredValue)?
+    );
+    Ok(())
+}
+
+/// `hq-server card issue`.
+pub fn issue_card(dir: &HqDir, number: &str, member: &str) -> Result<()> {
+    let number: chainsync::ids::CardNo = number.parse().context("card")?;
+    let member: chainsync::ids::MemberId = member.parse().context("member")?;
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    match crate::loyalty::card_issue_op(&replica, &number, &member, now_ms() as i64)? {
+        Some(op) => {
+            replica.commit_local(Topic::Members, vec![op], now_ms())?;
+            println!("card {number} issued to {member}");
+        }
+        None => println!("card {number} is {member}'s already"),
+    }
+    Ok(())
+}
+
+/// `hq-server card show`.
+pub fn show_card(dir: &HqDir, number: &str) -> Result<()> {
+    let number: chainsync::ids::CardNo = number.parse().context("card")?;
+    let state = dir.load()?;
+    let replica = dir.open_replica(&state.key)?;
+    match replica.card(&number)? {
+        Some(card) => println!("{}", crate::loyalty::card_json(&card)),
+        None => anyhow::bail!("no card {number}"),
+    }
+    Ok(())
+}
+
+/// `hq-server card status`.
+pub fn set_card_status(dir: &HqDir, number: &str, status: &str, by: Option<&str>) -> Result<()> {
+    let number: chainsync::ids::CardNo = number.parse().context("card")?;
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let ops = crate::loyalty::card_status_ops(&replica, &number, status, by, now_ms() as i64)?;
+    let committed = replica.commit_local(Topic::Members, ops, now_ms())?;
+    println!(
+        "card {number} is {status}: {} seq {}",
+        committed.stream, committed.seq
+    );
+    Ok(())
+}

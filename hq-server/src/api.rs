@@ -24,6 +24,11 @@
 //! | `POST /v1/members/{id}/adjustments` | an adjustment (`adjustment_no` makes it idempotent) |
 //! | `GET /v1/loyalty/policy`, `PUT /v1/loyalty/policy` | points and offline allowances |
 //! | `GET /v1/reports/card-exceptions?format=csv` | cards overdrawn or over policy offline |
+//! | `GET /v1/reports/duplicate-members` | members sharing a phone (possibly one person) |
+//! | `GET /v1/members?phone=` | look a member up by phone |
+//! | `POST /v1/members/{id}/merge` | `{"alias": B}`: B becomes another name of this member |
+//! | `POST /v1/cards`, `GET /v1/cards/{number}` | issue a card (`number`, `member`), look one up |
+//! | `PUT /v1/cards/{number}/status` | `active`, `frozen`, `cancelled`, `lost`, `replaced` (+ `by`) |
 //!
 //! Writes are change sets of HQ's streams, committed before the answer and pushed to connected
 //! stores at once.
@@ -76,7 +81,15 @@ pub fn router(hub: Hub) -> Router {
             axum::routing::put(allocate_promotion),
         )
         .route("/v1/reports/{name}", get(report))
+        .route("/v1/members", get(find_members))
         .route("/v1/members/{id}", get(member).put(edit_member))
+        .route("/v1/members/{id}/merge", axum::routing::post(merge_member))
+        .route("/v1/cards", axum::routing::post(issue_card))
+        .route("/v1/cards/{number}", get(get_card))
+        .route(
+            "/v1/cards/{number}/status",
+            axum::routing::put(set_card_status),
+        )
         .route("/v1/members/{id}/statement", get(member_statement))
         .route(
             "/v1/members/{id}/allowance",
@@ -720,10 +733,13 @@ async fn report(
         "overrides" => Report::Overrides,
         "returns" => Report::UnverifiedReturns,
         "card-exceptions" => Report::CardExceptions,
+        "duplicate-members" => Report::DuplicateMembers,
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("no report `{other}` (promotions, overrides, returns, card-exceptions)"),
+                format!(
+                    "no report `{other}` (promotions, overrides, returns, card-exceptions, duplicate-members)"
+                ),
             ));
         }
     };
@@ -818,7 +834,6 @@ struct MemberRequest {
     email: Option<String>,
     birthday: Option<String>,
     level: Option<String>,
-    card_status: Option<String>,
 }
 
 async fn edit_member(
@@ -837,7 +852,6 @@ async fn edit_member(
         (ProfileField::Email, req.email),
         (ProfileField::Birthday, req.birthday),
         (ProfileField::Level, req.level),
-        (ProfileField::CardStatus, req.card_status),
     ] {
         if let Some(value) = value {
             fields.push((field, value));
@@ -988,4 +1002,139 @@ async fn adjust_member(
         Json(json!({ "adjustment": format!("hq-A{}", req.adjustment_no), "balance": balance, "seq": committed.seq })),
     )
         .into_response())
+}
+
+// ------------------------------------------------------------------------- cards and merges
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhoneQuery {
+    phone: String,
+}
+
+async fn find_members(
+    State(hub): State<Hub>,
+    q: Result<Query<PhoneQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    if q.phone.len() > chainsync::model::TEXT_BYTES_MAX {
+        return Err(ApiError::invalid("phone is too long"));
+    }
+    let members = read(&hub, move |r| {
+        let mut out = Vec::new();
+        for m in r.members_by_phone(&q.phone)? {
+            let cards: Vec<Value> = r
+                .cards_of(&m)?
+                .iter()
+                .map(crate::loyalty::card_json)
+                .collect();
+            out.push(json!({ "member": m.as_str(), "cards": cards }));
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(json!({ "members": members })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeRequest {
+    alias: String,
+}
+
+async fn merge_member(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    Path(id): Path<String>,
+    body: Result<Json<MergeRequest>, JsonRejection>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let Json(req) = body?;
+    let survivor: MemberId = parse("member", &id)?;
+    let alias: MemberId = parse("alias", &req.alias)?;
+    let op = read(&hub, move |r| {
+        crate::loyalty::merge_op(r, &alias, &survivor).map_err(anyhow_invalid)
+    })
+    .await?;
+    let committed = hub.commit_local(Topic::Members, vec![op]).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "survivor": id, "alias": req.alias, "seq": committed.seq })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueCardRequest {
+    number: String,
+    member: String,
+}
+
+async fn issue_card(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    body: Result<Json<IssueCardRequest>, JsonRejection>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let Json(req) = body?;
+    let number: chainsync::ids::CardNo = parse("card", &req.number)?;
+    let member: MemberId = parse("member", &req.member)?;
+    let n = number.clone();
+    let op = read(&hub, move |r| {
+        crate::loyalty::card_issue_op(r, &n, &member, now_ms() as i64).map_err(anyhow_invalid)
+    })
+    .await?;
+    let status = match op {
+        Some(op) => {
+            hub.commit_local(Topic::Members, vec![op]).await?;
+            StatusCode::CREATED
+        }
+        None => StatusCode::OK,
+    };
+    let card = read(&hub, move |r| Ok(r.card(&number)?)).await?;
+    Ok((
+        status,
+        Json(json!({ "card": card.as_ref().map(crate::loyalty::card_json) })),
+    )
+        .into_response())
+}
+
+async fn get_card(State(hub): State<Hub>, Path(number): Path<String>) -> ApiResult {
+    let number: chainsync::ids::CardNo = parse("card", &number)?;
+    let n = number.clone();
+    match read(&hub, move |r| Ok(r.card(&n)?)).await? {
+        Some(card) => Ok(Json(crate::loyalty::card_json(&card)).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no card {number}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardStatusRequest {
+    status: String,
+    by: Option<String>,
+}
+
+async fn set_card_status(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    Path(number): Path<String>,
+    body: Result<Json<CardStatusRequest>, JsonRejection>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let Json(req) = body?;
+    let number: chainsync::ids::CardNo = parse("card", &number)?;
+    let n = number.clone();
+    let ops = read(&hub, move |r| {
+        crate::loyalty::card_status_ops(r, &n, &req.status, req.by.as_deref(), now_ms() as i64)
+            .map_err(anyhow_invalid)
+    })
+    .await?;
+    hub.commit_local(Topic::Members, ops).await?;
+    let card = read(&hub, move |r| Ok(r.card(&number)?)).await?;
+    Ok(Json(json!({ "card": card.as_ref().map(crate::loyalty::card_json) })).into_response())
 }

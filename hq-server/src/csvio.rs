@@ -233,6 +233,8 @@ pub enum Report {
     /// `member,store,account,balance,reasons,entry,amount,receipt,at_ms,auth`: cards overdrawn
     /// or taken from offline beyond policy, with the offline takes behind them.
     CardExceptions,
+    /// `phone,store,member,name`: members sharing a phone, possibly one person signed up twice.
+    DuplicateMembers,
 }
 
 /// The report's header and rows, as text cells.
@@ -320,6 +322,7 @@ pub fn report_rows(
                 .collect(),
         ),
         Report::CardExceptions => crate::loyalty::exception_rows(replica)?,
+        Report::DuplicateMembers => crate::loyalty::duplicate_rows(replica)?,
     })
 }
 

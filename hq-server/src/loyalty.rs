@@ -1,14 +1,16 @@
 //! Members' money at HQ: the loyalty policy as staff write it (the API's JSON and the CLI's
 //! file), cards' own offline allowances, adjustments that settle exceptions, statements and the
-//! exceptions report. Thin: each checks its input, then becomes ops of HQ's members stream; the
+//! exceptions report; cards (issue, freeze, unfreeze, cancel, lost, replace) and merging
+//! members found to be one person. Thin: each checks its input, then becomes ops of HQ's members stream; the
 //! rules themselves are `chainsync::loyalty`'s.
 
 use anyhow::{Context, Result, bail};
 use chainsync::changeset::Op;
-use chainsync::ids::{MemberId, RecordId, Sku};
+use chainsync::hlc::Hlc;
+use chainsync::ids::{CardNo, MemberId, RecordId, Sku};
 use chainsync::model::{
-    Allowance, LedgerAccount, LedgerEntry, LedgerKind, LevelAllowance, LevelMultiplier,
-    LoyaltyPolicy,
+    Allowance, Card, CardStatus, LedgerAccount, LedgerEntry, LedgerKind, LevelAllowance,
+    LevelMultiplier, LoyaltyPolicy,
 };
 use chainsync::replica::Replica;
 use serde::{Deserialize, Serialize};
@@ -227,4 +229,135 @@ pub fn statement_json(replica: &Replica, member: &MemberId) -> Result<Value> {
             "note": e.note,
         })).collect::<Vec<_>>(),
     }))
+}
+
+/// The ops that set card `number`'s status to `status` (`active`, `frozen`, `cancelled`,
+/// `lost`, or `replaced` with `by`, a new card issued to the same member in the same change set).
+pub fn card_status_ops(
+    replica: &Replica,
+    number: &CardNo,
+    status: &str,
+    by: Option<&str>,
+    now_ms: i64,
+) -> Result<Vec<Op>> {
+    let Some(card) = replica.card(number)? else {
+        bail!("no card {number}");
+    };
+    let mut ops = Vec::new();
+    let status = match (status, by) {
+        ("active", None) => CardStatus::Active,
+        ("frozen", None) => CardStatus::Frozen,
+        ("cancelled", None) => CardStatus::Cancelled,
+        ("lost", None) => CardStatus::Lost,
+        ("replaced", Some(by)) => {
+            let by: CardNo = by.parse().with_context(|| format!("card `{by}`"))?;
+            if by == *number {
+                bail!("a card cannot replace itself");
+            }
+            if let Some(other) = replica.card(&by)? {
+                bail!("card {by} already belongs to member {}", other.member);
+            }
+            ops.push(Op::CardIssue(Card {
+                number: by.clone(),
+                member: card.member.clone(),
+                issued_at_ms: now_ms,
+            }));
+            CardStatus::Replaced { by }
+        }
+        ("replaced", None) => bail!("a replacement needs the new card's number"),
+        (other, _) => bail!(
+            "card status `{other}` is none of active, frozen, cancelled, lost, replaced (with its new card)"
+        ),
+    };
+    if status.rank() < card.status.rank() {
+        bail!(
+            "card {number} is {}: that is final, it cannot become {}",
+            card.status.as_str(),
+            status.as_str()
+        );
+    }
+    ops.push(Op::CardStatus {
+        number: number.clone(),
+        status,
+        hlc: Hlc::default(),
+    });
+    Ok(ops)
+}
+
+/// The op that issues card `number` to `member`; `None` if it is already theirs.
+pub fn card_issue_op(
+    replica: &Replica,
+    number: &CardNo,
+    member: &MemberId,
+    now_ms: i64,
+) -> Result<Option<Op>> {
+    let member = replica.canonical_member(member)?;
+    if let Some(card) = replica.card(number)? {
+        if card.member == member {
+            return Ok(None);
+        }
+        bail!("card {number} belongs to member {}", card.member);
+    }
+    Ok(Some(Op::CardIssue(Card {
+        number: number.clone(),
+        member,
+        issued_at_ms: now_ms,
+    })))
+}
+
+/// The op that merges `alias` into `survivor`, after checking both are members HQ knows and
+/// neither was merged away already.
+pub fn merge_op(replica: &Replica, alias: &MemberId, survivor: &MemberId) -> Result<Op> {
+    if alias == survivor {
+        bail!("a member cannot be merged into itself");
+    }
+    for m in [alias, survivor] {
+        if replica.canonical_member(m)? != *m {
+            bail!(
+                "member {m} was merged into {} already",
+                replica.canonical_member(m)?
+            );
+        }
+        if !replica.member_facts(m)?.known {
+            bail!("no member {m} at HQ");
+        }
+    }
+    Ok(Op::MemberMerge {
+        alias: alias.clone(),
+        survivor: survivor.clone(),
+    })
+}
+
+/// A card as JSON.
+pub fn card_json(info: &chainsync::replica::CardInfo) -> Value {
+    json!({
+        "number": info.number.as_str(),
+        "member": info.member.as_str(),
+        "status": info.status.as_str(),
+        "replaced_by": match &info.status { CardStatus::Replaced { by } => json!(by.as_str()), _ => Value::Null },
+        "issued_at_ms": info.issued_at_ms,
+    })
+}
+
+/// Members sharing a phone, as report rows: `phone,store,member,name` (the store that wrote
+/// the phone; column 1, as in every report).
+pub fn duplicate_rows(replica: &Replica) -> Result<(Vec<&'static str>, Vec<Vec<String>>)> {
+    let header = vec!["phone", "store", "member", "name"];
+    let mut rows = Vec::new();
+    for d in replica.possible_duplicates()? {
+        for m in &d.members {
+            let profile = replica.member_profile(m)?;
+            let field = |f: chainsync::model::ProfileField| profile.get(&f).cloned();
+            let phone = field(chainsync::model::ProfileField::Phone);
+            rows.push(vec![
+                d.phone_digits.clone(),
+                phone.map(|p| p.node.to_string()).unwrap_or_default(),
+                m.to_string(),
+                field(chainsync::model::ProfileField::Name)
+                    .map(|n| n.value)
+                    .unwrap_or_default(),
+            ]);
+        }
+    }
+    Ok((header, rows))
 }

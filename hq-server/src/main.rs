@@ -74,9 +74,12 @@ enum Command {
     /// The loyalty policy: points earned and paid, offline allowances.
     #[command(subcommand)]
     Loyalty(LoyaltyCommand),
-    /// Members' money: a card's own allowance, adjustments, statements.
+    /// Members: a card's own allowance, adjustments, statements, look-up, duplicates, merges.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Loyalty cards: issue, look up, freeze, unfreeze, cancel, report lost, replace.
+    #[command(subcommand)]
+    Card(CardCommand),
     /// Import products or prices from CSV (all rows checked before anything is written).
     #[command(subcommand)]
     Import(ImportCommand),
@@ -379,6 +382,59 @@ enum MemberCommand {
         data: PathBuf,
         #[arg(long)]
         member: String,
+    },
+    /// The members with a phone number.
+    Find {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        phone: String,
+    },
+    /// Members sharing a phone, possibly one person signed up twice (CSV).
+    Duplicates {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+    /// Merge --alias into --into: one member survives, with every entry of both, counted once.
+    Merge {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        alias: String,
+        #[arg(long)]
+        into: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CardCommand {
+    /// Issue a card to a member.
+    Issue {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        number: String,
+        #[arg(long)]
+        member: String,
+    },
+    /// Show a card as JSON.
+    Show {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        number: String,
+    },
+    /// Set a card's status: active, frozen, cancelled, lost, or replaced (with --by NEW).
+    Status {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        number: String,
+        #[arg(long)]
+        status: String,
+        /// The new card replacing this one (issued to the same member).
+        #[arg(long)]
+        by: Option<String>,
     },
 }
 
@@ -759,6 +815,37 @@ fn main() -> Result<()> {
         Command::Member(MemberCommand::Statement { data, member }) => {
             admin::member_statement(&HqDir::new(&data), &member)
         }
+        Command::Member(MemberCommand::Find { data, phone }) => {
+            admin::find_members(&HqDir::new(&data), &phone)
+        }
+        Command::Member(MemberCommand::Duplicates { data }) => {
+            let dir = HqDir::new(&data);
+            let state = dir.load()?;
+            let replica = dir.open_replica(&state.key)?;
+            let mut out = std::io::stdout().lock();
+            hq_server::csvio::write_report(
+                &replica,
+                hq_server::csvio::Report::DuplicateMembers,
+                &mut out,
+            )
+        }
+        Command::Member(MemberCommand::Merge { data, alias, into }) => {
+            admin::merge_members(&HqDir::new(&data), &alias, &into)
+        }
+        Command::Card(CardCommand::Issue {
+            data,
+            number,
+            member,
+        }) => admin::issue_card(&HqDir::new(&data), &number, &member),
+        Command::Card(CardCommand::Show { data, number }) => {
+            admin::show_card(&HqDir::new(&data), &number)
+        }
+        Command::Card(CardCommand::Status {
+            data,
+            number,
+            status,
+            by,
+        }) => admin::set_card_status(&HqDir::new(&data), &number, &status, by.as_deref()),
         Command::Import(ImportCommand::Products { data, file }) => {
             let n = hq_server::csvio::import_products(&HqDir::new(&data), &file)?;
             println!("imported {n} products");

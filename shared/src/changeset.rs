@@ -28,10 +28,10 @@
 //! ```
 
 use crate::hlc::Hlc;
-use crate::ids::{MemberId, RecordId, StreamId};
+use crate::ids::{CardNo, MemberId, RecordId, StreamId};
 use crate::model::{
-    Allowance, LedgerEntry, LoyaltyPolicy, MemberEdit, PriceEntry, Product, Promotion, Receipt,
-    Region, ReturnRecord, StockMovement, StoreInfo, Void,
+    Allowance, Card, CardStatus, LedgerEntry, LoyaltyPolicy, MemberEdit, PriceEntry, Product,
+    Promotion, Receipt, Region, ReturnRecord, StockMovement, StoreInfo, Void,
 };
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -43,8 +43,8 @@ pub const SNAPSHOT_SIG_PREFIX: &[u8] = b"chainsync/snapshot/v1";
 /// The body format this build writes and reads.
 /// 2: promotions as data with combination rules, receipt lines with their discounts, store
 /// time zones, returns marked unverified.
-/// 3: ledger entries with their authorisation, tender and note; the loyalty policy and card
-/// allowances as ops.
+/// 3: ledger entries with their authorisation, tender and note; the loyalty policy, card
+/// allowances, cards and member merges as ops.
 pub const CHANGE_SET_FORMAT: u16 = 3;
 /// Largest change-set body. A change set is one local transaction (a receipt, a price list
 /// import); 1 MiB holds ~10,000 price entries while keeping a frame of several within limits.
@@ -85,6 +85,21 @@ pub enum Op {
     MemberAllowance {
         member: MemberId,
         allowance: Option<Allowance>,
+    },
+    /// Two sign-ups found to be one person: `alias` becomes another name of `survivor`, whose
+    /// balances and history then hold both members' entries, each counted once (HQ only).
+    MemberMerge {
+        alias: MemberId,
+        survivor: MemberId,
+    },
+    // cards (any node issues and reports lost or replaced; HQ also freezes and cancels)
+    CardIssue(Card),
+    /// A card's status, stamped with its writer's clock (`Hlc::default()`: the change set's),
+    /// so that a snapshot keeps the order of statuses of equal strength.
+    CardStatus {
+        number: CardNo,
+        status: CardStatus,
+        hlc: Hlc,
     },
     // inventory (store)
     Stock(StockMovement),

@@ -121,8 +121,13 @@ string_id!(
     Sku, "sku", RECORD_ID_CHARS_MAX, &['.']
 );
 string_id!(
-    /// A member (loyalty card holder); the card number is the id.
+    /// A member (a loyalty customer): balances and history belong to the member, not a card.
     MemberId, "member", RECORD_ID_CHARS_MAX, &['.']
+);
+string_id!(
+    /// A loyalty card's number, as printed on the card or shown in an app. A card belongs to one
+    /// member; a member may hold several over time (replacements) or at once (a child's card).
+    CardNo, "card", RECORD_ID_CHARS_MAX, &['.']
 );
 string_id!(
     /// Any record minted by a node: receipt, return, void, ledger entry, stock movement, price entry,

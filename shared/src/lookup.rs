@@ -12,11 +12,11 @@
 //! always fits one frame; the cache is a memo of answers, never replicated data: nothing in it is
 //! applied to the replica's tables or passed on.
 
-use crate::ids::{MemberId, Place, RecordId, Sku};
+use crate::ids::{CardNo, MemberId, Place, RecordId, Sku};
 use crate::model::{
     Allowance, LedgerAccount, LoyaltyPolicy, PriceEntry, Product, ProfileField, Promotion,
 };
-use crate::replica::{HoldOutcome, HoldRequest, Replica, ReplicaError};
+use crate::replica::{CardInfo, HoldOutcome, HoldRequest, Replica, ReplicaError};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,10 @@ pub enum LookupQuery {
     Hold(HoldRequest),
     /// Release a hold of the asking store (a sale abandoned or refused).
     Release(RecordId),
+    /// A card and where it stands.
+    Card(CardNo),
+    /// The members with this phone number.
+    Phone(String),
 }
 
 /// What HQ answers.
@@ -44,6 +48,8 @@ pub enum LookupAnswer {
     Hold(HoldOutcome),
     /// Whether a live hold was released.
     Released(bool),
+    Card(Option<CardInfo>),
+    Members(Vec<MemberId>),
 }
 
 /// Everything that decides what one sku costs at one store.
@@ -94,6 +100,9 @@ impl LookupQuery {
             LookupQuery::Skus(skus) if skus.len() > LOOKUP_SKUS_MAX => {
                 Err(LookupError::TooManySkus(skus.len()))
             }
+            LookupQuery::Phone(phone) if phone.len() > crate::model::TEXT_BYTES_MAX => {
+                Err(LookupError::Malformed("a phone number that long".into()))
+            }
             _ => Ok(()),
         }
     }
@@ -131,6 +140,8 @@ impl Replica {
         Ok(match query {
             LookupQuery::Skus(skus) => LookupAnswer::Skus(self.sku_facts(place, skus)?),
             LookupQuery::Member(member) => LookupAnswer::Member(self.member_facts(member)?),
+            LookupQuery::Card(number) => LookupAnswer::Card(self.card(number)?),
+            LookupQuery::Phone(phone) => LookupAnswer::Members(self.members_by_phone(phone)?),
             LookupQuery::Hold(_) | LookupQuery::Release(_) => {
                 return Err(LookupError::Malformed(
                     "holds are placed at HQ, by the hub (HubStore::lookup)".into(),
@@ -191,13 +202,14 @@ impl Replica {
 
     /// A member's profile and balances as this replica holds them.
     pub fn member_facts(&self, member: &MemberId) -> Result<MemberFacts, ReplicaError> {
+        let member = &self.canonical_member(member)?;
         let profile: Vec<(ProfileField, String)> = self
             .member_profile(member)?
             .into_iter()
             .map(|(f, v)| (f, v.value))
             .collect();
         let has_ledger: bool = self.connection().query_row(
-            "SELECT EXISTS (SELECT 1 FROM ledger WHERE member = ?1)",
+            "SELECT EXISTS (SELECT 1 FROM ledger WHERE member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1))",
             params![member.as_str()],
             |r| r.get(0),
         )?;

@@ -189,6 +189,12 @@ pub fn points_for_cents(policy: &LoyaltyPolicy, cents: i64) -> Result<i64, Strin
     Ok(cents / value)
 }
 
+/// A phone number as digits only, the form look-ups and duplicate checks compare
+/// (`+44 (0)20 7946-0000` and `4402079460000` are the same).
+pub fn phone_digits(phone: &str) -> String {
+    phone.chars().filter(char::is_ascii_digit).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 //! field (see [`crate::merge`]).
 
 use crate::hlc::Hlc;
-use crate::ids::{MemberId, NodeId, RecordId, RegionId, Scope, Sku};
+use crate::ids::{CardNo, MemberId, NodeId, RecordId, RegionId, Scope, Sku};
 use serde::{Deserialize, Serialize};
 
 /// Most units on one receipt line (and in one return line).
@@ -290,19 +290,16 @@ pub enum ProfileField {
     Birthday,
     /// Member level, e.g. `silver`.
     Level,
-    /// `active`, `lost`, `cancelled`.
-    CardStatus,
 }
 
 impl ProfileField {
     /// Every field, in a stable order.
-    pub const ALL: [ProfileField; 6] = [
+    pub const ALL: [ProfileField; 5] = [
         ProfileField::Name,
         ProfileField::Phone,
         ProfileField::Email,
         ProfileField::Birthday,
         ProfileField::Level,
-        ProfileField::CardStatus,
     ];
 
     /// A small stable number for storage.
@@ -313,6 +310,67 @@ impl ProfileField {
     /// The field for a storage code.
     pub fn from_code(code: u8) -> Option<Self> {
         Self::ALL.get(usize::from(code)).copied()
+    }
+}
+
+/// A loyalty card issued to a member (at a store's counter or by HQ).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Card {
+    pub number: CardNo,
+    pub member: MemberId,
+    pub issued_at_ms: i64,
+}
+
+/// Where a card stands. Statuses are ordered by strength ([`CardStatus::rank`]): a stronger one
+/// is never undone by a weaker one, whatever the clocks say, so an offline store's old edit
+/// cannot revive a card HQ cancelled. Only HQ moves a card between active and frozen (its own
+/// stream orders those); lost, cancelled and replaced are final.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CardStatus {
+    Active,
+    /// Blocked for now by HQ (a dispute, a suspected fraud); HQ may unfreeze it.
+    Frozen,
+    /// Reported lost (at a store or at HQ).
+    Lost,
+    /// Closed by HQ.
+    Cancelled,
+    /// Lost and replaced by another card of the same member, which carries the balances.
+    Replaced {
+        by: CardNo,
+    },
+}
+
+impl CardStatus {
+    /// Strength: 0 for active and frozen (HQ toggles them), then lost, cancelled, replaced.
+    pub fn rank(&self) -> u8 {
+        match self {
+            CardStatus::Active | CardStatus::Frozen => 0,
+            CardStatus::Lost => 1,
+            CardStatus::Cancelled => 2,
+            CardStatus::Replaced { .. } => 3,
+        }
+    }
+
+    /// A small stable number for storage.
+    pub fn code(&self) -> u8 {
+        match self {
+            CardStatus::Active => 0,
+            CardStatus::Frozen => 1,
+            CardStatus::Lost => 2,
+            CardStatus::Cancelled => 3,
+            CardStatus::Replaced { .. } => 4,
+        }
+    }
+
+    /// The status's name in the APIs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CardStatus::Active => "active",
+            CardStatus::Frozen => "frozen",
+            CardStatus::Lost => "lost",
+            CardStatus::Cancelled => "cancelled",
+            CardStatus::Replaced { .. } => "replaced",
+        }
     }
 }
 

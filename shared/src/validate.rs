@@ -394,7 +394,27 @@ fn op_allowed(origin: &NodeId, topic: &Topic, op: &Op) -> Result<(), String> {
             owned(&entry.id, origin, "ledger entry")?;
             ledger_allowed(origin, entry)
         }
-        (Topic::Members, Op::LoyaltyPolicy(_) | Op::MemberAllowance { .. }) => {
+        (Topic::Members, Op::MemberMerge { alias, survivor }) if alias == survivor => {
+            Err(format!("member {alias} cannot be merged into itself"))
+        }
+        (Topic::Members, Op::CardIssue(_)) => Ok(()),
+        (Topic::Members, Op::CardStatus { status, number, .. }) => {
+            let final_status = matches!(
+                status,
+                crate::model::CardStatus::Lost | crate::model::CardStatus::Replaced { .. }
+            );
+            if origin.is_hq() || final_status {
+                Ok(())
+            } else {
+                Err(format!(
+                    "card {number}: only HQ freezes, unfreezes or cancels a card"
+                ))
+            }
+        }
+        (
+            Topic::Members,
+            Op::LoyaltyPolicy(_) | Op::MemberAllowance { .. } | Op::MemberMerge { .. },
+        ) => {
             if origin.is_hq() {
                 Ok(())
             } else {
@@ -481,6 +501,9 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::Ledger(_) => "ledger entry",
         Op::LoyaltyPolicy(_) => "loyalty policy",
         Op::MemberAllowance { .. } => "member allowance",
+        Op::MemberMerge { .. } => "member merge",
+        Op::CardIssue(_) => "card",
+        Op::CardStatus { .. } => "card status",
         Op::Stock(_) => "stock movement",
         Op::Receipt(_) => "receipt",
         Op::Return(_) => "return",

@@ -25,7 +25,11 @@
 //! | `POST /v1/voids` | cancel one of this store's receipts without returns (`void_no`) |
 //! | `GET /v1/prices/{sku}?member=M` | unit price, the promotions that apply, one unit's price after them |
 //! | `PUT /v1/prices/{sku}` | this store's own price (only where HQ allows it: `may_set_own_prices`) |
+//! | `GET /v1/members?phone=P` | the members with this phone |
 //! | `GET /v1/members/{id}` | profile and balances |
+//! | `POST /v1/cards` | issue a card to a member (`number`, `member`) |
+//! | `GET /v1/cards/{number}` | a card's member and status |
+//! | `POST /v1/cards/{number}/lost` | report a card lost, optionally with its `replacement` |
 //! | `PUT /v1/members/{id}` | sign up or edit |
 //! | `POST /v1/members/{id}/points` | redeem points outside a sale (−; `entry_no`) |
 //! | `POST /v1/members/{id}/stored-value` | top up (+, with its `tender`) or spend (−; `entry_no`) |
@@ -66,6 +70,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 
+mod cards;
 mod wallet;
 
 /// Largest request body accepted.
@@ -94,7 +99,11 @@ pub fn router(state: PosState) -> Router {
         .route("/v1/returns", post(record_return))
         .route("/v1/voids", post(record_void))
         .route("/v1/prices/{sku}", get(price).put(set_own_price))
+        .route("/v1/members", get(cards::find_members))
         .route("/v1/members/{id}", get(member).put(edit_member))
+        .route("/v1/cards", post(cards::issue))
+        .route("/v1/cards/{number}", get(cards::get_card))
+        .route("/v1/cards/{number}/lost", post(cards::report_lost))
         .route("/v1/members/{id}/points", post(wallet::points))
         .route("/v1/members/{id}/stored-value", post(wallet::stored_value))
         .route("/v1/members/{id}/statement", get(wallet::statement))
@@ -703,6 +712,7 @@ fn priced_json(p: &Priced) -> Value {
 #[serde(deny_unknown_fields)]
 struct BasketRequest {
     member: Option<String>,
+    card: Option<String>,
     lines: Vec<SaleLine>,
 }
 
@@ -712,7 +722,8 @@ async fn price_basket(
     body: Result<Json<BasketRequest>, JsonRejection>,
 ) -> PosResult {
     let Json(req) = body?;
-    let member = parse_member(req.member.as_deref())?;
+    let customer = cards::resolve(&state, req.member.as_deref(), req.card.as_deref()).await?;
+    let member = customer.map(|c| c.member);
     let skus = line_skus(&req.lines)?;
     let basket = basket_lines(&req.lines)?;
     let facts = state.facts(skus, member.clone()).await?;
@@ -764,6 +775,8 @@ struct SaleRequest {
     /// and gets the first answer.
     receipt_no: Option<String>,
     member: Option<String>,
+    /// The loyalty card presented (instead of, or with, `member`): refused unless active.
+    card: Option<String>,
     lines: Vec<SaleLine>,
     #[serde(default)]
     payments: Vec<SalePayment>,
@@ -825,7 +838,9 @@ async fn record_sale(
 ) -> PosResult {
     let Json(req) = body?;
     let store = state.store.clone();
-    let member = parse_member(req.member.as_deref())?;
+    let customer = cards::resolve(&state, req.member.as_deref(), req.card.as_deref()).await?;
+    let card = customer.as_ref().and_then(|c| c.card.clone());
+    let member = customer.map(|c| c.member);
     let skus = line_skus(&req.lines)?;
     let basket = basket_lines(&req.lines)?;
     let paid_by_card = req
@@ -850,7 +865,7 @@ async fn record_sale(
         let facts = state.facts(Vec::new(), Some(m.clone())).await?;
         let policy = facts.member.map(|m| m.policy).unwrap_or_default();
         takes = wallet::takes(&req.payments, &policy)?;
-        wallet::hold_takes(&state, &id, m, &mut takes).await?;
+        wallet::hold_takes(&state, &id, m, card.as_ref(), &mut takes).await?;
         held_for = Some(takes.clone());
     }
     let written = state
@@ -1317,7 +1332,6 @@ struct MemberRequest {
     /// `MM-DD`.
     birthday: Option<String>,
     level: Option<String>,
-    card_status: Option<String>,
 }
 
 async fn edit_member(
@@ -1334,7 +1348,6 @@ async fn edit_member(
         (ProfileField::Email, req.email),
         (ProfileField::Birthday, req.birthday),
         (ProfileField::Level, req.level),
-        (ProfileField::CardStatus, req.card_status),
     ] {
         if let Some(value) = value {
             if value.len() > 200 {

@@ -670,6 +670,21 @@ fn a_store_writing_what_it_does_not_own_is_op_not_allowed() {
             ledger("S001-L7", A::StoredValue, K::Earned, 5, None, None),
             "does not move StoredValue",
         ),
+        (
+            Op::CardStatus {
+                number: "C1".parse().unwrap(),
+                status: chainsync::model::CardStatus::Active,
+                hlc: chainsync::hlc::Hlc::default(),
+            },
+            "only HQ freezes, unfreezes or cancels a card",
+        ),
+        (
+            Op::MemberMerge {
+                alias: member("M1"),
+                survivor: member("M0"),
+            },
+            "only HQ sets the member merge",
+        ),
     ];
     for (op, what) in cases {
         let bad = forge_next(&w.hq, &members, vec![op], &key);

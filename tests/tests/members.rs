@@ -7,7 +7,9 @@
 //!   allowances and HQ lists the exception with the entries behind it until an adjustment
 //!   settles it; a sale paid by stored value debits once through SIGKILLs of the agent between
 //!   hold and capture; points earned at one store are redeemed at another, and a return and a
-//!   void give back what they should.
+//!   void give back what they should; a card replaced at one store is refused at another once
+//!   it has heard, HQ's freeze holds, and two offline sign-ups of one phone merge at HQ with
+//!   every entry kept.
 
 use chainsync::changeset::Op;
 use chainsync::ids::Topic;
@@ -29,6 +31,7 @@ fn hold(id: &str, member_id: &str, amount: i64) -> HoldRequest {
         member: member(member_id),
         account: LedgerAccount::StoredValue,
         amount,
+        card: None,
     }
 }
 
@@ -409,12 +412,14 @@ fn two_stores_offline_overdraw_at_most_their_allowances_and_hq_lists_it_until_se
     w.hq_proc = Some(w.hq.start());
     wait_everywhere(&w, "M2", -500, RECONNECT_WAIT);
     wait_everywhere(&w, "M3", 4_200, RECONNECT_WAIT);
-    let m2 = w
-        .hq
-        .replica()
-        .balance(&member("M2"), LedgerAccount::StoredValue)
-        .unwrap();
-    assert!(m2 >= -(1000 + 1000), "overdrawn by at most the two allowances");
+    let m2 =
+        w.hq.replica()
+            .balance(&member("M2"), LedgerAccount::StoredValue)
+            .unwrap();
+    assert!(
+        m2 >= -(1000 + 1000),
+        "overdrawn by at most the two allowances"
+    );
     let csv = w.hq.cli_ok(&["report", "card-exceptions"]);
     println!("{csv}");
     let rows: Vec<&str> = csv.lines().collect();
@@ -737,4 +742,179 @@ fn points_earned_at_one_store_are_redeemed_at_another_and_returns_and_voids_give
     wait_until(WAIT, "one top-up", || {
         (stored_value(a, "M4") == 1_800).then_some(())
     });
+}
+
+fn card_sale(agent: &Agent, no: &str, card: &str, cents: i64) -> (u16, Value) {
+    agent.send(
+        "POST",
+        "/v1/sales",
+        &json!({ "receipt_no": no, "card": card, "lines": [{ "sku": "tea", "qty": cents / 100 }],
+                 "payments": [{ "method": "stored_value", "amount_cents": cents }] }),
+    )
+}
+
+#[test]
+fn cards_replaced_frozen_and_duplicate_sign_ups_merged_hold_at_every_store() {
+    let mut w = world(2, json!({ "offline": { "stored_value_cents": 1000 } }));
+    let (a, b) = (&w.agents[0], &w.agents[1]);
+    let (status, body) = a.send(
+        "PUT",
+        "/v1/members/M5",
+        &json!({ "name": "Ann", "phone": "+1 555-0100" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = a.send(
+        "POST",
+        "/v1/cards",
+        &json!({ "number": "C5", "member": "M5" }),
+    );
+    assert_eq!((status, &body["status"]), (201, &json!("active")), "{body}");
+    let (status, body) = a.stored_value("M5", 1_000);
+    assert_eq!(status, 201, "{body}");
+    let found = wait_until(WAIT, "the card at S002", || {
+        let (status, body) = b.get("/v1/cards/C5");
+        (status == 200 && stored_value(b, "M5") == 1_000).then_some(body)
+    });
+    assert_eq!(found["member"], "M5", "{found}");
+    let (status, body) = b.get("/v1/members?phone=15550100");
+    assert_eq!(
+        body["members"][0]["member"], "M5",
+        "found by phone: {status} {body}"
+    );
+    let (status, body) = card_sale(b, "c1", "C5", 100);
+    assert_eq!(status, 201, "{body}");
+
+    // Lost at S001 and replaced: S002 refuses the old card once it has heard, and the new one
+    // carries the balance.
+    let (status, body) = a.send("POST", "/v1/cards/C5/lost", &json!({ "replacement": "C6" }));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["card"]["replaced_by"], "C6", "{body}");
+    wait_until(WAIT, "S002 to hear of the replacement", || {
+        (b.get("/v1/cards/C5").1["status"] == "replaced").then_some(())
+    });
+    let (status, body) = card_sale(b, "c2", "C5", 100);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("replaced by card C6"),
+        "{body}"
+    );
+    let (status, body) = card_sale(b, "c3", "C6", 100);
+    assert_eq!(status, 201, "{body}");
+    wait_everywhere(&w, "M5", 800, WAIT);
+
+    // HQ freezes C6: refused everywhere, and at HQ's holds at once; unfrozen, it works again.
+    // A lost card stays lost: HQ cannot make C5 active again.
+    let freeze = json!({ "status": "frozen" });
+    let (status, body) =
+        w.hq.api(&w.admin, "PUT", "/v1/cards/C6/status", Some(&freeze));
+    assert_eq!(
+        (status, &body["card"]["status"]),
+        (200, &json!("frozen")),
+        "{body}"
+    );
+    wait_until(WAIT, "both stores to hear of the freeze", || {
+        w.agents
+            .iter()
+            .all(|x| x.get("/v1/cards/C6").1["status"] == "frozen")
+            .then_some(())
+    });
+    let (status, body) = card_sale(a, "c4", "C6", 100);
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = w.hq.api(
+        &w.admin,
+        "PUT",
+        "/v1/cards/C6/status",
+        Some(&json!({ "status": "active" })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = w.hq.api(
+        &w.admin,
+        "PUT",
+        "/v1/cards/C5/status",
+        Some(&json!({ "status": "active" })),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("final"), "{body}");
+    let body = wait_until(WAIT, "C6 usable again at S001", || {
+        let (status, body) = card_sale(a, "c5", "C6", 100);
+        (status == 201).then_some(body)
+    });
+    assert!(
+        body["member_ledger"][0]["auth"]["held"].is_string(),
+        "{body}"
+    );
+
+    // One person signs up at both stores while HQ is down, with the same phone written two ways.
+    w.hq_proc.take().unwrap().kill9();
+    let (status, body) = a.send(
+        "PUT",
+        "/v1/members/M6",
+        &json!({ "name": "Bo", "phone": "555 0199" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = b.send(
+        "PUT",
+        "/v1/members/M7",
+        &json!({ "name": "Bo", "phone": "(555) 0199" }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(a.stored_value("M6", 500).0, 201);
+    assert_eq!(b.stored_value("M7", 300).0, 201);
+    w.hq_proc = Some(w.hq.start());
+    let replica = w.hq.replica();
+    wait_until(RECONNECT_WAIT, "both sign-ups at HQ", || {
+        let m6 = replica
+            .balance(&member("M6"), LedgerAccount::StoredValue)
+            .unwrap();
+        let m7 = replica
+            .balance(&member("M7"), LedgerAccount::StoredValue)
+            .unwrap();
+        (m6 == 500 && m7 == 300).then_some(())
+    });
+    let csv = w.hq.cli_ok(&["member", "duplicates"]);
+    assert!(
+        csv.contains("5550199,S001,M6,Bo") && csv.contains("5550199,S002,M7,Bo"),
+        "{csv}"
+    );
+    let (status, body) = w.hq.api(
+        &w.admin,
+        "POST",
+        "/v1/members/M6/merge",
+        Some(&json!({ "alias": "M7" })),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = w.hq.api(
+        &w.admin,
+        "POST",
+        "/v1/members/M7/merge",
+        Some(&json!({ "alias": "M6" })),
+    );
+    assert_eq!(status, 422, "M7 is an alias now: {body}");
+    // Every store learns the merge: M7 is M6, with both members' entries counted once.
+    wait_everywhere(&w, "M6", 800, WAIT);
+    for agent in &w.agents {
+        let (status, body) = agent.get("/v1/members/M7");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (&body["member"], &body["stored_value_cents"]),
+            (&json!("M6"), &json!(800)),
+            "{body}"
+        );
+    }
+    // A store that still says M7 writes to M6.
+    let (status, body) = b.stored_value("M7", -100);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["member"], "M6", "{body}");
+    wait_everywhere(&w, "M6", 700, WAIT);
+    let statement = replica.statement(&member("M6")).unwrap();
+    assert_eq!(
+        statement.len(),
+        3,
+        "both top-ups and the spend: {statement:?}"
+    );
+    let csv = w.hq.cli_ok(&["member", "duplicates"]);
+    assert!(!csv.contains("5550199"), "merged members are one: {csv}");
 }

@@ -178,7 +178,10 @@ impl HubStore for Replica {
                     self.release_hold(&peer.place.store, id)?,
                 ));
             }
-            LookupQuery::Skus(_) | LookupQuery::Member(_) => {}
+            LookupQuery::Skus(_)
+            | LookupQuery::Member(_)
+            | LookupQuery::Card(_)
+            | LookupQuery::Phone(_) => {}
         }
         let mut answer = Replica::lookup(self, &peer.place, query).map_err(|e| match e {
             crate::lookup::LookupError::Storage(e) => e,

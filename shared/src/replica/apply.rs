@@ -21,8 +21,8 @@ use crate::changeset::Op;
 use crate::hlc::Hlc;
 use crate::ids::{NodeId, StreamId, Topic};
 use crate::model::{
-    DiscountSource, LedgerAccount, LedgerKind, MovementKind, PriceKind, Receipt, ReceiptLine,
-    SpendAuth,
+    DiscountSource, LedgerAccount, LedgerKind, MovementKind, PriceKind, ProfileField, Receipt,
+    ReceiptLine, SpendAuth,
 };
 use rusqlite::{Connection, params};
 use std::collections::BTreeMap;
@@ -193,6 +193,27 @@ pub(crate) fn apply_op(
                     stream.origin.as_str()
                 ])?;
             }
+            if edit.fields.iter().any(|(f, _)| *f == ProfileField::Phone) {
+                // The phone that won the merge, as digits.
+                let phone: String = tx
+                    .prepare_cached(
+                        "SELECT value FROM member_fields WHERE member = ?1 AND field = ?2",
+                    )?
+                    .query_row(
+                        params![edit.member.as_str(), ProfileField::Phone.code()],
+                        |r| r.get(0),
+                    )?;
+                let digits = crate::loyalty::phone_digits(&phone);
+                if digits.is_empty() {
+                    tx.prepare_cached("DELETE FROM member_phones WHERE member = ?1")?
+                        .execute(params![edit.member.as_str()])?;
+                } else {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO member_phones (member, digits) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![edit.member.as_str(), digits])?;
+                }
+            }
         }
         Op::Ledger(e) => {
             let (hold, offline) = match &e.auth {
@@ -229,6 +250,72 @@ pub(crate) fn apply_op(
                 tx.prepare_cached("UPDATE holds SET state = 1 WHERE id = ?1")?
                     .execute(params![hold])?;
             }
+        }
+        Op::MemberMerge { alias, survivor } => {
+            // The survivor's own final survivor (merges chain), unless that is the alias itself.
+            let survivor: String = tx
+                .prepare_cached(
+                    "SELECT coalesce((SELECT survivor FROM member_aliases WHERE alias = ?1), ?1)",
+                )?
+                .query_row(params![survivor.as_str()], |r| r.get(0))?;
+            if survivor != alias.as_str() {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO member_aliases (alias, survivor) VALUES (?1, ?2)",
+                )?
+                .execute(params![alias.as_str(), survivor])?;
+                tx.prepare_cached("UPDATE member_aliases SET survivor = ?2 WHERE survivor = ?1")?
+                    .execute(params![alias.as_str(), survivor])?;
+            }
+        }
+        Op::CardIssue(card) => {
+            tx.prepare_cached(
+                "INSERT INTO cards (number, member, issued_at_ms, node) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (number) DO UPDATE SET
+                   member = excluded.member, issued_at_ms = excluded.issued_at_ms,
+                   node = excluded.node
+                 WHERE (excluded.issued_at_ms, excluded.node) < (cards.issued_at_ms, cards.node)",
+            )?
+            .execute(params![
+                card.number.as_str(),
+                card.member.as_str(),
+                card.issued_at_ms,
+                stream.origin.as_str()
+            ])?;
+        }
+        Op::CardStatus {
+            number,
+            status,
+            hlc: stamp,
+        } => {
+            let stamp = if *stamp == Hlc::default() {
+                hlc
+            } else {
+                *stamp
+            };
+            let replaced_by = match status {
+                crate::model::CardStatus::Replaced { by } => Some(by.as_str()),
+                _ => None,
+            };
+            tx.prepare_cached(
+                "INSERT INTO card_status (number, code, rank, replaced_by, hlc_wall, hlc_logical, node)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (number) DO UPDATE SET
+                   code = excluded.code, rank = excluded.rank, replaced_by = excluded.replaced_by,
+                   hlc_wall = excluded.hlc_wall, hlc_logical = excluded.hlc_logical,
+                   node = excluded.node
+                 WHERE (excluded.rank, excluded.hlc_wall, excluded.hlc_logical, excluded.node)
+                     > (card_status.rank, card_status.hlc_wall, card_status.hlc_logical,
+                        card_status.node)",
+            )?
+            .execute(params![
+                number.as_str(),
+                status.code(),
+                status.rank(),
+                replaced_by,
+                stamp.wall_ms as i64,
+                stamp.logical,
+                stream.origin.as_str()
+            ])?;
         }
         Op::LoyaltyPolicy(policy) => {
             tx.prepare_cached("INSERT OR REPLACE INTO loyalty_policy (id, body) VALUES (1, ?1)")?

@@ -14,7 +14,7 @@
 use super::apply::account_code;
 use super::{Committed, Replica, ReplicaError};
 use crate::changeset::Op;
-use crate::ids::{MemberId, NodeId, RecordId, StreamId, Topic, record_id_owned_by};
+use crate::ids::{CardNo, MemberId, NodeId, RecordId, StreamId, Topic, record_id_owned_by};
 use crate::loyalty::{self, TakeRefusal};
 use crate::model::{Allowance, LedgerAccount, LedgerKind, LoyaltyPolicy, ProfileField};
 use rusqlite::{OptionalExtension, params};
@@ -32,6 +32,8 @@ pub struct HoldRequest {
     pub account: LedgerAccount,
     /// Positive, in the account's unit.
     pub amount: i64,
+    /// The card presented, if any: HQ refuses a hold on a card that is not active.
+    pub card: Option<CardNo>,
 }
 
 /// HQ's answer to a hold.
@@ -115,6 +117,7 @@ impl Replica {
 
     /// The offline allowance that applies to a card now: its own, its level's or the chain's.
     pub fn offline_allowance_of(&self, member: &MemberId) -> Result<Allowance, ReplicaError> {
+        let member = &self.canonical_member(member)?;
         let level = self
             .member_profile(member)?
             .remove(&ProfileField::Level)
@@ -132,12 +135,13 @@ impl Replica {
         member: &MemberId,
         account: LedgerAccount,
     ) -> Result<i64, ReplicaError> {
+        let member = &self.canonical_member(member)?;
         let members = StreamId::new(self.node().clone(), Topic::Members).to_string();
         Ok(self
             .connection()
             .prepare_cached(
                 "SELECT coalesce(sum(-l.amount), 0) FROM ledger l
-                 WHERE l.member = ?1 AND l.account = ?2 AND l.origin = ?3
+                 WHERE l.member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1) AND l.account = ?2 AND l.origin = ?3
                    AND l.offline_allowance IS NOT NULL
                    AND l.seq > coalesce((SELECT hub_acked_seq FROM streams WHERE name = ?4), 0)",
             )?
@@ -159,11 +163,13 @@ impl Replica {
         account: LedgerAccount,
         now_ms: u64,
     ) -> Result<i64, ReplicaError> {
+        let member = &self.canonical_member(member)?;
         Ok(self
             .connection()
             .prepare_cached(
                 "SELECT coalesce(sum(amount), 0) FROM holds
-                 WHERE member = ?1 AND account = ?2 AND state = 0 AND expires_ms > ?3",
+                 WHERE member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1) AND account = ?2 AND state = 0
+                   AND expires_ms > ?3",
             )?
             .query_row(
                 params![member.as_str(), account_code(account), now_ms as i64],
@@ -189,6 +195,23 @@ impl Replica {
         if let Err(e) = crate::model::check_amount("hold", req.amount) {
             return refused(0, e);
         }
+        let member = self.canonical_member(&req.member)?;
+        if let Some(number) = &req.card {
+            match self.card(number)? {
+                None => return refused(0, format!("no card {number}")),
+                Some(card) if card.member != member => {
+                    return refused(0, format!("card {number} is not {member}'s"));
+                }
+                Some(card) if !card.usable() => {
+                    return refused(0, format!("card {number} is {}", card.status.as_str()));
+                }
+                Some(_) => {}
+            }
+        }
+        let req = &HoldRequest {
+            member,
+            ..req.clone()
+        };
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -217,19 +240,9 @@ impl Replica {
                 });
             }
         }
-        let status: Option<String> = tx
-            .prepare_cached("SELECT value FROM member_fields WHERE member = ?1 AND field = ?2")?
-            .query_row(
-                params![req.member.as_str(), ProfileField::CardStatus.code()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(status) = status.filter(|s| !s.is_empty() && s != "active") {
-            return refused(0, format!("card {} is {status}", req.member));
-        }
         let balance: i64 = tx
             .prepare_cached(
-                "SELECT coalesce(sum(amount), 0) FROM ledger WHERE member = ?1 AND account = ?2",
+                "SELECT coalesce(sum(amount), 0) FROM ledger WHERE member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1) AND account = ?2",
             )?
             .query_row(
                 params![req.member.as_str(), account_code(req.account)],
@@ -238,7 +251,8 @@ impl Replica {
         let held: i64 = tx
             .prepare_cached(
                 "SELECT coalesce(sum(amount), 0) FROM holds
-                 WHERE member = ?1 AND account = ?2 AND state = 0 AND expires_ms > ?3 AND id != ?4",
+                 WHERE member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1) AND account = ?2 AND state = 0
+                   AND expires_ms > ?3 AND id != ?4",
             )?
             .query_row(
                 params![
@@ -340,8 +354,9 @@ impl Replica {
 
     /// A member's ledger entries, oldest first, with each account's running balance.
     pub fn statement(&self, member: &MemberId) -> Result<Vec<StatementRow>, ReplicaError> {
+        let member = &self.canonical_member(member)?;
         self.ledger_rows(
-            "WHERE member = ?1 ORDER BY at_ms, id",
+            "WHERE member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1) ORDER BY at_ms, id",
             params![member.as_str()],
             true,
         )
@@ -414,9 +429,11 @@ impl Replica {
     /// behind it. Sorted by member and account.
     pub fn card_exceptions(&self) -> Result<Vec<CardException>, ReplicaError> {
         let mut stmt = self.connection().prepare(
-            "SELECT member, account, sum(amount) FROM ledger GROUP BY member, account
-             HAVING sum(amount) < 0 OR sum(offline_allowance IS NOT NULL) > 0
-             ORDER BY member, account",
+            "SELECT coalesce(a.survivor, l.member) AS owner, l.account, sum(l.amount)
+             FROM ledger l LEFT JOIN member_aliases a ON a.alias = l.member
+             GROUP BY owner, l.account
+             HAVING sum(l.amount) < 0 OR sum(l.offline_allowance IS NOT NULL) > 0
+             ORDER BY owner, l.account",
         )?;
         let candidates: Vec<(String, u8, i64)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -435,13 +452,13 @@ impl Replica {
                 .connection()
                 .prepare_cached(
                     "SELECT coalesce(max(at_ms), -1) FROM ledger
-                     WHERE member = ?1 AND account = ?2 AND kind = 5",
+                     WHERE member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1) AND account = ?2 AND kind = 5",
                 )?
                 .query_row(params![member.as_str(), account_code(account)], |r| {
                     r.get(0)
                 })?;
             let entries = self.ledger_rows(
-                "WHERE member = ?1 AND account = ?2 AND offline_allowance IS NOT NULL
+                "WHERE member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1) AND account = ?2 AND offline_allowance IS NOT NULL
                    AND at_ms > ?3 ORDER BY at_ms, id",
                 params![member.as_str(), account_code(account), settled_at],
                 false,
@@ -451,7 +468,7 @@ impl Replica {
                 .connection()
                 .prepare_cached(
                     "SELECT offline_before, amount FROM ledger
-                     WHERE member = ?1 AND account = ?2 AND offline_allowance IS NOT NULL
+                     WHERE member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1) AND account = ?2 AND offline_allowance IS NOT NULL
                        AND at_ms > ?3",
                 )?
                 .query_map(

@@ -21,6 +21,8 @@
 
 mod apply;
 use apply::StockDeltas;
+mod cards;
+pub use cards::{CardInfo, PossibleDuplicate};
 mod hq;
 mod members;
 pub use members::{

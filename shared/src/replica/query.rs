@@ -116,23 +116,27 @@ impl Replica {
 
     /// A member's balance of one account: the sum of the ledger entries this replica holds.
     pub fn balance(&self, member: &MemberId, account: LedgerAccount) -> Result<i64, ReplicaError> {
+        let member = &self.canonical_member(member)?;
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT coalesce(sum(amount), 0) FROM ledger WHERE member = ?1 AND account = ?2",
+                "SELECT coalesce(sum(amount), 0) FROM ledger
+                 WHERE member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1) AND account = ?2",
             )?
             .query_row(params![member.as_str(), account_code(account)], |r| {
                 r.get(0)
             })?)
     }
 
-    /// Every member's balances as `(member, points, stored value cents)`, sorted.
+    /// Every member's balances as `(member, points, stored value cents)`, sorted; a merged
+    /// member's entries count under its survivor.
     pub fn balances(&self) -> Result<Vec<(String, i64, i64)>, ReplicaError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT member,
-                    coalesce(sum(CASE account WHEN 0 THEN amount END), 0),
-                    coalesce(sum(CASE account WHEN 1 THEN amount END), 0)
-             FROM ledger GROUP BY member ORDER BY member",
+            "SELECT coalesce(a.survivor, l.member) AS owner,
+                    coalesce(sum(CASE l.account WHEN 0 THEN l.amount END), 0),
+                    coalesce(sum(CASE l.account WHEN 1 THEN l.amount END), 0)
+             FROM ledger l LEFT JOIN member_aliases a ON a.alias = l.member
+             GROUP BY owner ORDER BY owner",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -143,8 +147,10 @@ impl Replica {
         &self,
         member: &MemberId,
     ) -> Result<BTreeMap<ProfileField, FieldValue>, ReplicaError> {
+        let member = &self.canonical_member(member)?;
         let mut stmt = self.conn.prepare_cached(
-            "SELECT field, value, hlc_wall, hlc_logical, node FROM member_fields WHERE member = ?1",
+            "SELECT field, value, hlc_wall, hlc_logical, node FROM member_fields
+             WHERE member IN (SELECT ?1 UNION ALL SELECT alias FROM member_aliases WHERE survivor = ?1)",
         )?;
         let rows = stmt.query_map(params![member.as_str()], |r| {
             Ok((
@@ -161,17 +167,21 @@ impl Replica {
             let field = ProfileField::from_code(code)
                 .ok_or_else(|| ReplicaError::Corrupt(format!("member field code {code}")))?;
             let node = NodeId::new(node).map_err(|e| ReplicaError::Corrupt(e.to_string()))?;
-            profile.insert(
-                field,
-                FieldValue {
-                    value,
-                    hlc: Hlc {
-                        wall_ms: wall as u64,
-                        logical,
-                    },
-                    node,
+            let candidate = FieldValue {
+                value,
+                hlc: Hlc {
+                    wall_ms: wall as u64,
+                    logical,
                 },
-            );
+                node,
+            };
+            // A merged member has the fields of its aliases too: per field, the latest write.
+            let newer = profile.get(&field).is_none_or(|held: &FieldValue| {
+                (candidate.hlc, &candidate.node) > (held.hlc, &held.node)
+            });
+            if newer {
+                profile.insert(field, candidate);
+            }
         }
         Ok(profile)
     }

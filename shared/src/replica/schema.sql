@@ -126,6 +126,36 @@ CREATE TABLE member_allowances (
     stored_value_cents INTEGER NOT NULL,
     points             INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Cards: the earliest issue of a number wins (by issued_at_ms, then node); statuses merge by
+-- strength, then clock (model::CardStatus), in their own table so a status may arrive first.
+CREATE TABLE cards (
+    number       TEXT PRIMARY KEY,
+    member       TEXT    NOT NULL,
+    issued_at_ms INTEGER NOT NULL,
+    node         TEXT    NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX cards_by_member ON cards (member);
+CREATE TABLE card_status (
+    number      TEXT PRIMARY KEY,
+    code        INTEGER NOT NULL,       -- CardStatus::code
+    rank        INTEGER NOT NULL,       -- CardStatus::rank
+    replaced_by TEXT,
+    hlc_wall    INTEGER NOT NULL,
+    hlc_logical INTEGER NOT NULL,
+    node        TEXT    NOT NULL
+) WITHOUT ROWID;
+-- Merged members: every alias points at its final survivor (HQ's merges, in HQ's order).
+CREATE TABLE member_aliases (
+    alias    TEXT PRIMARY KEY,
+    survivor TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX member_aliases_by_survivor ON member_aliases (survivor);
+-- The digits of each member's current phone, for look-up and duplicate detection.
+CREATE TABLE member_phones (
+    member TEXT PRIMARY KEY,
+    digits TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX member_phones_by_digits ON member_phones (digits);
 -- HQ only: holds on balances asked for by online stores (not replicated; a hold is HQ's
 -- promise to one store, kept until captured by a ledger entry, released, or expired).
 CREATE TABLE holds (

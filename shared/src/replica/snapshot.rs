@@ -334,6 +334,29 @@ impl Compactor {
             Op::PromotionRemove { id } => (4, id.to_string()),
             Op::LoyaltyPolicy(_) => (5, String::new()),
             Op::MemberAllowance { member, .. } => (6, member.to_string()),
+            // Merges depend on their order: kept as records, in stream order. A card status
+            // keeps its change set's clock, which decides among statuses of equal strength.
+            Op::MemberMerge { .. } | Op::CardIssue(_) => {
+                self.records.push(op);
+                return;
+            }
+            Op::CardStatus {
+                number,
+                status,
+                hlc,
+            } => {
+                let hlc = if *hlc == Hlc::default() {
+                    change_set_hlc
+                } else {
+                    *hlc
+                };
+                self.records.push(Op::CardStatus {
+                    number: number.clone(),
+                    status: status.clone(),
+                    hlc,
+                });
+                return;
+            }
             Op::MemberEdit(edit) => {
                 let stamp = if edit.hlc == Hlc::default() {
                     change_set_hlc

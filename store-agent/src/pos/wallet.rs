@@ -15,6 +15,7 @@
 //! so a retried write can never post twice.
 
 use super::*;
+use chainsync::ids::CardNo;
 use chainsync::loyalty::{self, EarningLine};
 use chainsync::replica::{HoldOutcome, HoldRequest};
 
@@ -80,6 +81,7 @@ pub(super) async fn hold_takes(
     state: &PosState,
     key: &RecordId,
     member: &MemberId,
+    card: Option<&CardNo>,
     takes: &mut [Take],
 ) -> Result<(), PosError> {
     for i in 0..takes.len() {
@@ -95,6 +97,7 @@ pub(super) async fn hold_takes(
             member: member.clone(),
             account: takes[i].account,
             amount: takes[i].units,
+            card: card.cloned(),
         };
         match state.lookup(LookupQuery::Hold(request)).await {
             Ok(LookupAnswer::Hold(HoldOutcome::Granted { .. })) => takes[i].hold = Some(id),
@@ -125,20 +128,6 @@ pub(super) async fn release(state: &PosState, takes: &mut [Take]) {
         {
             tracing::info!("hold {id} not released ({why}); it expires by itself");
         }
-    }
-}
-
-/// The card's status from the facts: only an active card (or one with no status) pays or earns.
-fn check_card(member: &MemberFacts) -> Result<(), PosError> {
-    match member
-        .profile
-        .iter()
-        .find(|(f, _)| *f == ProfileField::CardStatus)
-    {
-        Some((_, status)) if !status.is_empty() && status != "active" => Err(PosError::conflict(
-            format!("card {} is {status}: it cannot be used", member.member),
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -180,7 +169,6 @@ pub(super) fn sale_entries(
             "HQ is unreachable and member {member_id} was never looked up at this store"
         )));
     };
-    check_card(member)?;
     let mut out = Vec::new();
     for take in takes {
         let auth = match &take.hold {
@@ -418,6 +406,8 @@ pub(super) struct LedgerRequest {
     /// The till's reference.
     #[serde(default)]
     note: String,
+    /// The card presented, checked like at a sale.
+    card: Option<String>,
 }
 
 /// `POST /v1/members/{id}/points`: redeem points outside a sale (a gift from the catalog).
@@ -453,7 +443,11 @@ async fn ledger(
     req: LedgerRequest,
     account: LedgerAccount,
 ) -> PosResult {
-    let member: MemberId = parse("member", &id)?;
+    let customer = super::cards::resolve(&state, Some(&id), req.card.as_deref()).await?;
+    let (member, card) = match customer {
+        Some(c) => (c.member, c.card),
+        None => (parse::<MemberId>("member", &id)?, None),
+    };
     if req.change == 0 {
         return Err(PosError::invalid("change must not be zero"));
     }
@@ -486,7 +480,7 @@ async fn ledger(
             cents: 0,
             hold: None,
         });
-        hold_takes(&state, &entry_id, &member, &mut takes).await?;
+        hold_takes(&state, &entry_id, &member, card.as_ref(), &mut takes).await?;
     }
     let held = takes.clone();
     let written = state
@@ -503,7 +497,6 @@ async fn ledger(
                 policy: Default::default(),
                 allowance: Default::default(),
             });
-            check_card(&facts_member)?;
             let (kind, auth) = match takes.first() {
                 None => (LedgerKind::ToppedUp, None),
                 Some(take) => {

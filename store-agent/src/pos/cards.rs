@@ -1,0 +1,290 @@
+//! Cards and member look-up at the till: which member a card or a phone stands for, issuing a
+//! card, reporting one lost (and replacing it).
+//!
+//! A realtime or batch store reads cards from its replica, so a card HQ froze or another store
+//! reported lost is refused here as soon as this store has heard; a hosted store asks HQ, and
+//! without HQ it cannot check a card and says so. A member merged into another resolves to the
+//! survivor, so every write lands on the member whose balances count it.
+
+use super::*;
+use chainsync::ids::CardNo;
+use chainsync::model::{Card, CardStatus};
+use chainsync::replica::CardInfo;
+
+/// Who is buying: the (canonical) member, and the card they showed.
+pub(super) struct Customer {
+    pub member: MemberId,
+    pub card: Option<CardNo>,
+}
+
+/// The customer named by a till's `member` and/or `card`. A card must exist and be active, and
+/// belong to `member` when both are given.
+pub(super) async fn resolve(
+    state: &PosState,
+    member: Option<&str>,
+    card: Option<&str>,
+) -> Result<Option<Customer>, PosError> {
+    let member = parse_member(member)?;
+    let card = card.map(|c| parse::<CardNo>("card", c)).transpose()?;
+    if member.is_none() && card.is_none() {
+        return Ok(None);
+    }
+    let hosted = state.hosted().await?;
+    let card_info = match &card {
+        None => None,
+        Some(number) => Some(find_card(state, number, hosted).await?),
+    };
+    let canonical = match (&member, &card_info) {
+        (_, Some(info)) => info.member.clone(),
+        (Some(m), None) if !hosted => {
+            let m = m.clone();
+            state.read(move |r| Ok(r.canonical_member(&m)?)).await?
+        }
+        (Some(m), None) => m.clone(),
+        (None, None) => return Ok(None),
+    };
+    if let (Some(m), Some(info)) = (&member, &card_info) {
+        let m_again = m.clone();
+        let named = if hosted {
+            m_again
+        } else {
+            state
+                .read(move |r| Ok(r.canonical_member(&m_again)?))
+                .await?
+        };
+        if named != info.member {
+            return Err(PosError::invalid(format!(
+                "card {} belongs to member {}, not {m}",
+                info.number, info.member
+            )));
+        }
+    }
+    Ok(Some(Customer {
+        member: canonical,
+        card,
+    }))
+}
+
+/// A card that may be used: known here (or at HQ for a hosted store) and active.
+async fn find_card(state: &PosState, number: &CardNo, hosted: bool) -> Result<CardInfo, PosError> {
+    let info = if hosted {
+        match state.lookup(LookupQuery::Card(number.clone())).await {
+            Ok(LookupAnswer::Card(info)) => info,
+            Ok(_) => return Err(PosError::unavailable("HQ answered another question")),
+            Err(why) => {
+                return Err(PosError::unavailable(format!(
+                    "a hosted store checks cards at HQ, which is unreachable ({why}): take the member number instead"
+                )));
+            }
+        }
+    } else {
+        let n = number.clone();
+        state.read(move |r| Ok(r.card(&n)?)).await?
+    };
+    let Some(info) = info else {
+        return Err(PosError::not_found(format!("no card {number}")));
+    };
+    match &info.status {
+        CardStatus::Active => Ok(info),
+        CardStatus::Replaced { by } => Err(PosError::conflict(format!(
+            "card {number} was replaced by card {by}: it cannot be used"
+        ))),
+        other => Err(PosError::conflict(format!(
+            "card {number} is {}: it cannot be used",
+            other.as_str()
+        ))),
+    }
+}
+
+fn card_json(info: &CardInfo) -> Value {
+    json!({
+        "number": info.number.as_str(),
+        "member": info.member.as_str(),
+        "status": info.status.as_str(),
+        "replaced_by": match &info.status { CardStatus::Replaced { by } => json!(by.as_str()), _ => Value::Null },
+        "issued_at_ms": info.issued_at_ms,
+    })
+}
+
+/// `GET /v1/cards/{number}`: a card's member and status, whatever the status.
+pub(super) async fn get_card(
+    State(state): State<PosState>,
+    Path(number): Path<String>,
+) -> PosResult {
+    let number: CardNo = parse("card", &number)?;
+    let info = if state.hosted().await? {
+        match state.lookup(LookupQuery::Card(number.clone())).await {
+            Ok(LookupAnswer::Card(info)) => info,
+            Ok(_) => return Err(PosError::unavailable("HQ answered another question")),
+            Err(why) => return Err(PosError::unavailable(format!("HQ is unreachable ({why})"))),
+        }
+    } else {
+        let n = number.clone();
+        state.read(move |r| Ok(r.card(&n)?)).await?
+    };
+    match info {
+        Some(info) => Ok(Json(card_json(&info)).into_response()),
+        None => Err(PosError::not_found(format!("no card {number}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IssueRequest {
+    number: String,
+    member: String,
+}
+
+/// `POST /v1/cards`: a new card for a member (a sign-up, or a second card sharing the member's
+/// balances). Issuing the same number to the same member again is a no-op.
+pub(super) async fn issue(
+    State(state): State<PosState>,
+    body: Result<Json<IssueRequest>, JsonRejection>,
+) -> PosResult {
+    let Json(req) = body?;
+    let number: CardNo = parse("card", &req.number)?;
+    let member: MemberId = parse("member", &req.member)?;
+    let (status, answer) = state
+        .write(move |r| {
+            let member = r.canonical_member(&member)?;
+            if let Some(held) = r.card(&number)? {
+                if held.member == member {
+                    return Ok((StatusCode::OK, card_json(&held)));
+                }
+                return Err(PosError::conflict(format!(
+                    "card {number} belongs to member {}",
+                    held.member
+                )));
+            }
+            let card = Card {
+                number: number.clone(),
+                member: member.clone(),
+                issued_at_ms: now_ms() as i64,
+            };
+            r.commit_local(Topic::Members, vec![Op::CardIssue(card)], now_ms())?;
+            let info = r.card(&number)?.ok_or_else(|| {
+                PosError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the card just issued is missing",
+                )
+            })?;
+            Ok((StatusCode::CREATED, card_json(&info)))
+        })
+        .await?;
+    Ok((status, Json(answer)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LostRequest {
+    /// A new card number for the same member, issued in the same change set.
+    replacement: Option<String>,
+}
+
+/// `POST /v1/cards/{number}/lost`: the card is refused from now on, here at once and at every
+/// other store as soon as it hears; with a `replacement`, the member's new card carries their
+/// balances and history (they belong to the member).
+pub(super) async fn report_lost(
+    State(state): State<PosState>,
+    Path(number): Path<String>,
+    body: Result<Json<LostRequest>, JsonRejection>,
+) -> PosResult {
+    let Json(req) = body?;
+    let number: CardNo = parse("card", &number)?;
+    let replacement = req
+        .replacement
+        .as_deref()
+        .map(|n| parse::<CardNo>("replacement", n))
+        .transpose()?;
+    if replacement.as_ref() == Some(&number) {
+        return Err(PosError::invalid("a card cannot replace itself"));
+    }
+    if state.hosted().await? {
+        return Err(PosError::unavailable(
+            "a hosted store reports lost cards at HQ (`hq-server card lost`)",
+        ));
+    }
+    let answer = state
+        .write(move |r| {
+            let Some(held) = r.card(&number)? else {
+                return Err(PosError::not_found(format!("no card {number}")));
+            };
+            if let Some(new) = &replacement
+                && let Some(other) = r.card(new)?
+            {
+                return Err(PosError::conflict(format!(
+                    "card {new} already belongs to member {}",
+                    other.member
+                )));
+            }
+            let mut ops = Vec::new();
+            let status = match &replacement {
+                Some(by) => {
+                    ops.push(Op::CardIssue(Card {
+                        number: by.clone(),
+                        member: held.member.clone(),
+                        issued_at_ms: now_ms() as i64,
+                    }));
+                    CardStatus::Replaced { by: by.clone() }
+                }
+                None => CardStatus::Lost,
+            };
+            ops.push(Op::CardStatus {
+                number: number.clone(),
+                status,
+                hlc: Hlc::default(),
+            });
+            r.commit_local(Topic::Members, ops, now_ms())?;
+            let mut answer = json!({ "card": r.card(&number)?.as_ref().map(card_json) });
+            if let Some(new) = &replacement {
+                answer["replacement"] = json!(r.card(new)?.as_ref().map(card_json));
+            }
+            Ok(answer)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FindQuery {
+    phone: String,
+}
+
+/// `GET /v1/members?phone=P`: the members whose phone has these digits, with their cards.
+pub(super) async fn find_members(
+    State(state): State<PosState>,
+    query: Result<Query<FindQuery>, QueryRejection>,
+) -> PosResult {
+    let Query(q) = query?;
+    if q.phone.len() > chainsync::model::TEXT_BYTES_MAX {
+        return Err(PosError::invalid("phone is too long"));
+    }
+    if state.hosted().await? {
+        return match state.lookup(LookupQuery::Phone(q.phone)).await {
+            Ok(LookupAnswer::Members(members)) => Ok(Json(json!({
+                "members": members.iter().map(|m| json!({ "member": m.as_str() })).collect::<Vec<_>>(),
+                "source": "hq",
+            }))
+            .into_response()),
+            Ok(_) => Err(PosError::unavailable("HQ answered another question")),
+            Err(why) => Err(PosError::unavailable(format!("HQ is unreachable ({why})"))),
+        };
+    }
+    let found = state
+        .read(move |r| {
+            let mut out = Vec::new();
+            for m in r.members_by_phone(&q.phone)? {
+                let cards: Vec<Value> = r.cards_of(&m)?.iter().map(card_json).collect();
+                let facts = r.member_facts(&m)?;
+                out.push(json!({
+                    "member": m.as_str(),
+                    "name": facts.profile.iter().find(|(f, _)| *f == ProfileField::Name).map(|(_, v)| v.as_str()),
+                    "cards": cards,
+                }));
+            }
+            Ok(out)
+        })
+        .await?;
+    Ok(Json(json!({ "members": found, "source": "replica" })).into_response())
+}
