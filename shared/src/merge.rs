@@ -279,7 +279,13 @@ mod tests {
     }
 
     fn arb_write() -> impl Strategy<Value = (u8, u64, u32, u8, String)> {
-        (0u8..6, 0u64..5, 0u32..3, 0u8..4, "[a-z]{0,3}")
+        (
+            0u8..ProfileField::ALL.len() as u8,
+            0u64..5,
+            0u32..3,
+            0u8..4,
+            "[a-z]{0,3}",
+        )
     }
 
     proptest! {
