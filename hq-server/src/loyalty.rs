@@ -58,6 +58,8 @@ pub struct PolicySpec {
     /// has its own.
     pub offline: AllowanceSpec,
     pub level_offline: BTreeMap<String, AllowanceSpec>,
+    /// Points not used within this many days expire (0: never).
+    pub points_expire_days: u32,
 }
 
 /// The policy a spec describes, checked.
@@ -89,6 +91,7 @@ pub fn build_policy(spec: PolicySpec) -> Result<LoyaltyPolicy> {
                 allowance: a.into(),
             })
             .collect(),
+        points_expire_days: spec.points_expire_days,
     };
     if let Err(e) = policy.check_bounds() {
         bail!("loyalty policy: {e}");
@@ -108,6 +111,7 @@ pub fn policy_json(p: &LoyaltyPolicy) -> Value {
         "excluded_categories": p.excluded_categories,
         "offline": allowance(&p.offline),
         "level_offline": p.level_offline.iter().map(|l| (l.level.clone(), allowance(&l.allowance))).collect::<serde_json::Map<_, _>>(),
+        "points_expire_days": p.points_expire_days,
     })
 }
 
@@ -360,4 +364,54 @@ pub fn duplicate_rows(replica: &Replica) -> Result<(Vec<&'static str>, Vec<Vec<S
         }
     }
     Ok((header, rows))
+}
+
+/// How often a running HQ expires points.
+pub const EXPIRY_INTERVAL_MS: u64 = 60 * 60 * 1000;
+
+/// The expiry entries HQ's policy calls for at `at_ms` (none when points never expire), in
+/// change sets of at most `chunk` ops. Each entry's id names the day and the member, so running
+/// it twice a day, or from two processes, writes each expiry once.
+pub fn expiry_ops(replica: &Replica, at_ms: i64, chunk: usize) -> Result<Vec<Vec<Op>>> {
+    let days = replica.loyalty_policy()?.points_expire_days;
+    if days == 0 {
+        return Ok(Vec::new());
+    }
+    let cutoff = at_ms.saturating_sub(i64::from(days).saturating_mul(86_400_000));
+    let day = at_ms.div_euclid(86_400_000);
+    let mut ops = Vec::new();
+    for (member, entries) in replica.points_entries()? {
+        let expiring = chainsync::loyalty::points_to_expire(&entries, cutoff);
+        if expiring > 0 {
+            ops.push(Op::Ledger(LedgerEntry {
+                id: format!("hq-X{day}-{member}")
+                    .parse()
+                    .with_context(|| format!("expiry id for {member}"))?,
+                member,
+                account: LedgerAccount::Points,
+                kind: LedgerKind::Expired,
+                amount: -expiring,
+                receipt: None,
+                at_ms,
+                auth: None,
+                tender: None,
+                note: format!("points added before {cutoff} ms and not used within {days} days"),
+            }));
+        }
+    }
+    Ok(ops.chunks(chunk.max(1)).map(<[Op]>::to_vec).collect())
+}
+
+/// Writes what [`expiry_ops`] says into HQ's members stream; returns the entries written.
+pub fn expire_points(replica: &mut Replica, at_ms: i64) -> Result<usize> {
+    let mut written = 0;
+    for ops in expiry_ops(replica, at_ms, 5_000)? {
+        written += ops.len();
+        replica.commit_local(
+            chainsync::ids::Topic::Members,
+            ops,
+            chainsync::transport::now_ms(),
+        )?;
+    }
+    Ok(written)
 }

@@ -340,6 +340,14 @@ enum LoyaltyCommand {
         #[arg(long, default_value = "hq-data")]
         data: PathBuf,
     },
+    /// Expire points by the policy now (a running server also does this every hour).
+    Expire {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        /// Expire as at this time (Unix ms), e.g. the end of a month.
+        #[arg(long)]
+        at_ms: Option<i64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -783,6 +791,15 @@ fn main() -> Result<()> {
         }
         Command::Loyalty(LoyaltyCommand::Show { data }) => {
             admin::show_loyalty_policy(&HqDir::new(&data))
+        }
+        Command::Loyalty(LoyaltyCommand::Expire { data, at_ms }) => {
+            let dir = HqDir::new(&data);
+            let state = dir.load()?;
+            let mut replica = dir.open_replica(&state.key)?;
+            let at_ms = at_ms.unwrap_or(chainsync::transport::now_ms() as i64);
+            let n = hq_server::loyalty::expire_points(&mut replica, at_ms)?;
+            println!("expired the points of {n} members");
+            Ok(())
         }
         Command::Member(MemberCommand::Allowance {
             data,

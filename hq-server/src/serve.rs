@@ -22,6 +22,11 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
         let shutdown = shutdown.clone();
         tokio::spawn(async move { hub.watch_heads(shutdown).await })
     };
+    let expiry = {
+        let hub = hub.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(expire_points_hourly(hub, shutdown))
+    };
     let listener = tokio::net::TcpListener::bind(state.config.api_listen)
         .await
         .with_context(|| format!("HQ API cannot listen on {}", state.config.api_listen))?;
@@ -61,12 +66,37 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
     }
     api.await.context("HQ API task")?.context("HQ API")?;
     watcher.await.context("heads watcher")?;
+    expiry.await.context("points expiry task")?;
     drop(hub);
     thread
         .join()
         .map_err(|_| anyhow::anyhow!("the replica thread panicked"))?;
     tracing::info!("HQ stopped");
     Ok(())
+}
+
+/// Expires points by HQ's policy once an hour (and at start), until `shutdown`; stores hear of
+/// the expiry entries like of any other write of HQ's members stream.
+async fn expire_points_hourly(hub: Hub, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let result = hub
+            .replica()
+            .call(|r| {
+                crate::loyalty::expire_points(r, chainsync::transport::now_ms() as i64)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .await;
+        match result {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("expired the points of {n} members"),
+            Ok(Err(e)) => tracing::warn!("points expiry: {e}"),
+            Err(e) => tracing::warn!("points expiry: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(crate::loyalty::EXPIRY_INTERVAL_MS)) => {}
+            _ = chainsync::transport::stopped(&mut shutdown) => return,
+        }
+    }
 }
 
 /// For each store bundle imported from the inbox, writes HQ's answer (what the store lacks, and

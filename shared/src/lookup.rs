@@ -13,10 +13,11 @@
 //! applied to the replica's tables or passed on.
 
 use crate::ids::{CardNo, MemberId, Place, RecordId, Sku};
+use crate::model::ReturnRecord;
 use crate::model::{
     Allowance, LedgerAccount, LoyaltyPolicy, PriceEntry, Product, ProfileField, Promotion,
 };
-use crate::replica::{CardInfo, HoldOutcome, HoldRequest, Replica, ReplicaError};
+use crate::replica::{CardInfo, HoldOutcome, HoldRequest, OriginalReceipt, Replica, ReplicaError};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +39,9 @@ pub enum LookupQuery {
     Card(CardNo),
     /// The members with this phone number.
     Phone(String),
+    /// A receipt of another store and the returns against it, so that a return can be checked
+    /// where the goods come back.
+    Original(RecordId),
 }
 
 /// What HQ answers.
@@ -50,6 +54,7 @@ pub enum LookupAnswer {
     Released(bool),
     Card(Option<CardInfo>),
     Members(Vec<MemberId>),
+    Original(Option<(OriginalReceipt, Vec<ReturnRecord>)>),
 }
 
 /// Everything that decides what one sku costs at one store.
@@ -142,6 +147,11 @@ impl Replica {
             LookupQuery::Member(member) => LookupAnswer::Member(self.member_facts(member)?),
             LookupQuery::Card(number) => LookupAnswer::Card(self.card(number)?),
             LookupQuery::Phone(phone) => LookupAnswer::Members(self.members_by_phone(phone)?),
+            LookupQuery::Original(id) => LookupAnswer::Original(
+                self.original_receipt(id)?
+                    .map(|o| Ok::<_, ReplicaError>((o, self.returns_against(id)?)))
+                    .transpose()?,
+            ),
             LookupQuery::Hold(_) | LookupQuery::Release(_) => {
                 return Err(LookupError::Malformed(
                     "holds are placed at HQ, by the hub (HubStore::lookup)".into(),

@@ -20,6 +20,8 @@
 //! multiplier; a return takes back what the returned units earned ([`points_taken_back`]),
 //! cumulatively, so returning everything in any number of steps takes back exactly what was
 //! earned. Points pay at [`LoyaltyPolicy::point_value_cents`] each ([`points_for_cents`]).
+//! Under a policy that keeps points for some days, HQ expires what was added before the cutoff
+//! and not used since, oldest points used first ([`points_to_expire`]).
 //!
 //! Invariants: no function here creates or loses a unit: every figure is exact integer
 //! arithmetic, widened to `i128` where it multiplies, and refusals say which rule refused.
@@ -189,6 +191,27 @@ pub fn points_for_cents(policy: &LoyaltyPolicy, cents: i64) -> Result<i64, Strin
     Ok(cents / value)
 }
 
+/// Points that expire when a policy keeps points until `cutoff_ms` (added before it and not yet
+/// used): of the points added before the cutoff (earned, refunded, adjusted up), what every take
+/// so far has not consumed, takes using the oldest points first (redemptions, take-backs,
+/// earlier expiries, adjustments down); never more than the balance. Earlier expiries count as
+/// takes, so expiring again at the same cutoff expires nothing more.
+/// `entries` are one member's points entries as `(at_ms, amount)`.
+pub fn points_to_expire(entries: &[(i64, i64)], cutoff_ms: i64) -> i64 {
+    let mut added_before = 0i64;
+    let mut taken = 0i64;
+    let mut balance = 0i64;
+    for &(at_ms, amount) in entries {
+        balance = balance.saturating_add(amount);
+        if amount < 0 {
+            taken = taken.saturating_add(amount.saturating_neg());
+        } else if at_ms < cutoff_ms {
+            added_before = added_before.saturating_add(amount);
+        }
+    }
+    added_before.saturating_sub(taken).clamp(0, balance.max(0))
+}
+
 /// A phone number as digits only, the form look-ups and duplicate checks compare
 /// (`+44 (0)20 7946-0000` and `4402079460000` are the same).
 pub fn phone_digits(phone: &str) -> String {
@@ -225,6 +248,7 @@ mod tests {
                     points: 500,
                 },
             }],
+            points_expire_days: 0,
         }
     }
 
@@ -470,6 +494,58 @@ mod tests {
         );
         assert_eq!(points_taken_back(0, 1_000, 0, 500), 0);
         assert_eq!(points_taken_back(20, 0, 0, 500), 0);
+    }
+
+    #[test]
+    fn points_expire_oldest_first_and_once() {
+        const DAY: i64 = 86_400_000;
+        let earned = |d: i64, a: i64| (d * DAY, a);
+        // (entries, cutoff day, expiring)
+        type Row = (Vec<(i64, i64)>, i64, i64);
+        let table: Vec<Row> = vec![
+            (vec![earned(0, 100)], 5, 100),
+            (vec![earned(0, 100)], 0, 0),
+            (vec![earned(0, 100), earned(10, -30)], 5, 70),
+            (vec![earned(0, 100), earned(10, -30), earned(40, 50)], 5, 70),
+            // The 70 expired: the same cutoff again expires nothing.
+            (
+                vec![
+                    earned(0, 100),
+                    earned(10, -30),
+                    earned(40, 50),
+                    earned(35, -70),
+                ],
+                5,
+                0,
+            ),
+            // Later, the 50 earned on day 40 go too.
+            (
+                vec![
+                    earned(0, 100),
+                    earned(10, -30),
+                    earned(40, 50),
+                    earned(35, -70),
+                ],
+                50,
+                50,
+            ),
+            // Redeemed more than the old points: the newer ones were used, nothing old is left.
+            (
+                vec![earned(0, 100), earned(40, 50), earned(45, -120)],
+                20,
+                0,
+            ),
+            // Never more than the balance (points taken back after they were spent).
+            (vec![earned(0, 100), earned(1, -100), earned(2, -20)], 5, 0),
+            (vec![], 5, 0),
+        ];
+        for (entries, cutoff, expiring) in table {
+            assert_eq!(
+                points_to_expire(&entries, cutoff * DAY),
+                expiring,
+                "{entries:?} cutoff day {cutoff}"
+            );
+        }
     }
 
     #[test]

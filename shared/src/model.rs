@@ -525,6 +525,9 @@ pub struct LoyaltyPolicy {
     pub offline: Allowance,
     /// Offline allowances by member level.
     pub level_offline: Vec<LevelAllowance>,
+    /// Points not used within this many days of being added expire (0: never); HQ writes the
+    /// expiry entries.
+    pub points_expire_days: u32,
 }
 
 /// Why stock moved.
@@ -885,6 +888,9 @@ impl LoyaltyPolicy {
     pub fn check_bounds(&self) -> Result<(), String> {
         if self.points_per_unit > 10_000 || self.point_value_cents > 10_000 {
             return Err("points per unit and a point's value are at most 10,000".into());
+        }
+        if self.points_expire_days > 36_600 {
+            return Err("points expire within at most 36,600 days".into());
         }
         let lists = [
             self.level_multipliers.len(),

@@ -945,9 +945,10 @@ struct ReturnRequest {
     refund_method: Option<Method>,
 }
 
-/// `POST /v1/returns`: checked against the original when this store holds it (units sold less
-/// earlier returns, refund at the price paid); otherwise taken as unverified, at today's price,
-/// for HQ to check when the original arrives.
+/// `POST /v1/returns`: checked against the original when this store holds it, or HQ does and
+/// can be reached (units sold less earlier returns, refund at the price paid, the points the
+/// units earned taken back); otherwise taken as unverified, at today's price, for HQ to check
+/// when the original arrives.
 async fn record_return(
     State(state): State<PosState>,
     body: Result<Json<ReturnRequest>, JsonRejection>,
@@ -967,15 +968,32 @@ async fn record_return(
     }
     let mut skus: Vec<Sku> = wanted.iter().map(|(s, _)| s.clone()).collect();
     skus.dedup();
-    // The original's member, when this store holds it: their policy decides points taken back.
+    // The original: this store's own, or (another store's receipt) HQ's copy while HQ can be
+    // reached, with the returns HQ holds against it. Its member's policy decides the points
+    // taken back.
     let original_again = original.clone();
-    let member = state
-        .read(move |r| {
-            Ok(r.original_receipt(&original_again)?
-                .and_then(|o| o.member)
-                .and_then(|m| m.parse::<MemberId>().ok()))
-        })
+    let held_here = state
+        .read(move |r| r.original_receipt(&original_again).map_err(PosError::from))
         .await?;
+    let from_hq = match &held_here {
+        Some(_) => None,
+        None if state.link.borrow().connected => {
+            match state.lookup(LookupQuery::Original(original.clone())).await {
+                Ok(LookupAnswer::Original(found)) => found,
+                Ok(_) => None,
+                Err(why) => {
+                    tracing::info!("original {original} not looked up at HQ ({why})");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let member = held_here
+        .as_ref()
+        .or(from_hq.as_ref().map(|(o, _)| o))
+        .and_then(|o| o.member.as_deref())
+        .and_then(|m| m.parse::<MemberId>().ok());
     let refund_method = req.refund_method.unwrap_or(Method::Cash);
     if matches!(refund_method, Method::Points) {
         return Err(PosError::invalid(
@@ -994,7 +1012,20 @@ async fn record_return(
                     json!({ "return_id": id.as_str(), "duplicate": true }),
                 ));
             }
-            let held_original = r.original_receipt(&original)?;
+            let mut earlier_returns = r.returns_against(&original)?;
+            let held_original = match (r.original_receipt(&original)?, from_hq) {
+                (Some(o), _) => Some(o),
+                (None, Some((o, at_hq))) => {
+                    // HQ's returns and this store's own not yet at HQ, each once.
+                    for ret in at_hq {
+                        if !earlier_returns.iter().any(|e| e.id == ret.id) {
+                            earlier_returns.push(ret);
+                        }
+                    }
+                    Some(o)
+                }
+                (None, None) => None,
+            };
             let mut earlier: Vec<ReceiptLine> = Vec::new();
             let (lines, unverified) = match &held_original {
                 Some(o) if o.voided => {
@@ -1003,11 +1034,7 @@ async fn record_return(
                     )));
                 }
                 Some(o) => {
-                    earlier = r
-                        .returns_against(&original)?
-                        .into_iter()
-                        .flat_map(|ret| ret.lines)
-                        .collect();
+                    earlier = earlier_returns.into_iter().flat_map(|ret| ret.lines).collect();
                     let lines = returns::refund_lines(&original, &o.lines, &earlier, &wanted)
                         .map_err(|e| PosError::invalid(e.to_string()))?;
                     (lines, false)

@@ -23,16 +23,16 @@
 use crate::{Chain, member, record, sku};
 use chainsync::changeset::Op;
 use chainsync::hlc::Hlc;
-use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Scope, Topic};
+use chainsync::ids::{CardNo, MemberId, NodeId, RecordId, RegionId, Scope, Topic};
 use chainsync::model::{
-    ALL_DAYS, AMOUNT_CENTS_MAX, Allowance, Combination, LedgerAccount, LedgerEntry, LedgerKind,
-    MemberEdit, MovementKind, Payment, PaymentMethod, PriceEntry, PriceKind, Product, ProfileField,
-    Promotion, PromotionRule, Receipt, ReceiptLine, ReturnRecord, SpendAuth, SpendReward,
-    SpendTier, StockMovement, Void,
+    ALL_DAYS, Allowance, Card, CardStatus, Combination, LedgerAccount, LedgerEntry, LedgerKind,
+    LoyaltyPolicy, MemberEdit, MovementKind, Payment, PaymentMethod, PriceEntry, PriceKind,
+    Product, ProfileField, Promotion, PromotionRule, Receipt, ReceiptLine, ReturnRecord, SpendAuth,
+    SpendReward, SpendTier, StockMovement, Void,
 };
 use chainsync::protocol::frame::{Frame, FrameDecoder, encode_frame};
 use chainsync::protocol::{HubSession, LeafSession, SessionError, subscribes};
-use chainsync::replica::{Durability, Replica};
+use chainsync::replica::{Durability, HoldOutcome, HoldRequest, Replica};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// What one simulated run does.
@@ -70,6 +70,14 @@ pub struct SimSummary {
     pub crashes: u64,
     pub partitions: u64,
     pub heal_steps: usize,
+    /// Takes from a card: held at HQ first, decided offline, refused.
+    pub holds: u64,
+    pub offline_takes: u64,
+    pub refused_takes: u64,
+    /// Cards overdrawn at the end (each within the allowances and listed at HQ).
+    pub overdrawn: u64,
+    pub merges: u64,
+    pub cards: u64,
     /// blake3 over HQ's stream heads at the end: equal digests mean equal histories.
     pub hq_heads_digest: [u8; 32],
 }
@@ -138,6 +146,8 @@ const DUPLICATE_PERCENT: u64 = 5;
 const DELAY_MS_MAX: u64 = 400;
 const POLL_INTERVAL_MS: u64 = 5_000;
 const RECONNECT_DELAY_MS: u64 = 1_000;
+/// Members whose cards take most ledger entries and merges.
+const BUSY_MEMBERS: u64 = 6;
 const LOG_LINES_KEPT: usize = 200;
 
 struct Packet {
@@ -309,7 +319,44 @@ impl Sim {
                 effective_to_ms: None,
             }));
         }
-        self.hq_commit(Topic::Prices(Scope::Chain), prices)
+        self.hq_commit(Topic::Prices(Scope::Chain), prices)?;
+        let policy = LoyaltyPolicy {
+            // Below the opening balances, so that the allowance, not only the balance a store
+            // knows, is what bounds offline takes.
+            offline: Allowance {
+                stored_value_cents: 400,
+                points: 30,
+            },
+            ..LoyaltyPolicy::default()
+        };
+        let mut ops = vec![Op::LoyaltyPolicy(policy)];
+        // The busy cards start with a little money, so that stores contend for it from the start.
+        for m in 0..BUSY_MEMBERS {
+            let m = member(&format!("M{m:04}"));
+            for (account, amount) in [
+                (LedgerAccount::StoredValue, 1_500),
+                (LedgerAccount::Points, 100),
+            ] {
+                ops.push(Op::Ledger(LedgerEntry {
+                    id: self.hq_record(),
+                    member: m.clone(),
+                    account,
+                    kind: LedgerKind::Adjusted,
+                    amount,
+                    receipt: None,
+                    at_ms: 0,
+                    auth: None,
+                    tender: None,
+                    note: "opening balance".into(),
+                }));
+                let balance = self.oracle.balances.entry(m.to_string()).or_default();
+                match account {
+                    LedgerAccount::Points => balance.0 += amount,
+                    LedgerAccount::StoredValue => balance.1 += amount,
+                }
+            }
+        }
+        self.hq_commit(Topic::Members, ops)
     }
 
     fn step(&mut self) -> SimResult<()> {
@@ -323,7 +370,12 @@ impl Sim {
             64..=69 => self.stock_movement()?,
             70..=75 => self.hq_price_change()?,
             76..=78 => self.hq_promotion_change()?,
-            79..=80 => self.hq_member_edit()?,
+            79 => self.hq_member_edit()?,
+            80 => match self.rng.below(4) {
+                0 => self.hq_member_merge()?,
+                1 => self.hq_card_status()?,
+                _ => self.store_card()?,
+            },
             81 => self.hq_product_change()?,
             82..=84 => self.crash_store()?,
             85 => self.crash_hq()?,
@@ -340,6 +392,12 @@ impl Sim {
 
     fn random_member(&mut self) -> MemberId {
         member(&format!("M{:04}", self.rng.below(MEMBERS)))
+    }
+
+    /// One of the few members whose cards see most of the money (so that balances run low and
+    /// stores contend for them).
+    fn busy_member(&mut self) -> MemberId {
+        member(&format!("M{:04}", self.rng.below(BUSY_MEMBERS)))
     }
 
     fn store_commit(&mut self, i: usize, topic: Topic, ops: Vec<Op>) -> SimResult<()> {
@@ -535,7 +593,7 @@ impl Sim {
 
     fn ledger_entry(&mut self) -> SimResult<()> {
         let i = self.random_store();
-        let member = self.random_member();
+        let member = self.busy_member();
         let id = self.next_store_record(i, "L");
         let (account, kind, amount) = match self.rng.below(4) {
             0 => (
@@ -559,6 +617,14 @@ impl Sim {
                 -(1 + self.rng.below(2_000) as i64),
             ),
         };
+        let auth = if amount < 0 {
+            match self.authorise(i, &member, account, -amount, &id)? {
+                Some(auth) => Some(auth),
+                None => return Ok(()),
+            }
+        } else {
+            None
+        };
         let entry = LedgerEntry {
             id,
             member: member.clone(),
@@ -567,10 +633,7 @@ impl Sim {
             amount,
             receipt: None,
             at_ms: self.now_ms as i64,
-            auth: (amount < 0).then_some(SpendAuth::Offline {
-                allowance: AMOUNT_CENTS_MAX,
-                spent_before: 0,
-            }),
+            auth,
             tender: (kind == LedgerKind::ToppedUp).then_some(PaymentMethod::Cash),
             note: String::new(),
         };
@@ -581,6 +644,74 @@ impl Sim {
             LedgerAccount::StoredValue => balance.1 += amount,
         }
         Ok(())
+    }
+
+    /// How store `i` may take `amount` from `member`'s account, as the POS decides it: a hold at
+    /// HQ while its session is open (HQ's replica, in its transaction), else the offline
+    /// allowance from the store's own replica. `None`: refused (or the store died between the
+    /// hold and the capture, leaving the hold to expire).
+    fn authorise(
+        &mut self,
+        i: usize,
+        member: &MemberId,
+        account: LedgerAccount,
+        amount: i64,
+        id: &RecordId,
+    ) -> SimResult<Option<SpendAuth>> {
+        let online = self.stores[i]
+            .session
+            .as_ref()
+            .is_some_and(|(_, s)| s.is_open());
+        if online {
+            let hold = HoldRequest {
+                id: record(&format!("{id}-H")),
+                member: member.clone(),
+                account,
+                amount,
+                card: None,
+            };
+            let store = self.stores[i].id.clone();
+            let outcome = self
+                .hq
+                .place_hold(&store, &hold, self.now_ms)
+                .map_err(err("hold"))?;
+            self.note(format!("{store} holds {amount} of {member}: {outcome:?}"));
+            return Ok(match outcome {
+                HoldOutcome::Granted { .. } if self.rng.chance(5) => {
+                    self.crash_store_at(i);
+                    None
+                }
+                HoldOutcome::Granted { .. } => {
+                    self.summary.holds += 1;
+                    Some(SpendAuth::Held(hold.id))
+                }
+                HoldOutcome::Refused { .. } => {
+                    self.summary.refused_takes += 1;
+                    None
+                }
+            });
+        }
+        let r = &self.stores[i].replica;
+        let known = r.balance(member, account).map_err(err("balance"))?;
+        let allowance = r
+            .offline_allowance_of(member)
+            .map_err(err("allowance"))?
+            .of(account);
+        let before = r
+            .offline_taken_unacked(member, account)
+            .map_err(err("offline takes"))?;
+        Ok(
+            match chainsync::loyalty::offline_decision(known, allowance, before, amount) {
+                Ok(auth) => {
+                    self.summary.offline_takes += 1;
+                    Some(auth)
+                }
+                Err(_) => {
+                    self.summary.refused_takes += 1;
+                    None
+                }
+            },
+        )
     }
 
     fn stock_movement(&mut self) -> SimResult<()> {
@@ -783,8 +914,94 @@ impl Sim {
 
     // ---------------------------------------------------------------- faults
 
+    /// HQ merges two members it knows (neither merged away already).
+    fn hq_member_merge(&mut self) -> SimResult<()> {
+        let (a, b) = (self.busy_member(), self.busy_member());
+        let canonical = |m: &MemberId| self.hq.canonical_member(m).map_err(err("canonical"));
+        if a == b || canonical(&a)? != a || canonical(&b)? != b {
+            return Ok(());
+        }
+        let known = |m: &MemberId| {
+            self.hq
+                .member_facts(m)
+                .map(|f| f.known)
+                .map_err(err("facts"))
+        };
+        if !known(&a)? || !known(&b)? {
+            return Ok(());
+        }
+        self.summary.merges += 1;
+        self.hq_commit(
+            Topic::Members,
+            vec![Op::MemberMerge {
+                alias: b,
+                survivor: a,
+            }],
+        )
+    }
+
+    fn random_card(&mut self) -> CardNo {
+        format!("C{}", self.rng.below(MEMBERS / 2))
+            .parse()
+            .expect("card number")
+    }
+
+    /// A store issues a card, or reports one lost (sometimes with a replacement).
+    fn store_card(&mut self) -> SimResult<()> {
+        let i = self.random_store();
+        let number = self.random_card();
+        let op = match self.stores[i].replica.card(&number).map_err(err("card"))? {
+            None => {
+                self.summary.cards += 1;
+                let member = self.random_member();
+                vec![Op::CardIssue(Card {
+                    number,
+                    member,
+                    issued_at_ms: self.now_ms as i64,
+                })]
+            }
+            Some(card) => {
+                let by = self.random_card();
+                let status = if by != number && self.rng.chance(50) {
+                    CardStatus::Replaced { by }
+                } else {
+                    CardStatus::Lost
+                };
+                vec![Op::CardStatus {
+                    number: card.number,
+                    status,
+                    hlc: Hlc::default(),
+                }]
+            }
+        };
+        self.store_commit(i, Topic::Members, op)
+    }
+
+    /// HQ freezes, unfreezes or cancels a card.
+    fn hq_card_status(&mut self) -> SimResult<()> {
+        let number = self.random_card();
+        let status = match self.rng.below(3) {
+            0 => CardStatus::Frozen,
+            1 => CardStatus::Active,
+            _ => CardStatus::Cancelled,
+        };
+        self.hq_commit(
+            Topic::Members,
+            vec![Op::CardStatus {
+                number,
+                status,
+                hlc: Hlc::default(),
+            }],
+        )
+    }
+
     fn crash_store(&mut self) -> SimResult<()> {
         let i = self.random_store();
+        self.crash_store_at(i);
+        Ok(())
+    }
+
+    fn crash_store_at(&mut self, i: usize) {
         let id = self.stores[i].id.clone();
         self.close_store_session(i, &SessionError::Storage("crashed".into()));
         // Drop every bit of in-memory state: the replica (connection, clock, caches) is closed
@@ -793,7 +1010,6 @@ impl Sim {
         self.stores[i].replica = replica;
         self.summary.crashes += 1;
         self.note(format!("{id} crashes and restarts"));
-        Ok(())
     }
 
     fn crash_hq(&mut self) -> SimResult<()> {
@@ -1062,11 +1278,67 @@ impl Sim {
         let hq_promos = hq.promotions().map_err(err("promotions"))?;
         let hq_balances = hq.balances().map_err(err("balances"))?;
         let hq_fields = hq.member_fields().map_err(err("member fields"))?;
+        let hq_cards = hq.all_cards().map_err(err("cards"))?;
+        // Any card below zero is within the allowances the stores applied offline, one per
+        // store that took from it offline, and HQ lists it.
+        let exceptions = hq.card_exceptions().map_err(err("exceptions"))?;
+        for (m, points, value) in &hq_balances {
+            for (account, balance) in [
+                (LedgerAccount::Points, *points),
+                (LedgerAccount::StoredValue, *value),
+            ] {
+                if balance >= 0 {
+                    continue;
+                }
+                self.summary.overdrawn += 1;
+                let bound: i64 = hq
+                    .connection()
+                    .query_row(
+                        "SELECT coalesce(sum(a), 0) FROM (
+                           SELECT max(l.offline_allowance) AS a
+                           FROM ledger l LEFT JOIN member_aliases x ON x.alias = l.member
+                           WHERE coalesce(x.survivor, l.member) = ?1 AND l.account = ?2
+                             AND l.offline_allowance IS NOT NULL
+                           GROUP BY l.origin)",
+                        rusqlite::params![
+                            m,
+                            if account == LedgerAccount::Points {
+                                0
+                            } else {
+                                1
+                            }
+                        ],
+                        |r| r.get(0),
+                    )
+                    .map_err(err("allowances applied"))?;
+                if -balance > bound {
+                    return Err(format!(
+                        "{m} {account:?} is {balance}, beyond the allowances stores applied ({bound})"
+                    ));
+                }
+                if !exceptions
+                    .iter()
+                    .any(|x| x.member == *m && x.account == account)
+                {
+                    return Err(format!(
+                        "{m} {account:?} is {balance} and HQ does not list it"
+                    ));
+                }
+            }
+        }
         let mut total_receipts = 0usize;
-        // Balances at HQ equal the ledger written.
-        let oracle_balances: Vec<(String, i64, i64)> = self
-            .oracle
-            .balances
+        // Balances at HQ equal the ledger written (a merged member's under its survivor).
+        let mut merged: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for (m, (p, v)) in &self.oracle.balances {
+            let survivor = hq
+                .canonical_member(&member(m))
+                .map_err(err("canonical"))?
+                .to_string();
+            let slot = merged.entry(survivor).or_default();
+            slot.0 += p;
+            slot.1 += v;
+        }
+        let oracle_balances: Vec<(String, i64, i64)> = merged
             .iter()
             .map(|(m, (p, v))| (m.clone(), *p, *v))
             .collect();
@@ -1143,6 +1415,14 @@ impl Sim {
                     "{}: balances differ from HQ: {}",
                     store.id,
                     first_diff(&balances, &hq_balances)
+                ));
+            }
+            let cards = r.all_cards().map_err(err("cards"))?;
+            if cards != hq_cards {
+                return Err(format!(
+                    "{}: cards differ from HQ: {}",
+                    store.id,
+                    first_diff(&cards, &hq_cards)
                 ));
             }
             let fields = r.member_fields().map_err(err("member fields"))?;

@@ -742,6 +742,88 @@ fn points_earned_at_one_store_are_redeemed_at_another_and_returns_and_voids_give
     wait_until(WAIT, "one top-up", || {
         (stored_value(a, "M4") == 1_800).then_some(())
     });
+
+    // Bought at S001, brought back to S002: S002 checks the return against HQ's copy of the
+    // receipt and takes back what the returned units earned at S001.
+    let (status, body) = sale(
+        a,
+        "p5",
+        "M4",
+        json!([{ "sku": "tea", "qty": 4 }]),
+        json!([]),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["member_ledger"][0]["amount"], 8,
+        "4.00 at 200 %: {body}"
+    );
+    wait_until(WAIT, "the sale at HQ and its points at S002", || {
+        let at_hq = replica
+            .original_receipt(&record("S001-Pp5"))
+            .unwrap()
+            .is_some();
+        (at_hq && points(b, "M4") == 8).then_some(())
+    });
+    let (status, body) = b.send(
+        "POST",
+        "/v1/returns",
+        &json!({ "return_no": "9", "original": "S001-Pp5", "lines": [{ "sku": "tea", "qty": 2 }] }),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (&body["unverified"], &body["refund_cents"]),
+        (&json!(false), &json!(200)),
+        "checked against HQ's copy: {body}"
+    );
+    assert_eq!(
+        (
+            &body["member_ledger"][0]["kind"],
+            &body["member_ledger"][0]["amount"]
+        ),
+        (&json!("taken_back"), &json!(-4)),
+        "{body}"
+    );
+    let (status, body) = b.send(
+        "POST",
+        "/v1/returns",
+        &json!({ "return_no": "10", "original": "S001-Pp5", "lines": [{ "sku": "tea", "qty": 3 }] }),
+    );
+    assert_eq!(status, 422, "only 2 of the 4 are left to return: {body}");
+    wait_until(WAIT, "the points taken back at HQ", || {
+        (replica
+            .balance(&member("M4"), LedgerAccount::Points)
+            .unwrap()
+            == 4)
+            .then_some(())
+    });
+
+    // HQ's policy keeps points a year: a year on, the 4 left expire, once, on every statement.
+    let policy = w.hq.cli_ok(&["loyalty", "show"]);
+    let mut policy: Value = serde_json::from_str(&policy).unwrap();
+    policy["points_expire_days"] = json!(365);
+    let file = w.hq.data.join("policy-expiry.json");
+    std::fs::write(&file, policy.to_string()).unwrap();
+    w.hq.cli_ok(&["loyalty", "set", "--file", file.to_str().unwrap()]);
+    let year_on = (chainsync::transport::now_ms() + 366 * 86_400_000).to_string();
+    let said = w.hq.cli_ok(&["loyalty", "expire", "--at-ms", &year_on]);
+    assert!(said.contains("expired the points of 1 members"), "{said}");
+    let said = w.hq.cli_ok(&["loyalty", "expire", "--at-ms", &year_on]);
+    assert!(said.contains("of 0 members"), "once: {said}");
+    wait_until(WAIT, "the expiry at S002", || {
+        (points(b, "M4") == 0).then_some(())
+    });
+    let (_, body) = b.get("/v1/members/M4/statement");
+    let expired: Vec<&Value> = body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "expired")
+        .collect();
+    assert_eq!(expired.len(), 1, "{body}");
+    assert_eq!(
+        (&expired[0]["amount"], &expired[0]["store"]),
+        (&json!(-4), &json!("hq"))
+    );
 }
 
 fn card_sale(agent: &Agent, no: &str, card: &str, cents: i64) -> (u16, Value) {

@@ -43,6 +43,8 @@ fn chain_converges_after_faults_for_every_seed() {
     results.sort_by_key(|(seed, _)| *seed);
     let mut failures = Vec::new();
     let (mut receipts, mut dropped, mut duplicated, mut crashes, mut partitions) = (0, 0, 0, 0, 0);
+    let (mut holds, mut offline, mut refused, mut overdrawn, mut merges, mut cards) =
+        (0, 0, 0, 0, 0, 0);
     for (seed, result) in &results {
         match result {
             Ok(s) => {
@@ -51,6 +53,12 @@ fn chain_converges_after_faults_for_every_seed() {
                 duplicated += s.frames_duplicated;
                 crashes += s.crashes;
                 partitions += s.partitions;
+                holds += s.holds;
+                offline += s.offline_takes;
+                refused += s.refused_takes;
+                overdrawn += s.overdrawn;
+                merges += s.merges;
+                cards += s.cards;
             }
             Err(f) => failures.push((*seed, f.clone())),
         }
@@ -58,6 +66,11 @@ fn chain_converges_after_faults_for_every_seed() {
     println!(
         "{} seeds: {receipts} receipts, {dropped} frames dropped, {duplicated} duplicated, {crashes} crashes, {partitions} partitions",
         results.len()
+    );
+    println!(
+        "members' money: {holds} takes held at HQ, {offline} taken offline, {refused} refused, \
+         {overdrawn} accounts overdrawn at the end (each within the allowances and listed), \
+         {merges} merges, {cards} cards issued"
     );
     assert_eq!(results.len(), seeds.len(), "every seed ran");
     if let Some((_, first)) = failures.first() {
@@ -72,6 +85,12 @@ fn chain_converges_after_faults_for_every_seed() {
         receipts > 0 && dropped > 0 && crashes > 0,
         "the simulation exercised sales and faults"
     );
+    if seeds.len() >= 20 {
+        assert!(
+            holds > 0 && offline > 0 && refused > 0 && merges > 0 && cards > 0,
+            "the simulation exercised holds, offline takes, refusals, merges and cards"
+        );
+    }
 }
 
 #[test]

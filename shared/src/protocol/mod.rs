@@ -181,7 +181,8 @@ impl HubStore for Replica {
             LookupQuery::Skus(_)
             | LookupQuery::Member(_)
             | LookupQuery::Card(_)
-            | LookupQuery::Phone(_) => {}
+            | LookupQuery::Phone(_)
+            | LookupQuery::Original(_) => {}
         }
         let mut answer = Replica::lookup(self, &peer.place, query).map_err(|e| match e {
             crate::lookup::LookupError::Storage(e) => e,

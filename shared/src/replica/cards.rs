@@ -30,6 +30,9 @@ impl CardInfo {
     }
 }
 
+/// A card as `(number, member, status code, replaced by)`.
+pub type CardRow = (String, String, u8, Option<String>);
+
 /// Members sharing one phone number, for a person to look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PossibleDuplicate {
@@ -139,6 +142,17 @@ impl Replica {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// Every card as `(number, member, status code, replaced by)`, sorted: a fingerprint for
+    /// comparing replicas.
+    pub fn all_cards(&self) -> Result<Vec<CardRow>, ReplicaError> {
+        let mut stmt = self.connection().prepare_cached(
+            "SELECT c.number, c.member, coalesce(s.code, 0), s.replaced_by
+             FROM cards c LEFT JOIN card_status s ON s.number = c.number ORDER BY c.number",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Phones shared by more than one (canonical) member: sign-ups that may be one person.

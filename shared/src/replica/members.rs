@@ -75,6 +75,9 @@ pub struct StatementRow {
     pub note: String,
 }
 
+/// One member's points entries as `(at_ms, amount)`.
+pub type MemberPoints = (MemberId, Vec<(i64, i64)>);
+
 /// A ledger entry written with a receipt, as a void or return reverses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiptLedgerRow {
@@ -314,6 +317,35 @@ impl Replica {
                 .execute(params![key, answer])
                 .map(|_| ())
         })
+    }
+
+    /// Every member's points entries as `(at_ms, amount)`, by canonical member: what expiry
+    /// looks at.
+    pub fn points_entries(&self) -> Result<Vec<MemberPoints>, ReplicaError> {
+        let mut stmt = self.connection().prepare(
+            "SELECT coalesce(a.survivor, l.member) AS owner, l.at_ms, l.amount
+             FROM ledger l LEFT JOIN member_aliases a ON a.alias = l.member
+             WHERE l.account = 0 ORDER BY owner, l.at_ms, l.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out: Vec<MemberPoints> = Vec::new();
+        for row in rows {
+            let (owner, at_ms, amount) = row?;
+            let Ok(owner) = owner.parse::<MemberId>() else {
+                continue;
+            };
+            match out.last_mut() {
+                Some((m, entries)) if *m == owner => entries.push((at_ms, amount)),
+                _ => out.push((owner, vec![(at_ms, amount)])),
+            }
+        }
+        Ok(out)
     }
 
     /// The ledger entries written with `receipt` (what paid it, what it earned, what returns

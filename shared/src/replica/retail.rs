@@ -15,7 +15,7 @@ use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeMap;
 
 /// A receipt as a return needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OriginalReceipt {
     pub store: NodeId,
     pub voided: bool,
