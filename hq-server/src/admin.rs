@@ -651,7 +651,7 @@ pub fn show_card(dir: &HqDir, number: &str) -> Result<()> {
     let state = dir.load()?;
     let replica = dir.open_replica(&state.key)?;
     match replica.card(&number)? {
-        Some(card) => println!("{}", crate::loyalty::card_json(&card)),
+        Some(card) => println!("{}", card.to_json()),
         None => anyhow::bail!("no card {number}"),
     }
     Ok(())

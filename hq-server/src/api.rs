@@ -1026,7 +1026,7 @@ async fn find_members(
             let cards: Vec<Value> = r
                 .cards_of(&m)?
                 .iter()
-                .map(crate::loyalty::card_json)
+                .map(chainsync::replica::CardInfo::to_json)
                 .collect();
             out.push(json!({ "member": m.as_str(), "cards": cards }));
         }
@@ -1095,7 +1095,7 @@ async fn issue_card(
     let card = read(&hub, move |r| Ok(r.card(&number)?)).await?;
     Ok((
         status,
-        Json(json!({ "card": card.as_ref().map(crate::loyalty::card_json) })),
+        Json(json!({ "card": card.as_ref().map(chainsync::replica::CardInfo::to_json) })),
     )
         .into_response())
 }
@@ -1104,7 +1104,7 @@ async fn get_card(State(hub): State<Hub>, Path(number): Path<String>) -> ApiResu
     let number: chainsync::ids::CardNo = parse("card", &number)?;
     let n = number.clone();
     match read(&hub, move |r| Ok(r.card(&n)?)).await? {
-        Some(card) => Ok(Json(crate::loyalty::card_json(&card)).into_response()),
+        Some(card) => Ok(Json(card.to_json()).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no card {number}"),
@@ -1136,5 +1136,8 @@ async fn set_card_status(
     .await?;
     hub.commit_local(Topic::Members, ops).await?;
     let card = read(&hub, move |r| Ok(r.card(&number)?)).await?;
-    Ok(Json(json!({ "card": card.as_ref().map(crate::loyalty::card_json) })).into_response())
+    Ok(
+        Json(json!({ "card": card.as_ref().map(chainsync::replica::CardInfo::to_json) }))
+            .into_response(),
+    )
 }

@@ -176,10 +176,7 @@ pub fn exception_rows(replica: &Replica) -> Result<(Vec<&'static str>, Vec<Vec<S
     ];
     let mut rows = Vec::new();
     for x in replica.card_exceptions()? {
-        let account = match x.account {
-            LedgerAccount::StoredValue => "stored_value",
-            LedgerAccount::Points => "points",
-        };
+        let account = x.account.as_str();
         let reasons = x.reasons.join("; ");
         if x.entries.is_empty() {
             rows.push(vec![
@@ -220,18 +217,7 @@ pub fn statement_json(replica: &Replica, member: &MemberId) -> Result<Value> {
         "member": member.as_str(),
         "points": replica.balance(member, LedgerAccount::Points)?,
         "stored_value_cents": replica.balance(member, LedgerAccount::StoredValue)?,
-        "entries": rows.iter().map(|e| json!({
-            "id": e.id,
-            "account": match e.account { LedgerAccount::StoredValue => "stored_value", LedgerAccount::Points => "points" },
-            "kind": e.kind,
-            "amount": e.amount,
-            "balance_after": e.balance_after,
-            "store": e.store,
-            "receipt": e.receipt,
-            "at_ms": e.at_ms,
-            "auth": e.auth,
-            "note": e.note,
-        })).collect::<Vec<_>>(),
+        "entries": rows.iter().map(|e| e.to_json()).collect::<Vec<_>>(),
     }))
 }
 
@@ -329,17 +315,6 @@ pub fn merge_op(replica: &Replica, alias: &MemberId, survivor: &MemberId) -> Res
     Ok(Op::MemberMerge {
         alias: alias.clone(),
         survivor: survivor.clone(),
-    })
-}
-
-/// A card as JSON.
-pub fn card_json(info: &chainsync::replica::CardInfo) -> Value {
-    json!({
-        "number": info.number.as_str(),
-        "member": info.member.as_str(),
-        "status": info.status.as_str(),
-        "replaced_by": match &info.status { CardStatus::Replaced { by } => json!(by.as_str()), _ => Value::Null },
-        "issued_at_ms": info.issued_at_ms,
     })
 }
 

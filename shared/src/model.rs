@@ -390,6 +390,16 @@ pub enum LedgerAccount {
     StoredValue,
 }
 
+impl LedgerAccount {
+    /// The account's name in the APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerAccount::Points => "points",
+            LedgerAccount::StoredValue => "stored_value",
+        }
+    }
+}
+
 /// Why a ledger entry was written. Each kind has one sign (see [`LedgerEntry::check_bounds`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LedgerKind {

@@ -28,6 +28,20 @@ impl CardInfo {
     pub fn usable(&self) -> bool {
         self.status == CardStatus::Active
     }
+
+    /// The card as the POS and HQ APIs show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "number": self.number.as_str(),
+            "member": self.member.as_str(),
+            "status": self.status.as_str(),
+            "replaced_by": match &self.status {
+                CardStatus::Replaced { by } => Some(by.as_str()),
+                _ => None,
+            },
+            "issued_at_ms": self.issued_at_ms,
+        })
+    }
 }
 
 /// A card as `(number, member, status code, replaced by)`.

@@ -75,6 +75,24 @@ pub struct StatementRow {
     pub note: String,
 }
 
+impl StatementRow {
+    /// The entry as the POS and HQ APIs show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "account": self.account.as_str(),
+            "kind": self.kind,
+            "amount": self.amount,
+            "balance_after": self.balance_after,
+            "store": self.store,
+            "receipt": self.receipt,
+            "at_ms": self.at_ms,
+            "auth": self.auth,
+            "note": self.note,
+        })
+    }
+}
+
 /// One member's points entries as `(at_ms, amount)`.
 pub type MemberPoints = (MemberId, Vec<(i64, i64)>);
 

@@ -96,16 +96,6 @@ async fn find_card(state: &PosState, number: &CardNo, hosted: bool) -> Result<Ca
     }
 }
 
-fn card_json(info: &CardInfo) -> Value {
-    json!({
-        "number": info.number.as_str(),
-        "member": info.member.as_str(),
-        "status": info.status.as_str(),
-        "replaced_by": match &info.status { CardStatus::Replaced { by } => json!(by.as_str()), _ => Value::Null },
-        "issued_at_ms": info.issued_at_ms,
-    })
-}
-
 /// `GET /v1/cards/{number}`: a card's member and status, whatever the status.
 pub(super) async fn get_card(
     State(state): State<PosState>,
@@ -123,7 +113,7 @@ pub(super) async fn get_card(
         state.read(move |r| Ok(r.card(&n)?)).await?
     };
     match info {
-        Some(info) => Ok(Json(card_json(&info)).into_response()),
+        Some(info) => Ok(Json(info.to_json()).into_response()),
         None => Err(PosError::not_found(format!("no card {number}"))),
     }
 }
@@ -149,7 +139,7 @@ pub(super) async fn issue(
             let member = r.canonical_member(&member)?;
             if let Some(held) = r.card(&number)? {
                 if held.member == member {
-                    return Ok((StatusCode::OK, card_json(&held)));
+                    return Ok((StatusCode::OK, held.to_json()));
                 }
                 return Err(PosError::conflict(format!(
                     "card {number} belongs to member {}",
@@ -168,7 +158,7 @@ pub(super) async fn issue(
                     "the card just issued is missing",
                 )
             })?;
-            Ok((StatusCode::CREATED, card_json(&info)))
+            Ok((StatusCode::CREATED, info.to_json()))
         })
         .await?;
     Ok((status, Json(answer)).into_response())
@@ -235,9 +225,9 @@ pub(super) async fn report_lost(
                 hlc: Hlc::default(),
             });
             r.commit_local(Topic::Members, ops, now_ms())?;
-            let mut answer = json!({ "card": r.card(&number)?.as_ref().map(card_json) });
+            let mut answer = json!({ "card": r.card(&number)?.as_ref().map(CardInfo::to_json) });
             if let Some(new) = &replacement {
-                answer["replacement"] = json!(r.card(new)?.as_ref().map(card_json));
+                answer["replacement"] = json!(r.card(new)?.as_ref().map(CardInfo::to_json));
             }
             Ok(answer)
         })
@@ -275,7 +265,7 @@ pub(super) async fn find_members(
         .read(move |r| {
             let mut out = Vec::new();
             for m in r.members_by_phone(&q.phone)? {
-                let cards: Vec<Value> = r.cards_of(&m)?.iter().map(card_json).collect();
+                let cards: Vec<Value> = r.cards_of(&m)?.iter().map(CardInfo::to_json).collect();
                 let facts = r.member_facts(&m)?;
                 out.push(json!({
                     "member": m.as_str(),

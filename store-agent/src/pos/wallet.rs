@@ -373,7 +373,7 @@ pub(super) fn entries_json(entries: &[LedgerEntry]) -> Value {
         .map(|e| json!({
             "id": e.id.as_str(),
             "member": e.member.as_str(),
-            "account": account_name(e.account),
+            "account": e.account.as_str(),
             "kind": e.kind.as_str(),
             "amount": e.amount,
             "auth": match &e.auth {
@@ -383,13 +383,6 @@ pub(super) fn entries_json(entries: &[LedgerEntry]) -> Value {
             },
         }))
         .collect::<Vec<_>>())
-}
-
-pub(super) fn account_name(account: LedgerAccount) -> &'static str {
-    match account {
-        LedgerAccount::StoredValue => "stored_value",
-        LedgerAccount::Points => "points",
-    }
 }
 
 // ------------------------------------------------------------------------- ledger calls
@@ -532,7 +525,7 @@ async fn ledger(
             let balance = before.saturating_add(req.change);
             let answer = json!({
                 "member": member.as_str(),
-                "account": account_name(account),
+                "account": account.as_str(),
                 "balance": balance,
                 "member_ledger": entries_json(&entries),
                 "source": facts.source.to_json(),
@@ -569,25 +562,6 @@ pub(super) async fn statement(State(state): State<PosState>, Path(id): Path<Stri
         ));
     }
     let rows = state.read(move |r| Ok(r.statement(&member)?)).await?;
-    Ok(Json(json!({ "entries": statement_json(&rows) })).into_response())
-}
-
-/// Statement rows as JSON (the POS's and, in the same shape, HQ's).
-pub fn statement_json(rows: &[chainsync::replica::StatementRow]) -> Value {
-    json!(
-        rows.iter()
-            .map(|e| json!({
-                "id": e.id,
-                "account": account_name(e.account),
-                "kind": e.kind,
-                "amount": e.amount,
-                "balance_after": e.balance_after,
-                "store": e.store,
-                "receipt": e.receipt,
-                "at_ms": e.at_ms,
-                "auth": e.auth,
-                "note": e.note,
-            }))
-            .collect::<Vec<_>>()
-    )
+    let entries: Vec<Value> = rows.iter().map(|e| e.to_json()).collect();
+    Ok(Json(json!({ "entries": entries })).into_response())
 }
