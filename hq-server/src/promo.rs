@@ -244,6 +244,7 @@ fn count(what: &str, n: &str) -> Result<u32> {
 /// | `mix:3:price:5.00` / `mix:2:percent:20` / `mix:2:off:1.00` | any k of the set |
 /// | `spend:50.00:off:5.00,100:off:15.00` | basket tiers, money off |
 /// | `spend:50:percent:10` / `spend:30.00:gift:mug` | basket tiers, percent off or a gift |
+/// | `bonus_points:100` | the points the lines earn raised by 100 % (double points) |
 pub fn parse_rule(text: &str) -> Result<PromotionRule> {
     let parts: Vec<&str> = text.split(':').collect();
     let rule = match parts.as_slice() {
@@ -274,6 +275,12 @@ pub fn parse_rule(text: &str) -> Result<PromotionRule> {
             buy: count("buy", n)?,
             get: count("get", m)?,
             across_skus: parts.len() == 5,
+        },
+        ["bonus_points", p] => PromotionRule::BonusPoints {
+            percent: p
+                .trim_end_matches('%')
+                .parse()
+                .with_context(|| format!("bonus `{p}` is not a whole percent"))?,
         },
         ["mix", k, kind, v] => PromotionRule::MixAndMatch {
             count: count("group of", k)?,

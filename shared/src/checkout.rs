@@ -231,6 +231,27 @@ pub fn conditions_met(promo: &Promotion, ctx: &Context<'_>) -> bool {
     in_window && in_dates && on_day && in_hours && member_ok && ctx.place.covers(&promo.scope)
 }
 
+/// The bonus on the points a line of `sku` (in `category`) earns in `ctx`: the largest
+/// `BonusPoints` percent among the promotions covering it whose conditions hold (0: none).
+pub fn bonus_points_percent(facts: &SkuFacts, category: &str, ctx: &Context<'_>) -> u32 {
+    facts
+        .promotions
+        .iter()
+        .filter_map(|p| match p.rule {
+            PromotionRule::BonusPoints { percent }
+                if conditions_met(p, ctx)
+                    && ((p.skus.is_empty() && p.categories.is_empty())
+                        || p.skus.contains(&facts.sku)
+                        || p.categories.iter().any(|c| c == category)) =>
+            {
+                Some(percent)
+            }
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Units of `promo` this store may still give (`None`: unlimited), from what it gave already.
 pub fn allocation_left(promo: &Promotion, store: &NodeId, used_units: u64) -> Option<u64> {
     if promo.allocations.is_empty() {
@@ -339,6 +360,7 @@ fn stack_rank(rule: &PromotionRule) -> u8 {
             ..
         } => 3,
         PromotionRule::SpendThreshold { .. } => 4,
+        PromotionRule::BonusPoints { .. } => 5,
     }
 }
 
@@ -503,7 +525,7 @@ fn apply_item(
             }
             used += settle(pi, p, lines, &off, &counted);
         }
-        PromotionRule::SpendThreshold { .. } => {}
+        PromotionRule::SpendThreshold { .. } | PromotionRule::BonusPoints { .. } => {}
     }
     used
 }
@@ -855,8 +877,10 @@ pub fn price_basket(
             }
         }
     }
+    // Bonus points change no price: they are the loyalty rules' ([`bonus_points_percent`]).
     let mut promos: Vec<&Promotion> = seen
         .into_values()
+        .filter(|p| !matches!(p.rule, PromotionRule::BonusPoints { .. }))
         .filter(|p| conditions_met(p, ctx))
         .collect();
     promos.sort_by(|a, b| {

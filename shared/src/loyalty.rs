@@ -17,7 +17,7 @@
 //!
 //! Points are earned on the eligible part of a sale ([`points_earned`]: excluded skus and
 //! categories earn nothing, nor does what was paid with points), times the member level's
-//! multiplier; a return takes back what the returned units earned ([`points_taken_back`]),
+//! multiplier, raised on the lines a bonus-points promotion covers; a return takes back what the returned units earned ([`points_taken_back`]),
 //! cumulatively, so returning everything in any number of steps takes back exactly what was
 //! earned. Points pay at [`LoyaltyPolicy::point_value_cents`] each ([`points_for_cents`]).
 //! Under a policy that keeps points for some days, HQ expires what was added before the cutoff
@@ -120,6 +120,8 @@ pub struct EarningLine<'a> {
     pub category: &'a str,
     /// What the line cost after every discount.
     pub amount_cents: i64,
+    /// A bonus-points promotion's percent on this line (0: none).
+    pub bonus_percent: u32,
 }
 
 /// Whether a line earns points under `policy`.
@@ -137,21 +139,39 @@ pub fn eligible_cents(policy: &LoyaltyPolicy, lines: &[EarningLine<'_>]) -> i64 
 }
 
 /// Points a sale earns: eligible spend less what was paid with points, in whole currency
-/// units (100 cents) times `points_per_unit`, times the level's multiplier; rounded down.
+/// units (100 cents) times `points_per_unit`, times the level's multiplier, each line raised by
+/// its bonus-points promotion; rounded down once, over the receipt. What was paid with points
+/// earns nothing and comes off the lines without a bonus first.
 pub fn points_earned(
     policy: &LoyaltyPolicy,
     level: Option<&str>,
     lines: &[EarningLine<'_>],
     paid_with_points_cents: i64,
 ) -> i64 {
-    let eligible = eligible_cents(policy, lines)
-        .saturating_sub(paid_with_points_cents.max(0))
-        .max(0);
+    // Eligible cents weighted by 100 + bonus %, the lines without a bonus first.
+    let mut weighted: Vec<(i128, i128)> = lines
+        .iter()
+        .filter(|l| earns(policy, l.sku, l.category))
+        .map(|l| {
+            (
+                i128::from(100 + l.bonus_percent.min(10_000)),
+                i128::from(l.amount_cents.max(0)),
+            )
+        })
+        .collect();
+    weighted.sort_by_key(|(w, _)| *w);
+    let mut unpaid = i128::from(paid_with_points_cents.max(0));
+    let mut total = 0i128;
+    for (weight, cents) in weighted {
+        let paid = unpaid.min(cents);
+        unpaid -= paid;
+        total += (cents - paid) * weight;
+    }
     let percent = level
         .and_then(|level| policy.level_multipliers.iter().find(|m| m.level == level))
         .map_or(100, |m| m.percent);
-    let points = i128::from(eligible) * i128::from(policy.points_per_unit) * i128::from(percent)
-        / (100 * 100);
+    let points =
+        total * i128::from(policy.points_per_unit) * i128::from(percent) / (100 * 100 * 100);
     i64::try_from(points).unwrap_or(i64::MAX)
 }
 
@@ -424,6 +444,13 @@ mod tests {
             sku,
             category,
             amount_cents,
+            bonus_percent: 0,
+        };
+        let bonus = |sku, category, amount_cents, bonus_percent| EarningLine {
+            sku,
+            category,
+            amount_cents,
+            bonus_percent,
         };
         // (lines, level, paid with points, points)
         let table: Vec<(Vec<EarningLine>, Option<&str>, i64, i64)> = vec![
@@ -446,6 +473,21 @@ mod tests {
             (vec![line(&tea, "drinks", 49)], None, 0, 0),
             (vec![line(&tea, "drinks", 50)], None, 0, 1),
             (vec![], None, 0, 0),
+            // Double points on tea: 10.00 at 2 a unit, twice.
+            (vec![bonus(&tea, "drinks", 1_000, 100)], None, 0, 40),
+            (vec![bonus(&tea, "drinks", 1_000, 100)], Some("gold"), 0, 60),
+            // Points paid 5.00: off the line without a bonus first.
+            (
+                vec![
+                    bonus(&tea, "drinks", 1_000, 100),
+                    line(&card, "drinks", 500),
+                ],
+                None,
+                500,
+                40,
+            ),
+            // An excluded sku earns nothing, bonus or not.
+            (vec![bonus(&tobacco, "tobacco", 1_000, 100)], None, 0, 0),
         ];
         for (lines, level, paid, points) in table {
             assert_eq!(

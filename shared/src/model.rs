@@ -173,6 +173,9 @@ pub enum PromotionRule {
     /// Basket spend thresholds in tiers, on the already discounted total of eligible lines:
     /// the highest tier reached gives its reward.
     SpendThreshold { tiers: Vec<SpendTier> },
+    /// Bonus points: the points the eligible lines earn are raised by `percent` (100: double
+    /// points). Changes no price; see [`crate::loyalty::points_earned`].
+    BonusPoints { percent: u32 },
 }
 
 /// One quantity tier.
@@ -1020,6 +1023,10 @@ impl PromotionRule {
                     }
                 }
             }
+            PromotionRule::BonusPoints { percent } if *percent == 0 || *percent > 10_000 => {
+                Err(format!("a bonus of {percent} % is outside 1..=10000"))
+            }
+            PromotionRule::BonusPoints { .. } => Ok(()),
             PromotionRule::SpendThreshold { tiers } => {
                 if tiers.is_empty() || tiers.len() > PROMOTION_TIERS_MAX {
                     return Err(format!("{} tiers (1..={PROMOTION_TIERS_MAX})", tiers.len()));

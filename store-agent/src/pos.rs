@@ -659,15 +659,21 @@ fn price_lines(
     member: Option<&MemberId>,
     t_ms: i64,
 ) -> Result<Priced, PosError> {
+    let ctx = context(facts, member, t_ms);
+    checkout::price_basket(lines, &ctx, &facts.skus, &facts.used_units)
+        .map_err(|e| PosError::invalid(e.to_string()))
+}
+
+/// What pricing and points see of the moment: the store, the time (store-local from its zone)
+/// and the shopper.
+fn context<'a>(facts: &'a Facts, member: Option<&MemberId>, t_ms: i64) -> Context<'a> {
     let (local, _) = LocalTime::at(t_ms, &facts.time_zone);
-    let ctx = Context {
+    Context {
         place: &facts.place,
         t_ms,
         local,
         member: shopper(facts, member),
-    };
-    checkout::price_basket(lines, &ctx, &facts.skus, &facts.used_units)
-        .map_err(|e| PosError::invalid(e.to_string()))
+    }
 }
 
 fn discount_json(d: &LineDiscount) -> Value {

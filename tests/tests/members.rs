@@ -824,6 +824,39 @@ fn points_earned_at_one_store_are_redeemed_at_another_and_returns_and_voids_give
         (&expired[0]["amount"], &expired[0]["store"]),
         (&json!(-4), &json!("hq"))
     );
+
+    // Double points on tea: the price is unchanged, the points the tea earns double.
+    w.hq.cli_ok(&[
+        "promo",
+        "add",
+        "--id",
+        "dbl",
+        "--name",
+        "Double points on tea",
+        "--rule",
+        "bonus_points:100",
+        "--sku",
+        "tea",
+    ]);
+    wait_until(WAIT, "the promotion at S001", || {
+        let (_, body) = a.get("/v1/prices/tea");
+        body["promotions"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+            .then_some(())
+    });
+    let (status, body) = sale(
+        a,
+        "p6",
+        "M4",
+        json!([{ "sku": "tea", "qty": 2 }]),
+        json!([]),
+    );
+    assert_eq!((status, &body["total_cents"]), (201, &json!(200)), "{body}");
+    assert_eq!(
+        body["member_ledger"][0]["amount"], 8,
+        "2.00 × 1 point × 200 % bonus × 200 % gold: {body}"
+    );
 }
 
 fn card_sale(agent: &Agent, no: &str, card: &str, cents: i64) -> (u16, Value) {

@@ -191,7 +191,19 @@ pub(super) fn sale_entries(
     }
     let level = profile_field(member, ProfileField::Level);
     let cats = categories(facts, r, &receipt.lines);
-    let lines = earning_lines(&receipt.lines, &cats);
+    let ctx = context(facts, Some(member_id), facts.t_ms);
+    let bonuses: Vec<u32> = receipt
+        .lines
+        .iter()
+        .zip(&cats)
+        .map(|(l, category)| {
+            facts
+                .skus
+                .get(&l.sku)
+                .map_or(0, |f| checkout::bonus_points_percent(f, category, &ctx))
+        })
+        .collect();
+    let lines = earning_lines(&receipt.lines, &cats, &bonuses);
     let paid_with_points = takes
         .iter()
         .filter(|t| t.account == LedgerAccount::Points)
@@ -281,7 +293,7 @@ pub(super) fn return_entries(
         };
         let eligible = |lines: &[ReceiptLine]| {
             let cats = categories(facts, r, lines);
-            loyalty::eligible_cents(&policy, &earning_lines(lines, &cats))
+            loyalty::eligible_cents(&policy, &earning_lines(lines, &cats, &[]))
         };
         let back = loyalty::points_taken_back(
             earned,
@@ -330,15 +342,21 @@ fn categories(facts: &Facts, r: &Replica, lines: &[ReceiptLine]) -> Vec<String> 
         .collect()
 }
 
-/// `lines` as points see them.
-fn earning_lines<'a>(lines: &'a [ReceiptLine], categories: &'a [String]) -> Vec<EarningLine<'a>> {
+/// `lines` as points see them, with each line's bonus-points percent (`bonuses`; missing: 0).
+fn earning_lines<'a>(
+    lines: &'a [ReceiptLine],
+    categories: &'a [String],
+    bonuses: &[u32],
+) -> Vec<EarningLine<'a>> {
     lines
         .iter()
         .zip(categories)
-        .map(|(l, category)| EarningLine {
+        .enumerate()
+        .map(|(i, (l, category))| EarningLine {
             sku: &l.sku,
             category,
             amount_cents: l.amount_cents(),
+            bonus_percent: bonuses.get(i).copied().unwrap_or(0),
         })
         .collect()
 }
