@@ -457,6 +457,16 @@ fn ledger_allowed(origin: &NodeId, entry: &crate::model::LedgerEntry) -> Result<
             "ledger entry {}: a store takes from a balance only with a hold or within its offline allowance",
             entry.id
         )),
+        // Points come from sales, refunds and take-backs from voids and returns: each names
+        // the receipt it belongs to.
+        (LedgerKind::Earned | LedgerKind::Refunded | LedgerKind::TakenBack, _)
+            if entry.receipt.is_none() =>
+        {
+            Err(format!(
+                "ledger entry {}: a store's {:?} entry names the receipt it comes from",
+                entry.id, entry.kind
+            ))
+        }
         (_, Some(SpendAuth::Held(hold))) => owned(hold, origin, "hold"),
         _ => Ok(()),
     }

@@ -219,7 +219,9 @@ pub fn points(origin: &NodeId, n: u64, member: &MemberId, amount: i64) -> Ledger
             LedgerKind::Redeemed
         },
         amount,
-        receipt: None,
+        // Points are earned by a sale.
+        receipt: (amount >= 0)
+            .then(|| RecordId::new(format!("{origin}-R{n}")).expect("receipt id")),
         at_ms: 0,
         auth: (amount < 0).then_some(SpendAuth::Offline {
             allowance: AMOUNT_CENTS_MAX,

@@ -626,12 +626,12 @@ impl Sim {
             None
         };
         let entry = LedgerEntry {
+            receipt: (kind == LedgerKind::Earned).then(|| record(&format!("{id}-sale"))),
             id,
             member: member.clone(),
             account,
             kind,
             amount,
-            receipt: None,
             at_ms: self.now_ms as i64,
             auth,
             tender: (kind == LedgerKind::ToppedUp).then_some(PaymentMethod::Cash),

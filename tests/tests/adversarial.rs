@@ -671,6 +671,14 @@ fn a_store_writing_what_it_does_not_own_is_op_not_allowed() {
             "does not move StoredValue",
         ),
         (
+            ledger("S001-L7", A::Points, K::Earned, 5_000, None, None),
+            "names the receipt it comes from",
+        ),
+        (
+            ledger("S001-L7", A::StoredValue, K::Refunded, 5_000, None, None),
+            "names the receipt it comes from",
+        ),
+        (
             Op::CardStatus {
                 number: "C1".parse().unwrap(),
                 status: chainsync::model::CardStatus::Active,
