@@ -141,12 +141,13 @@ pub fn adjustment(
     if note.trim().is_empty() {
         bail!("an adjustment needs a note saying why");
     }
-    if replica
-        .statement(member)?
-        .iter()
-        .any(|e| e.id == id.as_str())
-    {
-        return Ok(None);
+    match replica.ledger_entry_member(&id)? {
+        None => {}
+        Some(m) if replica.canonical_member(&m)? == replica.canonical_member(member)? => {
+            return Ok(None);
+        }
+        // An id already used for another member would be dropped on insert: say so instead.
+        Some(m) => bail!("adjustment number `{no}` was already used for member {m}"),
     }
     let entry = LedgerEntry {
         id,

@@ -87,6 +87,21 @@ pub struct MemberFacts {
     pub allowance: Allowance,
 }
 
+impl MemberFacts {
+    /// A member nobody has told this node about: no profile, nothing on the card, no policy.
+    pub fn unknown(member: MemberId) -> Self {
+        MemberFacts {
+            member,
+            profile: Vec::new(),
+            points: 0,
+            stored_value_cents: 0,
+            known: false,
+            policy: LoyaltyPolicy::default(),
+            allowance: Allowance::default(),
+        }
+    }
+}
+
 /// Why a lookup could not be made or answered.
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {

@@ -1420,14 +1420,9 @@ async fn edit_member(
             Ok(match before {
                 None => member_json(&r.member_facts(&member)?, Source::Replica),
                 Some(facts) => {
-                    let mut m = facts.member.unwrap_or(MemberFacts {
-                        member,
-                        profile: Vec::new(),
-                        points: 0,
-                        stored_value_cents: 0,
+                    let mut m = facts.member.unwrap_or_else(|| MemberFacts {
                         known: true,
-                        policy: Default::default(),
-                        allowance: Default::default(),
+                        ..MemberFacts::unknown(member)
                     });
                     for (field, value) in fields {
                         m.profile.retain(|(f, _)| *f != field);

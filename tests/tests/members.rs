@@ -460,6 +460,23 @@ fn two_stores_offline_overdraw_at_most_their_allowances_and_hq_lists_it_until_se
         Some(&adjust),
     );
     assert_eq!((status, &body["duplicate"]), (200, &json!(true)), "{body}");
+    // The same number for another card would be dropped on insert: refused, naming it.
+    let mut reused = adjust.clone();
+    reused["amount"] = json!(100);
+    let (status, body) = w.hq.api(
+        &w.admin,
+        "POST",
+        "/v1/members/M3/adjustments",
+        Some(&reused),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already used for member M2"),
+        "{body}"
+    );
     let (status, body) =
         w.hq.api(&w.admin, "GET", "/v1/reports/card-exceptions", None);
     assert_eq!(status, 200, "{body}");

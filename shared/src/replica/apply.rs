@@ -514,6 +514,15 @@ pub(crate) fn account_code(account: LedgerAccount) -> u8 {
     }
 }
 
+/// The account of a storage code (see [`account_code`]).
+pub(crate) fn account_from_code(code: u8) -> Option<LedgerAccount> {
+    match code {
+        0 => Some(LedgerAccount::Points),
+        1 => Some(LedgerAccount::StoredValue),
+        _ => None,
+    }
+}
+
 fn ledger_kind_code(kind: LedgerKind) -> u8 {
     kind as u8
 }

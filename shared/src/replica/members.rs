@@ -11,7 +11,7 @@
 //! - [`Replica::commit_local_many`] writes change sets of several own streams (a receipt and
 //!   the ledger entries it pays with) in one transaction: both or neither.
 
-use super::apply::account_code;
+use super::apply::{account_code, account_from_code};
 use super::{Committed, Replica, ReplicaError};
 use crate::changeset::Op;
 use crate::ids::{CardNo, MemberId, NodeId, RecordId, StreamId, Topic, record_id_owned_by};
@@ -390,16 +390,27 @@ impl Replica {
                 |what: &str| ReplicaError::Corrupt(format!("ledger of {receipt}: {what}"));
             out.push(ReceiptLedgerRow {
                 member: member.parse().map_err(|_| corrupt("member id"))?,
-                account: if account == 0 {
-                    LedgerAccount::Points
-                } else {
-                    LedgerAccount::StoredValue
-                },
+                account: account_from_code(account).ok_or_else(|| corrupt("account code"))?,
                 kind: LedgerKind::from_code(kind).ok_or_else(|| corrupt("kind code"))?,
                 amount,
             });
         }
         Ok(out)
+    }
+
+    /// The member a ledger entry of this id was written for, if this replica holds it.
+    pub fn ledger_entry_member(&self, id: &RecordId) -> Result<Option<MemberId>, ReplicaError> {
+        let member: Option<String> = self
+            .connection()
+            .prepare_cached("SELECT member FROM ledger WHERE id = ?1")?
+            .query_row(params![id.as_str()], |r| r.get(0))
+            .optional()?;
+        member
+            .map(|m| {
+                m.parse()
+                    .map_err(|_| ReplicaError::Corrupt(format!("member of ledger entry {id}")))
+            })
+            .transpose()
     }
 
     /// A member's ledger entries, oldest first, with each account's running balance.
@@ -444,11 +455,8 @@ impl Replica {
         for row in rows {
             let (id, account, kind, amount, store, receipt, at_ms, hold, allowance, before, note) =
                 row?;
-            let account = match account {
-                0 => LedgerAccount::Points,
-                1 => LedgerAccount::StoredValue,
-                n => return Err(ReplicaError::Corrupt(format!("ledger account code {n}"))),
-            };
+            let account = account_from_code(account)
+                .ok_or_else(|| ReplicaError::Corrupt(format!("ledger account code {account}")))?;
             let slot = &mut balances[usize::from(account_code(account))];
             *slot = slot.saturating_add(amount);
             let auth = match (hold, allowance, before) {
@@ -493,11 +501,8 @@ impl Replica {
             let Ok(member) = member_text.parse::<MemberId>() else {
                 continue;
             };
-            let account = if account == 0 {
-                LedgerAccount::Points
-            } else {
-                LedgerAccount::StoredValue
-            };
+            let account = account_from_code(account)
+                .ok_or_else(|| ReplicaError::Corrupt(format!("ledger account code {account}")))?;
             let settled_at: i64 = self
                 .connection()
                 .prepare_cached(

@@ -18,7 +18,8 @@ pub(super) struct Customer {
 }
 
 /// The customer named by a till's `member` and/or `card`. A card must exist and be active, and
-/// belong to `member` when both are given.
+/// belong to `member` when both are given. One trip to the replica thread (a hosted store then
+/// asks HQ about the card).
 pub(super) async fn resolve(
     state: &PosState,
     member: Option<&str>,
@@ -29,58 +30,57 @@ pub(super) async fn resolve(
     if member.is_none() && card.is_none() {
         return Ok(None);
     }
-    let hosted = state.hosted().await?;
-    let card_info = match &card {
-        None => None,
-        Some(number) => Some(find_card(state, number, hosted).await?),
+    let store = state.store.clone();
+    let (named, number) = (member.clone(), card.clone());
+    // (hosted, the named member resolved, the card as this replica holds it)
+    let (hosted, named, local) = state
+        .read(move |r| {
+            if is_hosted(r, &store)? {
+                // HQ resolves members and holds the cards.
+                return Ok((true, named, None));
+            }
+            let named = named.map(|m| r.canonical_member(&m)).transpose()?;
+            let local = number.map(|n| r.card(&n)).transpose()?.flatten();
+            Ok((false, named, local))
+        })
+        .await?;
+    let Some(number) = card else {
+        return Ok(named.map(|member| Customer { member, card: None }));
     };
-    let canonical = match (&member, &card_info) {
-        (_, Some(info)) => info.member.clone(),
-        (Some(m), None) if !hosted => {
-            let m = m.clone();
-            state.read(move |r| Ok(r.canonical_member(&m)?)).await?
-        }
-        (Some(m), None) => m.clone(),
-        (None, None) => return Ok(None),
+    let info = if hosted {
+        hq_card(state, &number).await.map_err(|why| {
+            PosError::unavailable(format!(
+                "a hosted store checks cards at HQ, which is unreachable ({why}): take the member number instead"
+            ))
+        })?
+    } else {
+        local
     };
-    if let (Some(m), Some(info)) = (&member, &card_info) {
-        let m_again = m.clone();
-        let named = if hosted {
-            m_again
-        } else {
-            state
-                .read(move |r| Ok(r.canonical_member(&m_again)?))
-                .await?
-        };
-        if named != info.member {
-            return Err(PosError::invalid(format!(
-                "card {} belongs to member {}, not {m}",
-                info.number, info.member
-            )));
-        }
+    let info = usable(&number, info)?;
+    if let (Some(m), Some(named)) = (&member, &named)
+        && *named != info.member
+    {
+        return Err(PosError::invalid(format!(
+            "card {number} belongs to member {}, not {m}",
+            info.member
+        )));
     }
     Ok(Some(Customer {
-        member: canonical,
-        card,
+        member: info.member,
+        card: Some(number),
     }))
 }
 
-/// A card that may be used: known here (or at HQ for a hosted store) and active.
-async fn find_card(state: &PosState, number: &CardNo, hosted: bool) -> Result<CardInfo, PosError> {
-    let info = if hosted {
-        match state.lookup(LookupQuery::Card(number.clone())).await {
-            Ok(LookupAnswer::Card(info)) => info,
-            Ok(_) => return Err(PosError::unavailable("HQ answered another question")),
-            Err(why) => {
-                return Err(PosError::unavailable(format!(
-                    "a hosted store checks cards at HQ, which is unreachable ({why}): take the member number instead"
-                )));
-            }
-        }
-    } else {
-        let n = number.clone();
-        state.read(move |r| Ok(r.card(&n)?)).await?
-    };
+/// A card as HQ holds it (hosted stores), or why HQ could not say.
+async fn hq_card(state: &PosState, number: &CardNo) -> Result<Option<CardInfo>, String> {
+    match state.lookup(LookupQuery::Card(number.clone())).await? {
+        LookupAnswer::Card(info) => Ok(info),
+        _ => Err("HQ answered another question".into()),
+    }
+}
+
+/// The card if it may be used: known, and active.
+fn usable(number: &CardNo, info: Option<CardInfo>) -> Result<CardInfo, PosError> {
     let Some(info) = info else {
         return Err(PosError::not_found(format!("no card {number}")));
     };
@@ -103,11 +103,9 @@ pub(super) async fn get_card(
 ) -> PosResult {
     let number: CardNo = parse("card", &number)?;
     let info = if state.hosted().await? {
-        match state.lookup(LookupQuery::Card(number.clone())).await {
-            Ok(LookupAnswer::Card(info)) => info,
-            Ok(_) => return Err(PosError::unavailable("HQ answered another question")),
-            Err(why) => return Err(PosError::unavailable(format!("HQ is unreachable ({why})"))),
-        }
+        hq_card(&state, &number)
+            .await
+            .map_err(|why| PosError::unavailable(format!("HQ is unreachable ({why})")))?
     } else {
         let n = number.clone();
         state.read(move |r| Ok(r.card(&n)?)).await?

@@ -499,15 +499,10 @@ async fn ledger(
             if let Some(answer) = r.pos_answer(&key)? {
                 return Ok((StatusCode::OK, repeated(&answer)?));
             }
-            let facts_member = facts.member.clone().unwrap_or(MemberFacts {
-                member: member.clone(),
-                profile: Vec::new(),
-                points: 0,
-                stored_value_cents: 0,
-                known: false,
-                policy: Default::default(),
-                allowance: Default::default(),
-            });
+            let facts_member = facts
+                .member
+                .clone()
+                .unwrap_or_else(|| MemberFacts::unknown(member.clone()));
             let (kind, auth) = match takes.first() {
                 None => (LedgerKind::ToppedUp, None),
                 Some(take) => {
