@@ -70,7 +70,7 @@ fn receipt(store: &str, n: u32) -> Res<Op> {
             method: PaymentMethod::Card,
             amount_cents: 300,
         }],
-        promotions_applied: vec![],
+        pricing: chainsync::model::PricingBasis::unknown(1_700_000_000_000),
     }))
 }
 

@@ -25,6 +25,7 @@
 //! | `GET /v1/loyalty/policy`, `PUT /v1/loyalty/policy` | points and offline allowances |
 //! | `GET /v1/reports/card-exceptions?format=csv` | cards overdrawn or over policy offline |
 //! | `GET /v1/reports/duplicate-members` | members sharing a phone (possibly one person) |
+//! | `GET /v1/reports/pricing?format=csv` | receipts HQ's price check priced otherwise, with the cause |
 //! | `GET /v1/members?phone=` | look a member up by phone |
 //! | `POST /v1/members/{id}/merge` | `{"alias": B}`: B becomes another name of this member |
 //! | `POST /v1/cards`, `GET /v1/cards/{number}` | issue a card (`number`, `member`), look one up |
@@ -734,11 +735,12 @@ async fn report(
         "returns" => Report::UnverifiedReturns,
         "card-exceptions" => Report::CardExceptions,
         "duplicate-members" => Report::DuplicateMembers,
+        "pricing" => Report::Pricing,
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no report `{other}` (promotions, overrides, returns, card-exceptions, duplicate-members)"
+                    "no report `{other}` (promotions, overrides, returns, card-exceptions, duplicate-members, pricing)"
                 ),
             ));
         }

@@ -235,6 +235,9 @@ pub enum Report {
     CardExceptions,
     /// `phone,store,member,name`: members sharing a phone, possibly one person signed up twice.
     DuplicateMembers,
+    /// `receipt,store,sold_at_ms,charged_cents,hq_cents,difference_cents,cause,detail`: receipts
+    /// HQ's price check priced otherwise than the store charged.
+    Pricing,
 }
 
 /// The report's header and rows, as text cells.
@@ -323,6 +326,39 @@ pub fn report_rows(
         ),
         Report::CardExceptions => crate::loyalty::exception_rows(replica)?,
         Report::DuplicateMembers => crate::loyalty::duplicate_rows(replica)?,
+        Report::Pricing => (
+            vec![
+                "receipt",
+                "store",
+                "sold_at_ms",
+                "charged_cents",
+                "hq_cents",
+                "difference_cents",
+                "cause",
+                "detail",
+            ],
+            replica
+                .price_differences(None)?
+                .into_iter()
+                .map(|d| {
+                    let hq = d.hq_cents.map(|c| c.to_string()).unwrap_or_default();
+                    let difference = d
+                        .hq_cents
+                        .map(|c| d.charged_cents.saturating_sub(c).to_string())
+                        .unwrap_or_default();
+                    vec![
+                        d.receipt,
+                        d.store,
+                        d.sold_at_ms.to_string(),
+                        d.charged_cents.to_string(),
+                        hq,
+                        difference,
+                        d.cause.as_str().to_owned(),
+                        d.detail,
+                    ]
+                })
+                .collect(),
+        ),
     })
 }
 

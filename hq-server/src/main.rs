@@ -68,7 +68,7 @@ enum Command {
     /// Manage promotions.
     #[command(subcommand)]
     Promo(PromoCommand),
-    /// Reports as CSV: promotions, overrides, unverified returns, card exceptions.
+    /// Reports as CSV: promotions, overrides, unverified returns, card exceptions, pricing.
     #[command(subcommand)]
     Report(ReportCommand),
     /// The loyalty policy: points earned and paid, offline allowances.
@@ -321,6 +321,12 @@ enum ReportCommand {
     },
     /// Cards overdrawn, or taken from offline beyond policy, with the entries behind them.
     CardExceptions {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+    /// Receipts HQ priced again and found charged otherwise, with the cause (receipts not
+    /// checked yet are checked first).
+    Pricing {
         #[arg(long, default_value = "hq-data")]
         data: PathBuf,
     },
@@ -769,6 +775,7 @@ fn main() -> Result<()> {
                 ReportCommand::CardExceptions { data } => {
                     (data, hq_server::csvio::Report::CardExceptions)
                 }
+                ReportCommand::Pricing { data } => (data, hq_server::csvio::Report::Pricing),
             };
             if let ReportCommand::Promotions { by, .. } = &report
                 && by != "store"
@@ -778,7 +785,10 @@ fn main() -> Result<()> {
             }
             let dir = HqDir::new(data);
             let state = dir.load()?;
-            let replica = dir.open_replica(&state.key)?;
+            let mut replica = dir.open_replica(&state.key)?;
+            if kind == hq_server::csvio::Report::Pricing {
+                hq_server::serve::check_prices_until_done(&mut replica)?;
+            }
             let mut out = std::io::stdout().lock();
             hq_server::csvio::write_report(&replica, kind, &mut out)
         }

@@ -27,6 +27,11 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
         let shutdown = shutdown.clone();
         tokio::spawn(expire_points_hourly(hub, shutdown))
     };
+    let price_check = {
+        let hub = hub.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(check_prices_continually(hub, shutdown))
+    };
     let listener = tokio::net::TcpListener::bind(state.config.api_listen)
         .await
         .with_context(|| format!("HQ API cannot listen on {}", state.config.api_listen))?;
@@ -67,6 +72,7 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
     api.await.context("HQ API task")?.context("HQ API")?;
     watcher.await.context("heads watcher")?;
     expiry.await.context("points expiry task")?;
+    price_check.await.context("price check task")?;
     drop(hub);
     thread
         .join()
@@ -97,6 +103,63 @@ async fn expire_points_hourly(hub: Hub, mut shutdown: watch::Receiver<bool>) {
             _ = chainsync::transport::stopped(&mut shutdown) => return,
         }
     }
+}
+
+/// How often HQ prices newly arrived receipts again.
+pub const PRICE_CHECK_INTERVAL_MS: u64 = 1_000;
+/// Most batches of one round of the price check, so that the replica thread is shared.
+const PRICE_CHECK_BATCHES_PER_ROUND: usize = 20;
+
+/// Prices every arriving receipt again with HQ's facts (`Replica::check_prices`), until
+/// `shutdown`; differences go to the pricing report.
+async fn check_prices_continually(hub: Hub, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        for _ in 0..PRICE_CHECK_BATCHES_PER_ROUND {
+            let pass = hub
+                .replica()
+                .call(|r| r.check_prices(chainsync::transport::now_ms() as i64))
+                .await;
+            match pass {
+                Ok(Ok(pass)) => {
+                    if pass.differing > 0 {
+                        tracing::warn!(
+                            "price check: {} of {} receipts charged otherwise than HQ prices them \
+                             (hq-server report pricing)",
+                            pass.differing,
+                            pass.checked
+                        );
+                    }
+                    if pass.checked < chainsync::replica::PRICE_CHECK_BATCH_RECEIPTS {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("price check: {e}");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("price check: {e}");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(PRICE_CHECK_INTERVAL_MS)) => {}
+            _ = chainsync::transport::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// The price check run to the end from the command line (bounded: at most a million receipts).
+pub fn check_prices_until_done(replica: &mut chainsync::replica::Replica) -> Result<()> {
+    let passes = 1_000_000 / chainsync::replica::PRICE_CHECK_BATCH_RECEIPTS;
+    for _ in 0..passes {
+        let pass = replica.check_prices(chainsync::transport::now_ms() as i64)?;
+        if pass.checked < chainsync::replica::PRICE_CHECK_BATCH_RECEIPTS {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// For each store bundle imported from the inbox, writes HQ's answer (what the store lacks, and

@@ -45,7 +45,9 @@ pub const SNAPSHOT_SIG_PREFIX: &[u8] = b"chainsync/snapshot/v1";
 /// time zones, returns marked unverified.
 /// 3: ledger entries with their authorisation, tender and note; the loyalty policy, card
 /// allowances, cards and member merges as ops.
-pub const CHANGE_SET_FORMAT: u16 = 3;
+/// 4: receipts carry their pricing basis (pricing time, the streams' heads, the member as
+/// seen) for HQ's price check.
+pub const CHANGE_SET_FORMAT: u16 = 4;
 /// Largest change-set body. A change set is one local transaction (a receipt, a price list
 /// import); 1 MiB holds ~10,000 price entries while keeping a frame of several within limits.
 pub const CHANGE_SET_BYTES_MAX: usize = 1024 * 1024;

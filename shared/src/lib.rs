@@ -28,6 +28,7 @@ pub mod lookup;
 pub mod loyalty;
 pub mod merge;
 pub mod model;
+pub mod pricecheck;
 pub mod protocol;
 pub mod replica;
 pub mod returns;

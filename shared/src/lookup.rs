@@ -100,6 +100,21 @@ impl MemberFacts {
             allowance: Allowance::default(),
         }
     }
+
+    /// The member as pricing sees them: level and birthday month (`MMDD`) from the profile.
+    pub fn shopper(&self) -> crate::checkout::Shopper {
+        let field = |f: ProfileField| {
+            self.profile
+                .iter()
+                .find(|(field, _)| *field == f)
+                .map(|(_, v)| v.clone())
+        };
+        crate::checkout::Shopper {
+            level: field(ProfileField::Level),
+            birthday_month: field(ProfileField::Birthday)
+                .and_then(|b| b.get(..2).and_then(|m| m.parse().ok())),
+        }
+    }
 }
 
 /// Why a lookup could not be made or answered.

@@ -13,7 +13,7 @@
 //! field (see [`crate::merge`]).
 
 use crate::hlc::Hlc;
-use crate::ids::{CardNo, MemberId, NodeId, RecordId, RegionId, Scope, Sku};
+use crate::ids::{CardNo, MemberId, NodeId, RecordId, RegionId, Scope, Sku, StreamId};
 use serde::{Deserialize, Serialize};
 
 /// Most units on one receipt line (and in one return line).
@@ -725,7 +725,79 @@ pub struct Receipt {
     pub member: Option<MemberId>,
     pub lines: Vec<ReceiptLine>,
     pub payments: Vec<Payment>,
-    pub promotions_applied: Vec<RecordId>,
+    /// What the checkout engine priced the receipt with, so that HQ can price it again.
+    pub pricing: PricingBasis,
+}
+
+/// Where the facts a receipt was priced with came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FactsSource {
+    /// The store's own replica (realtime and batch): [`PricingBasis::heads`] says how far.
+    Replica,
+    /// HQ's answer to a lookup, just then (hosted).
+    Hq,
+    /// A hosted store's lookup cache, because HQ could not be reached.
+    Cache,
+}
+
+/// How far a store held one stream when it priced a receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHead {
+    pub stream: StreamId,
+    pub seq: u64,
+}
+
+/// Most streams a [`PricingBasis`] names: the catalog and two per scope covering a store.
+pub const PRICING_HEADS_MAX: usize = 32;
+
+/// The inputs of a receipt's pricing that HQ cannot know by itself: when the engine priced it,
+/// how far the store held the catalog, price and promotion streams covering it, and the member
+/// as the store saw them. HQ prices every arriving receipt again from its own facts and, where
+/// the answers differ, uses this to say why (`replica/pricecheck.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricingBasis {
+    /// The pricing time the engine used (Unix ms); it can be later than `sold_at_ms`.
+    pub priced_at_ms: i64,
+    pub source: FactsSource,
+    /// With [`FactsSource::Replica`]: the store's heads of the streams that priced it.
+    pub heads: Vec<StreamHead>,
+    /// The member's level and birthday month as the store knew them.
+    pub member_level: Option<String>,
+    pub birthday_month: Option<u8>,
+    /// Whether the last line is a gift the engine added (a spend threshold's reward).
+    pub gift_line: bool,
+}
+
+impl PricingBasis {
+    /// A basis for receipts priced outside the engine (tests, tools): from the store's
+    /// replica, knowing no heads.
+    pub fn unknown(priced_at_ms: i64) -> Self {
+        Self {
+            priced_at_ms,
+            source: FactsSource::Replica,
+            heads: Vec::new(),
+            member_level: None,
+            birthday_month: None,
+            gift_line: false,
+        }
+    }
+
+    /// Checks the sizes and the texts.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if self.heads.len() > PRICING_HEADS_MAX {
+            return Err(format!(
+                "a pricing basis of {} streams (at most {PRICING_HEADS_MAX})",
+                self.heads.len()
+            ));
+        }
+        if let Some(level) = &self.member_level {
+            check_text("member level", level)?;
+        }
+        if self.birthday_month.is_some_and(|m| !(1..=12).contains(&m)) {
+            return Err("a birthday month outside 1..=12".into());
+        }
+        Ok(())
+    }
 }
 
 impl Receipt {
@@ -798,6 +870,10 @@ impl Receipt {
     pub fn check_bounds(&self) -> Result<(), String> {
         check_lines(&self.lines)?;
         check_payments("payment", &self.payments)?;
+        self.pricing.check_bounds()?;
+        if self.pricing.gift_line && self.lines.len() < 2 {
+            return Err("a gift line needs a line it was given for".into());
+        }
         check_amount("receipt total", self.total_cents())
     }
 }

@@ -53,10 +53,10 @@ use chainsync::ids::{MemberId, NodeId, Place, RecordId, RegionId, Sku, StreamId,
 use chainsync::lookup::{LookupAnswer, LookupQuery, MemberFacts, SkuFacts};
 use chainsync::merge;
 use chainsync::model::{
-    AMOUNT_CENTS_MAX, DiscountSource, LedgerAccount, LedgerEntry, LedgerKind, LineDiscount,
-    MemberEdit, MovementKind, Payment, PaymentMethod, PriceKind, ProfileField, RECEIPT_LINES_MAX,
-    Receipt, ReceiptLine, ReturnRecord, STOCK_MOVE_MAX_UNITS, SpendAuth, StockMovement, StoreMode,
-    Void,
+    AMOUNT_CENTS_MAX, DiscountSource, FactsSource, LedgerAccount, LedgerEntry, LedgerKind,
+    LineDiscount, MemberEdit, MovementKind, Payment, PaymentMethod, PriceKind, PricingBasis,
+    ProfileField, RECEIPT_LINES_MAX, Receipt, ReceiptLine, ReturnRecord, STOCK_MOVE_MAX_UNITS,
+    SpendAuth, StockMovement, StoreMode, StreamHead, Void,
 };
 use chainsync::protocol::session::LOOKUP_TIMEOUT_MS;
 use chainsync::replica::{Replica, ReplicaError};
@@ -290,6 +290,9 @@ struct Facts {
     time_zone: String,
     /// Units this store has given of each allocated promotion among the facts.
     used_units: BTreeMap<RecordId, u64>,
+    /// With facts from the replica: its heads of the streams that price this store, recorded
+    /// on receipts for HQ's price check.
+    heads: Vec<StreamHead>,
 }
 
 impl PosState {
@@ -425,6 +428,7 @@ impl PosState {
             place: Place::new(self.store.clone(), self.region.clone()),
             time_zone: "UTC".into(),
             used_units: BTreeMap::new(),
+            heads: Vec::new(),
         })
     }
 
@@ -487,6 +491,7 @@ impl PosState {
                 t_ms: pricing_time(r),
                 time_zone,
                 used_units,
+                heads: Vec::new(),
             })
         })
         .await
@@ -528,6 +533,7 @@ fn local_facts(
         place,
         time_zone,
         used_units,
+        heads: r.pricing_heads(store)?,
     })
 }
 
@@ -634,22 +640,33 @@ fn basket_lines(lines: &[SaleLine]) -> Result<Vec<BasketLine>, PosError> {
     Ok(out)
 }
 
-/// The member as pricing sees them: level and birthday month from the profile.
+/// The member as pricing sees them (a member HQ's answer did not reach: no level, no birthday).
 fn shopper(facts: &Facts, member: Option<&MemberId>) -> Option<Shopper> {
     member?;
-    let field = |f: ProfileField| {
-        facts.member.as_ref().and_then(|m| {
-            m.profile
-                .iter()
-                .find(|(field, _)| *field == f)
-                .map(|(_, v)| v.clone())
-        })
-    };
-    Some(Shopper {
-        level: field(ProfileField::Level),
-        birthday_month: field(ProfileField::Birthday)
-            .and_then(|b| b.get(..2).and_then(|m| m.parse().ok())),
-    })
+    Some(
+        facts
+            .member
+            .as_ref()
+            .map(MemberFacts::shopper)
+            .unwrap_or_default(),
+    )
+}
+
+/// What a receipt records of its pricing, for HQ's price check.
+fn pricing_basis(facts: &Facts, priced: &Priced, member: Option<&MemberId>) -> PricingBasis {
+    let shopper = shopper(facts, member).unwrap_or_default();
+    PricingBasis {
+        priced_at_ms: facts.t_ms,
+        source: match facts.source {
+            Source::Replica => FactsSource::Replica,
+            Source::Hq => FactsSource::Hq,
+            Source::Cache { .. } => FactsSource::Cache,
+        },
+        heads: facts.heads.clone(),
+        member_level: shopper.level,
+        birthday_month: shopper.birthday_month,
+        gift_line: !priced.gift_lines.is_empty(),
+    }
 }
 
 /// Prices `lines` with the checkout engine at `t_ms` (store-local time from the store's zone).
@@ -893,13 +910,14 @@ async fn record_sale(
             }
             let sold_at_ms = now_ms() as i64;
             let priced = price_lines(&facts, &basket, member.as_ref(), facts.t_ms)?;
+            let pricing = pricing_basis(&facts, &priced, member.as_ref());
             let receipt = Receipt {
                 id: id.clone(),
                 store: store.clone(),
                 sold_at_ms,
                 member,
                 payments: payments(&req.payments, priced.total_cents)?,
-                promotions_applied: priced.promotions.iter().map(|p| p.id.clone()).collect(),
+                pricing,
                 lines: priced.lines.clone(),
             };
             receipt.check_bounds().map_err(PosError::invalid)?;

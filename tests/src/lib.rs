@@ -203,7 +203,7 @@ pub fn receipt(
             method: PaymentMethod::Cash,
             amount_cents: total,
         }],
-        promotions_applied: vec![],
+        pricing: chainsync::model::PricingBasis::unknown(at_ms),
     }
 }
 

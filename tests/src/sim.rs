@@ -458,7 +458,7 @@ impl Sim {
                 amount_cents: 0,
             }],
             lines,
-            promotions_applied: vec![],
+            pricing: chainsync::model::PricingBasis::unknown(self.now_ms as i64),
         };
         self.store_commit(i, Topic::Sales, vec![Op::Receipt(receipt.clone())])?;
         for line in &receipt.lines {

@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const RECONNECT_WAIT: Duration = Duration::from_secs(60);
 
 /// (sku, category, price)
-const CATALOG: [(&str, &str, &str); 14] = [
+const CATALOG: [(&str, &str, &str); 15] = [
     ("tea", "drinks", "1.00"),
     ("coffee", "drinks", "2.50"),
     ("juice", "drinks", "1.50"),
@@ -32,6 +32,7 @@ const CATALOG: [(&str, &str, &str); 14] = [
     ("dip", "snacks", "1.50"),
     ("pen", "office", "1.00"),
     ("pad", "office", "3.00"),
+    ("salt", "pantry", "0.50"),
 ];
 
 fn promo(hq: &Hq, id: &str, rule: &str, extra: &[&str]) {
@@ -250,8 +251,10 @@ fn the_till_applies_every_promotion_offline_checks_returns_and_hq_reports_the_di
             .then_some(())
     });
 
-    // HQ goes down; the store prices and sells on its own.
+    // HQ goes down; the store prices and sells on its own. HQ's staff raise the price of salt
+    // meanwhile, which the store cannot hear of.
     hq_proc.kill9();
+    hq.cli_ok(&["price", "set", "--sku", "salt", "--price", "0.60"]);
     let (status, tea) = agent.get("/v1/prices/tea");
     assert_eq!(status, 200, "{tea}");
     assert_eq!(
@@ -435,12 +438,54 @@ fn the_till_applies_every_promotion_offline_checks_returns_and_hq_reports_the_di
         "{unverified}"
     );
 
+    let f = sale(&agent, "F", None, &[("salt", 2)]);
+    assert_eq!(f["total_cents"], 100, "the price the store holds: {f}");
+
     // HQ back: the receipts arrive, and the report shows what they carry.
     let _hq_proc = hq.start();
     let replica = hq.replica();
     wait_until(RECONNECT_WAIT, "every receipt at HQ", || {
-        (replica.receipt_count().unwrap() == 9).then_some(())
+        (replica.receipt_count().unwrap() == 10).then_some(())
     });
+    // HQ prices every receipt again with its own facts: every kind of promotion, the stack,
+    // the members' prices, the hours in Tokyo and the allocation come out as the store charged
+    // them; only the salt sold before the new price reached the store differs, and why is said.
+    wait_until(WAIT, "HQ's price check of every receipt", || {
+        (replica.receipts_unchecked().unwrap() == 0).then_some(())
+    });
+    let pricing = replica.price_differences(None).unwrap();
+    let pricing_csv = hq.cli_ok(&["report", "pricing"]);
+    assert_eq!(
+        pricing
+            .iter()
+            .map(|d| (d.receipt.as_str(), d.charged_cents, d.hq_cents, d.cause))
+            .collect::<Vec<_>>(),
+        vec![(
+            "S001-PF",
+            100,
+            Some(120),
+            chainsync::pricecheck::PriceCause::OlderFacts
+        )],
+        "{pricing:?}"
+    );
+    assert!(
+        pricing_csv.starts_with(
+            "receipt,store,sold_at_ms,charged_cents,hq_cents,difference_cents,cause,detail\n"
+        ),
+        "{pricing_csv}"
+    );
+    assert!(
+        pricing_csv.contains("S001-PF,S001,")
+            && pricing_csv.contains(
+                ",100,120,-20,older_facts,\"line 0: charged 2 x salt @ 0.50; HQ 2 x salt @ 0.60; \
+                 the store held hq/prices@chain to change set"
+            ),
+        "{pricing_csv}"
+    );
+    let (status, listed) = hq.api(&admin, "GET", "/v1/reports/pricing", None);
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["rows"].as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed["rows"][0]["cause"], "older_facts", "{listed}");
     wait_until(WAIT, "every return at HQ", || {
         (replica.unverified_returns().unwrap().len() == 1).then_some(())
     });

@@ -812,3 +812,102 @@ fn a_large_batch_checked_in_parallel_refuses_exactly_the_bad_signature() {
         40
     );
 }
+
+// HQ prices every arriving receipt again with its own facts. A receipt charged as HQ's engine
+// prices it is not listed; one charged otherwise is, once, with the cause: older facts when the
+// store had not heard of HQ's latest price, "unexplained" when it held every fact and still
+// charged otherwise.
+#[test]
+fn hq_prices_each_receipt_again_and_lists_those_charged_otherwise_with_the_cause() {
+    use chainsync::model::{FactsSource, PricingBasis, Product};
+    use chainsync::pricecheck::PriceCause;
+    let (_dir, chain) = chain(1);
+    let (mut hq, mut stores) = chain.bootstrap(T0);
+    let store = &mut stores[0];
+    let id = store.node().clone();
+    let product = Op::ProductUpsert(Product {
+        sku: sku("cola"),
+        name: "Cola".into(),
+        category: "drinks".into(),
+        barcodes: vec![],
+        unit_cost_cents: 50,
+        active: true,
+    });
+    hq.commit_local(Topic::Catalog, vec![product], T0).unwrap();
+    let chain_price = |cents| price("hq-cola", Scope::Chain, PriceKind::Retail, cents, 0, None);
+    hq.commit_local(Topic::Prices(Scope::Chain), vec![chain_price(150)], T0)
+        .unwrap();
+    pull(&hq, store);
+    let priced = |store: &Replica, n: u64, cents: i64| {
+        let mut r = receipt(&id, n, T0 as i64, None, &[("cola", 2, cents)]);
+        r.pricing = PricingBasis {
+            source: FactsSource::Replica,
+            heads: store.pricing_heads(&id).unwrap(),
+            ..PricingBasis::unknown(T0 as i64)
+        };
+        Op::Receipt(r)
+    };
+    let heads = store.pricing_heads(&id).unwrap();
+    assert_eq!(
+        heads
+            .iter()
+            .map(|h| h.stream.to_string())
+            .collect::<Vec<_>>(),
+        ["hq/catalog", "hq/prices@chain"],
+        "{heads:?}"
+    );
+    let right = priced(store, 1, 150);
+    let wrong = priced(store, 2, 120);
+    store.commit_local(Topic::Sales, vec![right], T0).unwrap();
+    store.commit_local(Topic::Sales, vec![wrong], T0).unwrap();
+    // HQ raises the price; the store sells before it hears of it.
+    hq.commit_local(Topic::Prices(Scope::Chain), vec![chain_price(170)], T0)
+        .unwrap();
+    let stale = priced(store, 3, 150);
+    store.commit_local(Topic::Sales, vec![stale], T0).unwrap();
+    push(&mut hq, store);
+    assert_eq!(hq.receipts_unchecked().unwrap(), 3);
+
+    let pass = hq.check_prices(T0 as i64).unwrap();
+    assert_eq!((pass.checked, pass.differing), (3, 3));
+    let listed = hq.price_differences(None).unwrap();
+    let seen: Vec<_> = listed
+        .iter()
+        .map(|d| (d.receipt.as_str(), d.charged_cents, d.hq_cents, d.cause))
+        .collect();
+    // Receipt 1 was right when sold, but HQ's price has moved since: older facts too.
+    assert_eq!(
+        seen,
+        [
+            ("S001-1", 300, Some(340), PriceCause::OlderFacts),
+            ("S001-2", 240, Some(340), PriceCause::OlderFacts),
+            ("S001-3", 300, Some(340), PriceCause::OlderFacts),
+        ],
+        "{listed:#?}"
+    );
+    assert_eq!(hq.check_prices(T0 as i64).unwrap().checked, 0, "once each");
+
+    // The store catches up and sells again: right is not listed, wrong is unexplained.
+    pull(&hq, store);
+    let right = priced(store, 4, 170);
+    let wrong = priced(store, 5, 160);
+    store
+        .commit_local(Topic::Sales, vec![right, wrong], T0)
+        .unwrap();
+    push(&mut hq, store);
+    let pass = hq.check_prices(T0 as i64).unwrap();
+    assert_eq!((pass.checked, pass.differing), (2, 1));
+    let unexplained = hq.price_differences(Some(PriceCause::Unexplained)).unwrap();
+    assert_eq!(unexplained.len(), 1, "{unexplained:#?}");
+    assert_eq!(
+        (unexplained[0].receipt.as_str(), unexplained[0].hq_cents),
+        ("S001-5", Some(340))
+    );
+    assert!(
+        unexplained[0].detail.starts_with(
+            "line 0: charged 2 x cola @ 1.60; HQ 2 x cola @ 1.70; the store held every fact"
+        ),
+        "{}",
+        unexplained[0].detail
+    );
+}

@@ -356,7 +356,7 @@ pub(crate) fn apply_op(
                 stock.add(&m.store, m.sku.as_str(), m.qty_delta);
             }
         }
-        Op::Receipt(r) => apply_receipt(tx, r, stock)?,
+        Op::Receipt(r) => apply_receipt(tx, r, seq, stock)?,
         Op::Return(r) => {
             let refund: i64 = r
                 .refunds
@@ -386,15 +386,16 @@ pub(crate) fn apply_op(
         Op::Void(v) => {
             let inserted = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO voids (id, store, original, at_ms, reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO voids (id, store, original, at_ms, reason, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?
                 .execute(params![
                     v.id.as_str(),
                     v.store.as_str(),
                     v.original.as_str(),
                     v.at_ms,
-                    v.reason
+                    v.reason,
+                    seq as i64
                 ])?;
             if inserted == 1 {
                 let newly_voided = tx
@@ -411,18 +412,25 @@ pub(crate) fn apply_op(
     Ok(())
 }
 
-fn apply_receipt(tx: &Connection, r: &Receipt, stock: &mut StockDeltas) -> rusqlite::Result<()> {
+fn apply_receipt(
+    tx: &Connection,
+    r: &Receipt,
+    seq: u64,
+    stock: &mut StockDeltas,
+) -> rusqlite::Result<()> {
     let inserted = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO receipts (id, store, sold_at_ms, member, total_cents)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO receipts (id, store, sold_at_ms, member, total_cents, seq, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![
             r.id.as_str(),
             r.store.as_str(),
             r.sold_at_ms,
             r.member.as_ref().map(|m| m.as_str()),
-            r.total_cents()
+            r.total_cents(),
+            seq as i64,
+            encode(r),
         ])?;
     if inserted == 0 {
         return Ok(());

@@ -28,6 +28,7 @@ mod members;
 pub use members::{
     CardException, HOLD_TTL_MS, HoldOutcome, HoldRequest, ReceiptLedgerRow, StatementRow,
 };
+mod pricecheck;
 mod query;
 mod report;
 mod retail;
@@ -35,6 +36,7 @@ pub use retail::{OriginalReceipt, OverrideRow, PromotionReportRow, UnverifiedRet
 mod snapshot;
 
 pub use hq::{EnrollError, PendingStore};
+pub use pricecheck::{PRICE_CHECK_BATCH_RECEIPTS, PriceCheckPass, PriceDifference};
 pub use query::{StockRow, StreamStatus};
 pub use report::{SalesReportRow, StockFilter, StockReportRow, StoreReportRow};
 pub use snapshot::{
@@ -54,7 +56,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Schema version this build writes; a database of another version is refused.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

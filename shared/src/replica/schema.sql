@@ -1,4 +1,4 @@
--- chainsync replica schema, version 3. Applied once by Replica::open.
+-- chainsync replica schema, version 4. Applied once by Replica::open.
 -- Replication state: the log of every stream this node keeps, and where each stands.
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -190,9 +190,14 @@ CREATE TABLE receipts (
     sold_at_ms  INTEGER NOT NULL,
     member      TEXT,
     total_cents INTEGER NOT NULL,
-    voided      INTEGER NOT NULL DEFAULT 0
+    voided      INTEGER NOT NULL DEFAULT 0,
+    seq         INTEGER NOT NULL,          -- of its change set in the store's sales stream
+    body        BLOB    NOT NULL,          -- the Receipt, for HQ's price check
+    price_check INTEGER                    -- HQ: NULL not yet priced again, 0 same, 1 differs
 ) WITHOUT ROWID;
 CREATE INDEX receipts_by_store_time ON receipts (store, sold_at_ms);
+CREATE INDEX receipts_by_store_seq ON receipts (store, seq);
+CREATE INDEX receipts_unchecked ON receipts (seq) WHERE price_check IS NULL;
 CREATE TABLE receipt_lines (
     receipt          TEXT    NOT NULL,
     line_no          INTEGER NOT NULL,
@@ -232,11 +237,25 @@ CREATE TABLE voids (
     store    TEXT    NOT NULL,
     original TEXT    NOT NULL,
     at_ms    INTEGER NOT NULL,
-    reason   TEXT    NOT NULL
+    reason   TEXT    NOT NULL,
+    seq      INTEGER NOT NULL              -- of its change set in the store's sales stream
 ) WITHOUT ROWID;
 -- Every receipt applied asks whether a void for it arrived first: without this index that is a
 -- scan of every void ever recorded, which at HQ grows without bound.
 CREATE INDEX voids_by_original ON voids (original);
+
+-- HQ only: receipts HQ priced again and charged otherwise than its own engine (pricecheck.rs).
+CREATE TABLE price_differences (
+    receipt       TEXT PRIMARY KEY,
+    store         TEXT    NOT NULL,
+    sold_at_ms    INTEGER NOT NULL,
+    charged_cents INTEGER NOT NULL,
+    hq_cents      INTEGER,                  -- NULL where HQ could not price it (see detail)
+    cause         TEXT    NOT NULL,         -- PriceCause::as_str
+    detail        TEXT    NOT NULL,
+    checked_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX price_differences_by_store ON price_differences (store, sold_at_ms);
 
 -- Stores only: what the POS answered to a write made with a till's key (receipt_no, return_no
 -- …), committed with the write, so a retry gets the same answer and writes nothing.
