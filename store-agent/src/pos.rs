@@ -290,8 +290,8 @@ struct Facts {
     time_zone: String,
     /// Units this store has given of each allocated promotion among the facts.
     used_units: BTreeMap<RecordId, u64>,
-    /// With facts from the replica: its heads of the streams that price this store, recorded
-    /// on receipts for HQ's price check.
+    /// The replica's heads of the streams that price this store, recorded on receipts for HQ's
+    /// price check (filled by `record_sale` when the facts are the replica's).
     heads: Vec<StreamHead>,
 }
 
@@ -533,7 +533,8 @@ fn local_facts(
         place,
         time_zone,
         used_units,
-        heads: r.pricing_heads(store)?,
+        // Read when a sale is recorded (`record_sale`), not for every basket priced.
+        heads: Vec::new(),
     })
 }
 
@@ -910,7 +911,10 @@ async fn record_sale(
             }
             let sold_at_ms = now_ms() as i64;
             let priced = price_lines(&facts, &basket, member.as_ref(), facts.t_ms)?;
-            let pricing = pricing_basis(&facts, &priced, member.as_ref());
+            let mut pricing = pricing_basis(&facts, &priced, member.as_ref());
+            if facts.source == Source::Replica {
+                pricing.heads = r.pricing_heads(&store)?;
+            }
             let receipt = Receipt {
                 id: id.clone(),
                 store: store.clone(),

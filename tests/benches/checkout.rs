@@ -12,7 +12,8 @@
 //! request at a time each, over a new loopback connection per request. Measured:
 //! `baskets_per_s`, `p50_ms`, `p99_ms` of the POS API; baseline in the same run: the same client
 //! asking `GET /v1/stock/{sku}` (a POS read that prices nothing), `stock_p50_ms`/`stock_p99_ms`;
-//! and the engine alone on the same baskets' facts (`engine_us_per_basket`).
+//! and, on the same baskets, the facts alone (`facts_us_per_basket`, `Replica::sku_facts`) and
+//! the engine alone (`engine_us_per_basket`).
 //! Target (noted, not asserted): p99 under 2 ms.
 
 use chainsync::changeset::Op;
@@ -299,6 +300,7 @@ fn main() {
 
     // The engine alone, on the same baskets' facts.
     let place = chainsync::ids::Place::new(store.id.clone(), chainsync_tests::region("north"));
+    let facts_started = Instant::now();
     let facts: Vec<BTreeMap<chainsync::ids::Sku, chainsync::lookup::SkuFacts>> = basket_skus
         .iter()
         .map(|b| {
@@ -314,6 +316,10 @@ fn main() {
                 .collect()
         })
         .collect();
+    let facts_us = facts_started.elapsed().as_secs_f64() * 1e6 / baskets as f64;
+    say(format!(
+        "the facts alone (Replica::sku_facts of the basket's skus): {facts_us:.1} us per basket"
+    ));
     let t_ms = 1_800_000_000_000;
     let (local, _) = LocalTime::at(t_ms, "UTC");
     let ctx = Context {
@@ -352,6 +358,7 @@ fn main() {
             "stock_p50_ms": (b50 * 1000.0).round() / 1000.0,
             "stock_p99_ms": (b99 * 1000.0).round() / 1000.0,
             "engine_us_per_basket": (engine_us * 10.0).round() / 10.0,
+            "facts_us_per_basket": (facts_us * 10.0).round() / 10.0,
             "discounted_baskets": discounted,
         })
     );
