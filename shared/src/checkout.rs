@@ -269,13 +269,14 @@ pub fn allocation_left(promo: &Promotion, store: &NodeId, used_units: u64) -> Op
 
 /// A line while the engine works on it.
 #[derive(Debug, Clone)]
-struct Work {
+struct Work<'a> {
     /// No override and no manual discount: merged with other plain lines of its sku.
     plain: bool,
     /// The (first) basket line it came from.
     from_line: usize,
-    sku: Sku,
-    category: String,
+    /// Borrowed from the basket and the facts: the search copies lines often.
+    sku: &'a Sku,
+    category: &'a str,
     qty: i64,
     unit: i64,
     /// The engine's unit price (differs from `unit` only when the till overrode it).
@@ -289,7 +290,7 @@ struct Work {
     closed: bool,
 }
 
-impl Work {
+impl Work<'_> {
     fn take(&mut self, promo: usize, p: &Promotion, cents: i64, units: u32) {
         let cents = cents.clamp(0, self.amount);
         if cents == 0 && units == 0 {
@@ -318,10 +319,10 @@ impl Work {
     }
 }
 
-fn eligible(p: &Promotion, line: &Work) -> bool {
+fn eligible(p: &Promotion, line: &Work<'_>) -> bool {
     (p.skus.is_empty() && p.categories.is_empty())
-        || p.skus.contains(&line.sku)
-        || p.categories.contains(&line.category)
+        || p.skus.contains(line.sku)
+        || p.categories.iter().any(|c| c == line.category)
 }
 
 /// Round half up of `num / den` for non-negative values.
@@ -369,7 +370,7 @@ fn stack_rank(rule: &PromotionRule) -> u8 {
 fn apply_item(
     pi: usize,
     p: &Promotion,
-    lines: &mut [Work],
+    lines: &mut [Work<'_>],
     cap: Option<u64>,
     eligible_lines: &[usize],
 ) -> u64 {
@@ -386,12 +387,12 @@ fn apply_item(
         let (la, lb) = (&lines[a], &lines[b]);
         (i128::from(lb.amount) * i128::from(la.qty))
             .cmp(&(i128::from(la.amount) * i128::from(lb.qty)))
-            .then(la.sku.cmp(&lb.sku))
+            .then(la.sku.cmp(lb.sku))
             .then(a.cmp(&b))
     });
     let mut left = cap.unwrap_or(u64::MAX);
     let mut used = 0u64;
-    let per_unit = |line: &Work, units: i64| mul_div(line.amount, units, line.qty);
+    let per_unit = |line: &Work<'_>, units: i64| mul_div(line.amount, units, line.qty);
     match &p.rule {
         PromotionRule::PercentOff { basis_points } => {
             for i in idxs {
@@ -532,7 +533,7 @@ fn apply_item(
 
 /// The units of `idxs`, each with its share of its line's amount, dearest first (at most
 /// [`POOL_UNITS_MAX`]).
-fn pooled_units(lines: &[Work], idxs: &[usize]) -> Vec<(usize, i64)> {
+fn pooled_units(lines: &[Work<'_>], idxs: &[usize]) -> Vec<(usize, i64)> {
     let mut units = Vec::new();
     for &i in idxs {
         let line = &lines[i];
@@ -544,7 +545,7 @@ fn pooled_units(lines: &[Work], idxs: &[usize]) -> Vec<(usize, i64)> {
     }
     units.sort_by(|a, b| {
         b.1.cmp(&a.1)
-            .then(lines[a.0].sku.cmp(&lines[b.0].sku))
+            .then(lines[a.0].sku.cmp(lines[b.0].sku))
             .then(a.0.cmp(&b.0))
     });
     units.truncate(POOL_UNITS_MAX);
@@ -576,7 +577,7 @@ fn spread(off: i64, group: &[(usize, i64)], out: &mut [i64]) {
     }
 }
 
-fn settle(pi: usize, p: &Promotion, lines: &mut [Work], off: &[i64], counted: &[u32]) -> u64 {
+fn settle(pi: usize, p: &Promotion, lines: &mut [Work<'_>], off: &[i64], counted: &[u32]) -> u64 {
     let mut used = 0;
     // Every line with units in a complete group takes part (the paying units too), so no other
     // promotion of another priority or a best-price one can use those units again.
@@ -598,7 +599,7 @@ struct ThresholdOutcome {
 
 fn evaluate_threshold(
     p: &Promotion,
-    lines: &[Work],
+    lines: &[Work<'_>],
     facts: &BTreeMap<Sku, SkuFacts>,
     ctx: &Context<'_>,
 ) -> Option<ThresholdOutcome> {
@@ -624,7 +625,7 @@ fn evaluate_threshold(
             // One unit of the gift free: on its line if the basket has one, else a new line.
             if let Some(&i) = idxs
                 .iter()
-                .find(|&&i| &lines[i].sku == sku && lines[i].amount > 0)
+                .find(|&&i| lines[i].sku == sku && lines[i].amount > 0)
             {
                 let one = lines[i].unit.min(lines[i].amount);
                 off[i] = one;
@@ -656,11 +657,32 @@ fn evaluate_threshold(
 
 /// One evaluation: item promotions `chosen` (indexes into `promos`, in application order)
 /// on a copy of `base`, then the best threshold. Returns the lines, the gift and the total.
-struct Outcome {
-    lines: Vec<Work>,
+struct Outcome<'a> {
+    lines: Vec<Work<'a>>,
     threshold: Option<(usize, Option<(Sku, i64)>)>,
     /// What the customer pays less the value of a gift: what the search minimises.
     score: i64,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests turn the search's bound off to compare against the whole search.
+    static PRUNE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+fn prune() -> bool {
+    #[cfg(test)]
+    return PRUNE.with(std::cell::Cell::get);
+    #[cfg(not(test))]
+    true
+}
+
+/// What bounds the search (see [`Engine::search`]).
+struct Bound {
+    /// `rest_gain[k]`: the sum of what `searched[k..]` take off the basket each alone.
+    rest_gain: Vec<i64>,
+    /// At least what a spend threshold can give.
+    threshold: i64,
 }
 
 struct Engine<'a> {
@@ -673,9 +695,9 @@ struct Engine<'a> {
     ctx: &'a Context<'a>,
 }
 
-impl Engine<'_> {
+impl<'a> Engine<'a> {
     /// Applies item promotion `pi` to `lines` with its cap and eligible lines.
-    fn apply(&self, pi: usize, lines: &mut [Work]) {
+    fn apply(&self, pi: usize, lines: &mut [Work<'_>]) {
         apply_item(
             pi,
             self.promos[pi],
@@ -686,14 +708,14 @@ impl Engine<'_> {
     }
 
     /// What `pi` alone takes off `base`, and the lines after it.
-    fn gain(&self, pi: usize, base: &[Work]) -> (i64, Vec<Work>) {
+    fn gain(&self, pi: usize, base: &[Work<'a>]) -> (i64, Vec<Work<'a>>) {
         let mut trial = base.to_vec();
         self.apply(pi, &mut trial);
-        let total = |ls: &[Work]| ls.iter().map(|l| l.amount).sum::<i64>();
+        let total = |ls: &[Work<'_>]| ls.iter().map(|l| l.amount).sum::<i64>();
         (total(base) - total(&trial), trial)
     }
 
-    fn evaluate(&self, base: &[Work], chosen: &[usize]) -> Outcome {
+    fn evaluate(&self, base: &[Work<'a>], chosen: &[usize]) -> Outcome<'a> {
         let mut lines = base.to_vec();
         for &pi in chosen {
             self.apply(pi, &mut lines);
@@ -705,14 +727,29 @@ impl Engine<'_> {
     /// the best in `best`. A promotion that changes nothing where it would apply is not taken:
     /// that branch is the same as leaving it out (the fewer promotions win a tie anyway), so
     /// promotions competing for one line cut the tree down to the outcomes that differ.
+    ///
+    /// Branch and bound: `bound.rest_gain[k]` is what `searched[k..]` take off the basket each
+    /// alone, which is at least what they can take together on top of any lines (a discount
+    /// never grows as the amounts it applies to shrink), and `bound.threshold` is at least what
+    /// any spend threshold can give on any lines of this basket. A branch that cannot get
+    /// below the best score so far even so is not walked: it could at best tie, and a tie
+    /// with more promotions loses.
     fn search(
         &self,
         searched: &[usize],
         k: usize,
-        lines: &[Work],
+        lines: &[Work<'a>],
         chosen: &mut Vec<usize>,
-        best: &mut (Outcome, Vec<usize>),
+        best: &mut (Outcome<'a>, Vec<usize>),
+        bound: &Bound,
     ) {
+        if k < searched.len() {
+            let total: i64 = lines.iter().map(|l| l.amount).sum();
+            let lowest = total - bound.rest_gain[k] - bound.threshold;
+            if lowest > best.0.score {
+                return;
+            }
+        }
         let Some(&pi) = searched.get(k) else {
             let outcome = self.with_threshold(lines.to_vec());
             if better(&outcome, chosen, &best.0, &best.1, &self.promos) {
@@ -724,18 +761,53 @@ impl Engine<'_> {
         if self.eligible[pi].iter().any(|&i| lines[i].open_to(p)) {
             let mut taken = lines.to_vec();
             self.apply(pi, &mut taken);
-            let entries = |ls: &[Work]| ls.iter().map(|l| l.discounts.len()).sum::<usize>();
+            let entries = |ls: &[Work<'_>]| ls.iter().map(|l| l.discounts.len()).sum::<usize>();
             if entries(&taken) != entries(lines) {
                 chosen.push(pi);
-                self.search(searched, k + 1, &taken, chosen, best);
+                self.search(searched, k + 1, &taken, chosen, best, bound);
                 chosen.pop();
             }
         }
-        self.search(searched, k + 1, lines, chosen, best);
+        self.search(searched, k + 1, lines, chosen, best, bound);
+    }
+
+    /// At least what any spend threshold can give on lines of this basket after any item
+    /// promotions: what the best one gives on `base` (spends only shrink from there), or a
+    /// gift's shelf price (a gift whose sku's line was discounted to nothing is added whole).
+    fn threshold_bound(&self, base: &[Work<'a>]) -> i64 {
+        let on_base = self.with_threshold(base.to_vec());
+        let items: i64 = base.iter().map(|l| l.amount).sum();
+        let mut bound = items - on_base.score;
+        for &ti in &self.thresholds {
+            if let PromotionRule::SpendThreshold { tiers } = &self.promos[ti].rule {
+                for t in tiers {
+                    if let SpendReward::Gift { sku } = &t.reward
+                        && let Some(f) = self.facts.get(sku)
+                    {
+                        let price = merge::shelf_price_cents(
+                            &f.prices,
+                            sku,
+                            self.ctx.place,
+                            self.ctx.t_ms,
+                            self.ctx.member.is_some(),
+                        )
+                        .unwrap_or(0);
+                        let unit = base
+                            .iter()
+                            .filter(|l| l.sku == sku)
+                            .map(|l| l.unit)
+                            .max()
+                            .unwrap_or(0);
+                        bound = bound.max(price).max(unit);
+                    }
+                }
+            }
+        }
+        bound.max(0)
     }
 
     /// The best spend threshold on `lines`, applied.
-    fn with_threshold(&self, mut lines: Vec<Work>) -> Outcome {
+    fn with_threshold(&self, mut lines: Vec<Work<'a>>) -> Outcome<'a> {
         let mut best: Option<(i64, usize, ThresholdOutcome)> = None;
         for &ti in &self.thresholds {
             if self.caps[ti] == Some(0) {
@@ -841,7 +913,7 @@ pub fn price_basket(
         if plain
             && let Some(w) = base
                 .iter_mut()
-                .find(|w: &&mut Work| w.plain && w.sku == *sku)
+                .find(|w: &&mut Work<'_>| w.plain && w.sku == sku)
         {
             if w.qty + b.qty > LINE_QTY_MAX_UNITS {
                 return Err(CheckoutError::Quantity {
@@ -856,8 +928,8 @@ pub fn price_basket(
         base.push(Work {
             plain,
             from_line: line,
-            sku: sku.clone(),
-            category: product.category.clone(),
+            sku,
+            category: &product.category,
             qty: b.qty,
             unit,
             list: shelf.unwrap_or(0),
@@ -871,7 +943,7 @@ pub fn price_basket(
     // Rule 3: the promotions that apply, each once (keyed by scope and id), in a stable order.
     let mut seen: BTreeMap<(Scope, RecordId), &Promotion> = BTreeMap::new();
     for l in &base {
-        if let Some(f) = facts.get(&l.sku) {
+        if let Some(f) = facts.get(l.sku) {
             for p in &f.promotions {
                 seen.entry((p.scope.clone(), p.id.clone())).or_insert(p);
             }
@@ -926,7 +998,7 @@ pub fn price_basket(
         .collect();
     while !exclusive.is_empty() {
         let top = promos[exclusive[0]].priority;
-        let mut best: Option<(i64, usize, Vec<Work>)> = None;
+        let mut best: Option<(i64, usize, Vec<Work<'_>>)> = None;
         for &pi in exclusive.iter().filter(|&&i| promos[i].priority == top) {
             let (gain, trial) = engine.gain(pi, &base);
             if gain > 0 && best.as_ref().is_none_or(|(g, _, _)| gain > *g) {
@@ -962,8 +1034,21 @@ pub fn price_basket(
         .map(|c| c.1)
         .collect();
     searched.sort_unstable(); // application order is the promotions' order
+    let gain_of = |pi: usize| candidates.iter().find(|c| c.1 == pi).map_or(0, |c| c.0);
+    let mut rest_gain = vec![0i64; searched.len() + 1];
+    for k in (0..searched.len()).rev() {
+        rest_gain[k] = rest_gain[k + 1] + gain_of(searched[k]);
+    }
+    let bound = Bound {
+        rest_gain,
+        threshold: if prune() {
+            engine.threshold_bound(&base)
+        } else {
+            i64::MAX / 4
+        },
+    };
     let mut found = (engine.evaluate(&base, &[]), Vec::new());
-    engine.search(&searched, 0, &base, &mut Vec::new(), &mut found);
+    engine.search(&searched, 0, &base, &mut Vec::new(), &mut found, &bound);
     let (mut best, mut best_choice) = found;
     for pi in extra {
         let mut chosen = best_choice.clone();

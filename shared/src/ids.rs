@@ -10,6 +10,7 @@
 //! - A [`StreamId`] renders as `origin/topic`, e.g. `S017/sales` or `hq/prices@region:north`, and
 //!   parses back to the same value.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -66,20 +67,32 @@ fn check(kind: &'static str, id: &str, max: usize, extra: &[char]) -> Result<(),
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $extra:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        /// Kept inline up to 24 bytes ([`CompactString`]): no allocation to decode or copy one.
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(CompactString);
 
         impl $name {
             /// Checks and wraps an id.
-            pub fn new(id: impl Into<String>) -> Result<Self, IdError> {
-                let id = id.into();
-                check($kind, &id, $max, $extra)?;
-                Ok(Self(id))
+            pub fn new(id: impl AsRef<str>) -> Result<Self, IdError> {
+                let id = id.as_ref();
+                check($kind, id, $max, $extra)?;
+                Ok(Self(CompactString::new(id)))
             }
             /// The id as text.
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.as_str()
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.0.as_str())
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let id = CompactString::deserialize(d)?;
+                check($kind, id.as_str(), $max, $extra).map_err(serde::de::Error::custom)?;
+                Ok(Self(id))
             }
         }
         impl TryFrom<String> for $name {
@@ -90,13 +103,13 @@ macro_rules! string_id {
         }
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.into_string()
             }
         }
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 // pad, not write_str: honours width and alignment in tables.
-                f.pad(&self.0)
+                f.pad(self.0.as_str())
             }
         }
         impl std::str::FromStr for $name {
@@ -138,7 +151,7 @@ string_id!(
 impl NodeId {
     /// HQ's node id.
     pub fn hq() -> Self {
-        Self("hq".to_owned())
+        Self(CompactString::const_new("hq"))
     }
     /// Whether this node is HQ.
     pub fn is_hq(&self) -> bool {
@@ -149,7 +162,7 @@ impl NodeId {
 impl RecordId {
     /// The id `"{origin}-{n}"`, the form nodes use for what they create.
     pub fn minted(origin: &NodeId, n: u64) -> Self {
-        Self(format!("{origin}-{n}"))
+        Self(compact_str::format_compact!("{origin}-{n}"))
     }
 }
 

@@ -207,4 +207,21 @@ impl AgentDir {
         }
         Ok(replica)
     }
+
+    /// A read-only connection to `store.db` (opened after [`AgentDir::open_replica`]): it
+    /// refuses any write (`query_only`).
+    pub fn open_reader(&self, state: &AgentState) -> Result<Replica> {
+        let identity = Identity {
+            node: state.config.store.clone(),
+            key: state.key.clone(),
+        };
+        let path = self.path("store.db");
+        let replica = Replica::open(&path, identity, state.hq_key, Durability::Full)
+            .with_context(|| format!("opening {}/store.db to read", self.root.display()))?;
+        replica
+            .connection()
+            .pragma_update(None, "query_only", true)
+            .context("making the POS reader read-only")?;
+        Ok(replica)
+    }
 }

@@ -89,6 +89,12 @@ pub struct PosState {
     pub sync_requests: tokio::sync::mpsc::Sender<chainsync::transport::leaf::SyncRequest>,
     /// Carries a hosted store's lookups to HQ.
     pub lookups: tokio::sync::mpsc::Sender<LookupRequest>,
+    /// Read-only connections to the same replica, each on its own thread, for pricing what
+    /// writes nothing (baskets, price look-ups) beside the writer and each other (WAL readers).
+    /// Empty: everything goes through `replica`.
+    pub readers: Arc<[ReplicaHandle]>,
+    /// Which reader the next read goes to (round robin).
+    pub next_reader: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The router of the POS API.
@@ -303,19 +309,30 @@ impl PosState {
         self.read(move |r| is_hosted(r, &store)).await
     }
 
-    /// The facts about `skus` and `member`: from the replica, or for a hosted store from HQ
-    /// (then remembered), or from the cache when HQ cannot be reached.
+    /// The facts about `skus` and `member`: from the replica (through a reader), or for a
+    /// hosted store from HQ (then remembered), or from the cache when HQ cannot be reached.
     async fn facts(&self, skus: Vec<Sku>, member: Option<MemberId>) -> Result<Facts, PosError> {
         let (store, region) = (self.store.clone(), self.region.clone());
         let (skus_again, member_again) = (skus.clone(), member.clone());
-        let local = self
-            .read(move |r| {
+        let reader = match self.readers.len() {
+            0 => &self.replica,
+            n => {
+                let i = self
+                    .next_reader
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                &self.readers[i % n]
+            }
+        };
+        let local = reader
+            .call(move |r| {
                 if is_hosted(r, &store)? {
                     return Ok(None);
                 }
+                // A reader's clock is the writer's as last committed.
+                r.reload_clock()?;
                 local_facts(r, &store, &region, &skus_again, member_again.as_ref()).map(Some)
             })
-            .await?;
+            .await??;
         match local {
             Some(facts) => Ok(facts),
             None => self.hosted_facts(skus, member).await,
@@ -505,8 +522,25 @@ fn is_hosted(r: &Replica, store: &NodeId) -> Result<bool, PosError> {
         .is_none_or(|i| i.mode == StoreMode::Hosted))
 }
 
-/// Facts from this store's own replica.
+/// Facts from this store's own replica, read in one read transaction: one consistent state of
+/// the replica, and one lock taken instead of one per query.
 fn local_facts(
+    r: &Replica,
+    store: &NodeId,
+    region: &RegionId,
+    skus: &[Sku],
+    member: Option<&MemberId>,
+) -> Result<Facts, PosError> {
+    let read = r
+        .connection()
+        .unchecked_transaction()
+        .map_err(ReplicaError::from)?;
+    let facts = read_local_facts(r, store, region, skus, member)?;
+    read.commit().map_err(ReplicaError::from)?;
+    Ok(facts)
+}
+
+fn read_local_facts(
     r: &Replica,
     store: &NodeId,
     region: &RegionId,

@@ -15,6 +15,8 @@ use tokio::sync::{Notify, watch};
 pub const SYNC_REQUESTS_MAX: usize = 16;
 /// Hosted stores: POS lookups waiting for the link at most (more are answered from the cache).
 pub const LOOKUPS_WAITING_MAX: usize = 64;
+/// Read-only connections pricing baskets beside the writer (one per core of a till PC).
+pub const POS_READERS: usize = 2;
 
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> {
@@ -30,6 +32,13 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
     }
     let replica = dir.open_replica(&state)?;
     let (handle, thread) = ReplicaHandle::spawn(replica)?;
+    let mut readers = Vec::with_capacity(POS_READERS);
+    let mut reader_threads = Vec::with_capacity(POS_READERS);
+    for _ in 0..POS_READERS {
+        let (reader, thread) = ReplicaHandle::spawn(dir.open_reader(&state)?)?;
+        readers.push(reader);
+        reader_threads.push(thread);
+    }
     let (status, link_status) = watch::channel(LinkStatus::default());
     let local_commits = Arc::new(Notify::new());
     let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(SYNC_REQUESTS_MAX);
@@ -54,6 +63,8 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
         token: state.config.pos_token.clone().into(),
         sync_requests: sync_tx,
         lookups: lookup_tx,
+        readers: readers.into(),
+        next_reader: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(state.config.pos_listen)
         .await
@@ -97,6 +108,11 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
     thread
         .join()
         .map_err(|_| anyhow::anyhow!("the replica thread panicked"))?;
+    for reader in reader_threads {
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("a POS reader thread panicked"))?;
+    }
     tracing::info!("store agent stopped");
     Ok(())
 }

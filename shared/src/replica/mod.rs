@@ -261,6 +261,17 @@ impl Replica {
         &self.hq_key
     }
 
+    /// Moves the clock up to the one last committed, for a second connection to the same
+    /// database (a POS reader) that issues no timestamps itself.
+    pub fn reload_clock(&mut self) -> Result<(), ReplicaError> {
+        if let Some(bytes) = get_meta(&self.conn, "hlc")? {
+            let hlc: Hlc = postcard::from_bytes(&bytes)
+                .map_err(|e| ReplicaError::Corrupt(format!("stored clock: {e}")))?;
+            self.clock.observe(hlc);
+        }
+        Ok(())
+    }
+
     /// The node's clock (last timestamp issued or seen).
     pub fn clock(&self) -> Hlc {
         self.clock.last()
