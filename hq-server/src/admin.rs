@@ -232,7 +232,16 @@ pub fn list_stores(dir: &HqDir) -> Result<()> {
         let last = last.map_or("never".to_owned(), |t| {
             format!("{} s ago", now_ms().saturating_sub(t) / 1000)
         });
-        let state = if info.revoked { "revoked" } else { "enrolled" };
+        let halted = status
+            .iter()
+            .filter(|s| s.stream.origin == id && s.halted_reason.is_some())
+            .count();
+        let state = match (info.revoked, halted) {
+            (true, _) => "revoked",
+            (false, 0) => "enrolled",
+            // `hq-server report halts` says which streams, why, and what to do.
+            (false, _) => "HALTED",
+        };
         println!(
             "{:<10} {:<24} {:<10} {:<9} {:<8} {last}",
             id,

@@ -26,6 +26,7 @@
 //! | `GET /v1/reports/card-exceptions?format=csv` | cards overdrawn or over policy offline |
 //! | `GET /v1/reports/duplicate-members` | members sharing a phone (possibly one person) |
 //! | `GET /v1/reports/pricing?format=csv` | receipts HQ's price check priced otherwise, with the cause |
+//! | `GET /v1/reports/halts` | streams halted by an integrity failure, since when, and the action |
 //! | `GET /v1/members?phone=` | look a member up by phone |
 //! | `POST /v1/members/{id}/merge` | `{"alias": B}`: B becomes another name of this member |
 //! | `POST /v1/cards`, `GET /v1/cards/{number}` | issue a card (`number`, `member`), look one up |
@@ -304,7 +305,8 @@ async fn stores(
         .into_iter()
         .map(|s| {
             json!({ "store": s.store, "name": s.name, "region": s.region, "mode": s.mode, "revoked": s.revoked,
-                    "last_seen_ms": s.last_seen_ms, "backlog_change_sets": s.backlog_change_sets })
+                    "last_seen_ms": s.last_seen_ms, "backlog_change_sets": s.backlog_change_sets,
+                    "halted_streams": s.halted_streams })
         })
         .collect();
     Ok(Json(json!({ "stores": rows })).into_response())
@@ -736,11 +738,12 @@ async fn report(
         "card-exceptions" => Report::CardExceptions,
         "duplicate-members" => Report::DuplicateMembers,
         "pricing" => Report::Pricing,
+        "halts" => Report::Halts,
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no report `{other}` (promotions, overrides, returns, card-exceptions, duplicate-members, pricing)"
+                    "no report `{other}` (promotions, overrides, returns, card-exceptions, duplicate-members, pricing, halts)"
                 ),
             ));
         }

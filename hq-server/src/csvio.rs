@@ -238,6 +238,9 @@ pub enum Report {
     /// `receipt,store,sold_at_ms,charged_cents,hq_cents,difference_cents,cause,detail`: receipts
     /// HQ's price check priced otherwise than the store charged.
     Pricing,
+    /// `stream,store,next_seq,since_ms,kind,reason,action`: streams halted at HQ by an
+    /// integrity failure, and what resolves each.
+    Halts,
 }
 
 /// The report's header and rows, as text cells.
@@ -326,6 +329,26 @@ pub fn report_rows(
         ),
         Report::CardExceptions => crate::loyalty::exception_rows(replica)?,
         Report::DuplicateMembers => crate::loyalty::duplicate_rows(replica)?,
+        Report::Halts => (
+            vec![
+                "stream", "store", "next_seq", "since_ms", "kind", "reason", "action",
+            ],
+            replica
+                .halted_streams()?
+                .into_iter()
+                .map(|h| {
+                    vec![
+                        h.stream.to_string(),
+                        h.stream.origin.to_string(),
+                        h.next_seq.to_string(),
+                        h.since_ms.map(|t| t.to_string()).unwrap_or_default(),
+                        h.kind.map(|k| k.as_str()).unwrap_or_default().to_owned(),
+                        h.reason,
+                        h.kind.map(|k| k.action()).unwrap_or_default().to_owned(),
+                    ]
+                })
+                .collect(),
+        ),
         Report::Pricing => (
             vec![
                 "receipt",

@@ -68,7 +68,7 @@ enum Command {
     /// Manage promotions.
     #[command(subcommand)]
     Promo(PromoCommand),
-    /// Reports as CSV: promotions, overrides, unverified returns, card exceptions, pricing.
+    /// Reports as CSV: promotions, overrides, unverified returns, card exceptions, pricing, halts.
     #[command(subcommand)]
     Report(ReportCommand),
     /// The loyalty policy: points earned and paid, offline allowances.
@@ -321,6 +321,11 @@ enum ReportCommand {
     },
     /// Cards overdrawn, or taken from offline beyond policy, with the entries behind them.
     CardExceptions {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+    /// Streams halted by an integrity failure: since when, why, and what resolves it.
+    Halts {
         #[arg(long, default_value = "hq-data")]
         data: PathBuf,
     },
@@ -776,6 +781,7 @@ fn main() -> Result<()> {
                     (data, hq_server::csvio::Report::CardExceptions)
                 }
                 ReportCommand::Pricing { data } => (data, hq_server::csvio::Report::Pricing),
+                ReportCommand::Halts { data } => (data, hq_server::csvio::Report::Halts),
             };
             if let ReportCommand::Promotions { by, .. } = &report
                 && by != "store"

@@ -144,13 +144,74 @@ impl ChangeSetError {
     /// until a valid change set for the expected seq arrives. A gap is only a delivery hiccup:
     /// the receiver asks again from its cursor.
     pub fn halts_stream(&self) -> bool {
-        matches!(
-            self,
-            ChangeSetError::BadSignature { .. }
-                | ChangeSetError::OpNotAllowed { .. }
-                | ChangeSetError::PrevHashMismatch { .. }
-                | ChangeSetError::Fork { .. }
-        )
+        self.halt_kind().is_some()
+    }
+
+    /// Which kind of halt the failure is, if it halts its stream.
+    pub fn halt_kind(&self) -> Option<HaltKind> {
+        Some(match self {
+            ChangeSetError::BadSignature { .. } => HaltKind::BadSignature,
+            ChangeSetError::OpNotAllowed { .. } => HaltKind::OpNotAllowed,
+            ChangeSetError::PrevHashMismatch { .. } => HaltKind::PrevHashMismatch,
+            ChangeSetError::Fork { .. } => HaltKind::Fork,
+            _ => return None,
+        })
+    }
+}
+
+/// The kinds of integrity failure that halt a stream, each with what the operator does about
+/// it (listed at HQ: `hq-server report halts`, `GET /v1/reports/halts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaltKind {
+    BadSignature,
+    OpNotAllowed,
+    PrevHashMismatch,
+    Fork,
+}
+
+impl HaltKind {
+    pub const ALL: [HaltKind; 4] = [
+        HaltKind::BadSignature,
+        HaltKind::OpNotAllowed,
+        HaltKind::PrevHashMismatch,
+        HaltKind::Fork,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HaltKind::BadSignature => "bad_signature",
+            HaltKind::OpNotAllowed => "op_not_allowed",
+            HaltKind::PrevHashMismatch => "prev_hash_mismatch",
+            HaltKind::Fork => "fork",
+        }
+    }
+
+    pub fn from_code(s: &str) -> Option<HaltKind> {
+        HaltKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// What resolves it.
+    pub fn action(self) -> &'static str {
+        match self {
+            HaltKind::BadSignature => {
+                "a copy damaged on the way, or not signed by the origin's key: it heals by \
+                 itself when a good copy arrives (the origin resends); if it stays, the store's \
+                 key changed without HQ knowing (a reinstalled agent): `hq-server store replace \
+                 --id STORE` and enroll the agent again"
+            }
+            HaltKind::OpNotAllowed => {
+                "the origin wrote what it may not (another store's records, an amount out of \
+                 bounds, a version of the agent HQ does not know): check the agent's version; \
+                 only the origin can send a valid change set for that seq, so if it cannot, \
+                 `hq-server store replace --id STORE` gives it a new key and stream history"
+            }
+            HaltKind::PrevHashMismatch | HaltKind::Fork => {
+                "the origin's history differs from the one this node holds (an old store.db \
+                 restored from a backup, or tampering): stop the agent and move its store.db \
+                 aside, so that it restores its streams from HQ when it starts; never re-enroll \
+                 it over the old database"
+            }
+        }
     }
 }
 

@@ -19,9 +19,10 @@ use chainsync::protocol::{
     Frame, FrameDecoder, FrameError, HubSession, HubStore, LeafStore, SessionError, encode_frame,
 };
 use chainsync::replica::{Durability, Replica, ReplicaError, SnapshotLoad, StockRow};
-use chainsync::validate::{self, ChangeSetError, SnapshotError, StreamHead};
+use chainsync::validate::{self, ChangeSetError, HaltKind, SnapshotError, StreamHead};
 use chainsync_tests::{Chain, key_for, member, node, points, receipt, record, sku};
 use ed25519_dalek::{Signer, SigningKey};
+use hq_server::csvio::Report;
 use std::collections::BTreeMap;
 use tempfile::TempDir;
 
@@ -274,10 +275,51 @@ fn a_flipped_bit_in_body_or_signature_is_a_bad_signature_until_the_genuine_chang
         );
         assert!(halted(&w.hq, &sales).is_some_and(|r| r.contains("bad signature")));
     }
+    // HQ's operator sees the halt, what it waits for, since when, and what to do.
+    let halts = w.hq.halted_streams().unwrap();
+    assert_eq!(
+        halts
+            .iter()
+            .map(|h| (h.stream.clone(), h.next_seq, h.kind, h.since_ms))
+            .collect::<Vec<_>>(),
+        vec![(
+            sales.clone(),
+            2,
+            Some(HaltKind::BadSignature),
+            Some(T1 as i64)
+        )],
+        "{halts:?}"
+    );
+    let (header, rows) = hq_server::csvio::report_rows(&w.hq, Report::Halts).unwrap();
+    assert_eq!(header[1], "store");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0][0].as_str(), rows[0][1].as_str()),
+        ("S001/sales", "S001")
+    );
+    assert!(
+        rows[0][6].contains("hq-server store replace"),
+        "{:?}",
+        rows[0]
+    );
+    let halted_at = |r: &Replica| {
+        r.store_report(None)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.store == "S001")
+            .map(|s| s.halted_streams)
+    };
+    assert_eq!(halted_at(&w.hq), Some(1), "the store list shows it too");
 
     let report = w.hq.apply_batch(&[genuine], Some(&s1), T1).unwrap();
     assert_eq!(report.applied, vec![(sales.clone(), 2)]);
     assert_eq!(halted(&w.hq, &sales), None);
+    assert_eq!(
+        w.hq.halted_streams().unwrap(),
+        vec![],
+        "healed: listed no more"
+    );
+    assert_eq!(halted_at(&w.hq), Some(0));
     assert_eq!(
         w.hq.stock_rows(Some(&s1)).unwrap(),
         w.stores[0].stock_rows(Some(&s1)).unwrap()
@@ -452,6 +494,13 @@ fn a_wrong_prev_hash_is_a_mismatch_and_a_second_version_of_an_applied_seq_is_a_f
         },
     );
     assert!(halted(&w.hq, &sales).is_some_and(|r| r.contains("fork")));
+    let halts = w.hq.halted_streams().unwrap();
+    assert_eq!(halts.len(), 1, "{halts:?}");
+    assert_eq!(halts[0].kind, Some(HaltKind::Fork));
+    assert!(
+        halts[0].kind.unwrap().action().contains("store.db aside"),
+        "{halts:?}"
+    );
 }
 
 // A store may not originate HQ's topics (chain prices, catalog, directory) nor its own store

@@ -37,7 +37,7 @@ mod snapshot;
 
 pub use hq::{EnrollError, PendingStore};
 pub use pricecheck::{PRICE_CHECK_BATCH_RECEIPTS, PriceCheckPass, PriceDifference};
-pub use query::{StockRow, StreamStatus};
+pub use query::{HaltedStream, StockRow, StreamStatus};
 pub use report::{SalesReportRow, StockFilter, StockReportRow, StoreReportRow};
 pub use snapshot::{
     BuiltSnapshot, SEED_FROM_CHANGE_SETS, SNAPSHOT_PART_BYTES, SeedProgress, SnapshotLoad,
@@ -449,7 +449,7 @@ impl Replica {
                     if e.halts_stream()
                         && let Some(stream) = e.stream()
                     {
-                        record_halt(&tx, stream, &e.to_string(), now_ms)?;
+                        record_halt(&tx, stream, &e, now_ms)?;
                     }
                     report.rejected.push(e);
                 }
@@ -943,7 +943,7 @@ fn append(
     append_ops(tx, &cs.stream, cs.seq, cs.hlc, &cs.ops, stock)?;
     tx.prepare_cached(
         "UPDATE streams SET head_seq = ?2, head_hash = ?3, last_applied_ms = ?4,
-         halted_reason = NULL, halted_at_ms = NULL WHERE id = ?1",
+         halted_reason = NULL, halted_kind = NULL, halted_at_ms = NULL WHERE id = ?1",
     )?
     .execute(params![
         id,
@@ -975,11 +975,20 @@ fn append_ops(
 fn record_halt(
     tx: &Connection,
     stream: &StreamId,
-    reason: &str,
+    error: &crate::validate::ChangeSetError,
     now_ms: u64,
 ) -> rusqlite::Result<()> {
-    tx.prepare_cached("UPDATE streams SET halted_reason = ?2, halted_at_ms = ?3 WHERE name = ?1")?
-        .execute(params![stream.to_string(), reason, now_ms as i64])?;
+    tx.prepare_cached(
+        "UPDATE streams SET halted_reason = ?2, halted_kind = ?3,
+                halted_at_ms = COALESCE(halted_at_ms, ?4)
+         WHERE name = ?1",
+    )?
+    .execute(params![
+        stream.to_string(),
+        error.to_string(),
+        error.halt_kind().map(crate::validate::HaltKind::as_str),
+        now_ms as i64
+    ])?;
     Ok(())
 }
 

@@ -27,6 +27,18 @@ pub struct StreamStatus {
     pub halted_reason: Option<String>,
 }
 
+/// A stream halted by an integrity failure, for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaltedStream {
+    pub stream: StreamId,
+    /// The change set it waits for.
+    pub next_seq: u64,
+    pub kind: Option<crate::validate::HaltKind>,
+    pub reason: String,
+    /// When it first halted (Unix ms, this node's clock).
+    pub since_ms: Option<i64>,
+}
+
 /// Stock of one sku at one store.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StockRow {
@@ -43,6 +55,39 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 }
 
 impl Replica {
+    /// The streams halted now, oldest halt first.
+    pub fn halted_streams(&self) -> Result<Vec<HaltedStream>, ReplicaError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, head_seq, halted_kind, halted_reason, halted_at_ms FROM streams
+             WHERE halted_reason IS NOT NULL ORDER BY halted_at_ms, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, head, kind, reason, since_ms) = row?;
+            out.push(HaltedStream {
+                stream: name
+                    .parse()
+                    .map_err(|e| ReplicaError::Corrupt(format!("stream name {name}: {e}")))?,
+                next_seq: (head.max(0) as u64).saturating_add(1),
+                kind: kind
+                    .as_deref()
+                    .and_then(crate::validate::HaltKind::from_code),
+                reason,
+                since_ms,
+            });
+        }
+        Ok(out)
+    }
+
     /// Every stream with its head, acknowledgement, freshness and halt reason.
     pub fn stream_status(&self) -> Result<Vec<StreamStatus>, ReplicaError> {
         let mut stmt = self.conn.prepare_cached(

@@ -53,6 +53,8 @@ pub struct StoreReportRow {
     pub last_seen_ms: Option<i64>,
     /// Change sets HQ holds that the store has not confirmed holding.
     pub backlog_change_sets: i64,
+    /// The store's streams halted at HQ by an integrity failure (`halted_streams` says why).
+    pub halted_streams: i64,
 }
 
 impl Replica {
@@ -128,7 +130,8 @@ impl Replica {
         let mut stmt = self.conn.prepare_cached(
             "SELECT st.id, st.name, st.region, st.mode, st.revoked,
                     max((SELECT max(last_applied_ms) FROM streams WHERE origin = st.id),
-                        (SELECT max(seen_ms) FROM peer_cursors WHERE node = st.id))
+                        (SELECT max(seen_ms) FROM peer_cursors WHERE node = st.id)),
+                    (SELECT COUNT(*) FROM streams WHERE origin = st.id AND halted_reason IS NOT NULL)
              FROM stores st WHERE ?1 IS NULL OR st.region IN (WITH RECURSIVE under(id) AS (SELECT ?1 UNION SELECT g.id FROM regions g JOIN under u ON g.parent = u.id) SELECT id FROM under) ORDER BY st.id",
         )?;
         let rows = stmt.query_map(params![region.map(|r| r.as_str())], |r| {
@@ -139,11 +142,12 @@ impl Replica {
                 r.get::<_, String>(3)?,
                 r.get::<_, bool>(4)?,
                 r.get::<_, Option<i64>>(5)?,
+                r.get::<_, i64>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (store, name, region, mode, revoked, last_seen_ms) = row?;
+            let (store, name, region, mode, revoked, last_seen_ms, halted_streams) = row?;
             let node =
                 NodeId::new(store.clone()).map_err(|e| ReplicaError::Corrupt(e.to_string()))?;
             let place = self
@@ -171,6 +175,7 @@ impl Replica {
                 revoked,
                 last_seen_ms,
                 backlog_change_sets: backlog as i64,
+                halted_streams,
             });
         }
         Ok(out)

@@ -15,7 +15,8 @@ CREATE TABLE streams (
     hub_acked_seq    INTEGER NOT NULL DEFAULT 0, -- own streams: what the hub has made durable
     last_applied_ms  INTEGER,                  -- local time the head last moved (freshness)
     halted_reason    TEXT,                     -- last integrity failure, cleared by the next good change set
-    halted_at_ms     INTEGER
+    halted_kind      TEXT,                     -- validate::HaltKind::as_str of it
+    halted_at_ms     INTEGER                   -- when it first halted (kept while it stays halted)
 );
 CREATE TABLE log (
     stream INTEGER NOT NULL REFERENCES streams(id),

@@ -246,7 +246,7 @@ impl Replica {
             )?;
             tx.execute(
                 "UPDATE streams SET head_seq = ?2, head_hash = ?3, base_seq = ?2, last_applied_ms = ?4,
-                 halted_reason = NULL, hub_acked_seq = max(hub_acked_seq, ?2) WHERE id = ?1",
+                 halted_reason = NULL, halted_kind = NULL, halted_at_ms = NULL, hub_acked_seq = max(hub_acked_seq, ?2) WHERE id = ?1",
                 params![
                     id,
                     snapshot.seq as i64,
