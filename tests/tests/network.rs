@@ -132,3 +132,80 @@ fn an_agent_reconnects_after_hq_restarts_and_delivers_what_it_sold() {
         (agent.get("/v1/prices/cola").1["price_cents"] == 109).then_some(())
     });
 }
+
+// Issue 10, item 3: a connection that finished its handshake but never opened a session (a
+// store cut off right after connecting, or anyone on the network) must not hold HQ's shutdown.
+// It used to: HQ waited in `accept_bi` for the idle timeout. HQ now exits as soon as SIGTERM
+// arrives (`terminate` gives it 15 s before killing it, and says whether it exited by itself).
+#[test]
+fn hq_stops_at_once_on_sigterm_even_with_a_connection_that_never_opened_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let hq_proc = hq.start();
+    let cert = std::fs::read(hq.data.join("hq-cert.der")).unwrap();
+    let addr = hq.addr;
+    let (connected_tx, connected) = std::sync::mpsc::channel();
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+            endpoint.set_default_client_config(client_config(&cert).unwrap());
+            let conn = endpoint
+                .connect(addr, chainsync::transport::SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap();
+            connected_tx.send(()).unwrap();
+            // Hold the connection, opening nothing, until the test is done (60 s at most).
+            let _ = tokio::time::timeout(Duration::from_secs(60), done).await;
+            drop(conn);
+        });
+    });
+    connected.recv_timeout(WAIT).unwrap();
+    let started = std::time::Instant::now();
+    let exited_by_itself = hq_proc.terminate();
+    let took = started.elapsed();
+    println!("hq-server stopped {took:?} after SIGTERM");
+    let _ = done_tx.send(());
+    client.join().unwrap();
+    assert!(
+        exited_by_itself,
+        "hq-server was still running 15 s after SIGTERM, held by an idle connection"
+    );
+}
+
+// Issue 10, item 3, the store's side: with HQ down, the agent spends its time in connect
+// attempts (each may wait `CONNECT_TIMEOUT_MS`, 10 s). SIGTERM used to wait out the attempt;
+// now the agent stops at once. (A 5 s bound: half the connect timeout, far above the ~0.1 s
+// it takes.)
+#[test]
+fn an_agent_stops_at_once_on_sigterm_while_it_tries_to_reach_hq() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let provision = hq.add_store("S001", "north");
+    let hq_proc = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    let agent_proc = agent.start();
+    wait_until(WAIT, "the price at the store", || {
+        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
+    });
+    assert!(hq_proc.terminate());
+    wait_until(WAIT, "the agent to notice", || {
+        (agent.get("/v1/sync").1["connected"] == false).then_some(())
+    });
+    // Past the first backoff (at most 250 ms): the agent is in a connect attempt now.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let started = std::time::Instant::now();
+    let exited_by_itself = agent_proc.terminate();
+    let took = started.elapsed();
+    println!("store-agent stopped {took:?} after SIGTERM");
+    assert!(
+        exited_by_itself,
+        "store-agent did not exit within 15 s of SIGTERM"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "store-agent took {took:?} to stop: it waited out its connect attempt"
+    );
+}

@@ -140,8 +140,20 @@ impl Hub {
         incoming: quinn::Incoming,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), TransportError> {
-        let conn = incoming.await?;
-        let (mut send, mut recv) = conn.accept_bi().await?;
+        // Shutdown ends a connection at any point, also one still in its handshake or one
+        // that never opens its session stream (it would otherwise hold HQ's shutdown until
+        // the idle timeout).
+        let conn = tokio::select! {
+            conn = incoming => conn?,
+            _ = super::stopped(&mut shutdown) => return Ok(()),
+        };
+        let (mut send, mut recv) = tokio::select! {
+            streams = conn.accept_bi() => streams?,
+            _ = super::stopped(&mut shutdown) => {
+                conn.close(0u32.into(), b"hq shutting down");
+                return Ok(());
+            }
+        };
         let binding = tls::tls_binding(&conn)?;
         let mut nonce = [0u8; 32];
         rand::fill(&mut nonce);

@@ -339,7 +339,11 @@ impl StoreLink {
         sync_requests: &mut mpsc::Receiver<SyncRequest>,
         lookups: &mut mpsc::Receiver<LookupRequest>,
     ) -> Result<(u64, u64), TransportError> {
-        let (endpoint, conn) = connect(&self.hq).await?;
+        // Shutdown does not wait out a connect attempt to an HQ that does not answer.
+        let (endpoint, conn) = tokio::select! {
+            connected = connect(&self.hq) => connected?,
+            _ = super::stopped(shutdown) => return Err(TransportError::Closed),
+        };
         let (mut send, mut recv) = conn.open_bi().await?;
         let binding = tls::tls_binding(&conn)?;
         let session = LeafSession::new(
