@@ -775,6 +775,9 @@ impl<'a> Engine<'a> {
     /// promotions: what the best one gives on `base` (spends only shrink from there), or a
     /// gift's shelf price (a gift whose sku's line was discounted to nothing is added whole).
     fn threshold_bound(&self, base: &[Work<'a>]) -> i64 {
+        if self.thresholds.is_empty() {
+            return 0;
+        }
         let on_base = self.with_threshold(base.to_vec());
         let items: i64 = base.iter().map(|l| l.amount).sum();
         let mut bound = items - on_base.score;

@@ -20,6 +20,7 @@ use crate::model::{
 use crate::replica::{CardInfo, HoldOutcome, HoldRequest, OriginalReceipt, Replica, ReplicaError};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Most skus in one lookup: a receipt's lines ([`crate::model`] caps a receipt at 500).
 pub const LOOKUP_SKUS_MAX: usize = 500;
@@ -188,6 +189,25 @@ impl Replica {
                 ));
             }
         })
+    }
+
+    /// The facts a basket of `skus` is priced from at `place`, by sku: theirs and those of the
+    /// gifts their promotions could add ([`crate::checkout::gift_skus`]).
+    pub fn basket_facts(
+        &self,
+        place: &Place,
+        skus: &[Sku],
+    ) -> Result<BTreeMap<Sku, SkuFacts>, ReplicaError> {
+        let mut facts: BTreeMap<Sku, SkuFacts> = self
+            .sku_facts(place, skus)?
+            .into_iter()
+            .map(|f| (f.sku.clone(), f))
+            .collect();
+        let gifts = crate::checkout::gift_skus(&facts);
+        for f in self.sku_facts(place, &gifts)? {
+            facts.insert(f.sku.clone(), f);
+        }
+        Ok(facts)
     }
 
     /// The facts of `skus` for the store at `place`, in the order asked. Promotions are found

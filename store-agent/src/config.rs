@@ -194,14 +194,8 @@ impl AgentDir {
     /// database was lost, or that was replaced after its machine died, it is what keeps the
     /// store from starting its streams over instead of restoring what it sold before.
     pub fn open_replica(&self, state: &AgentState) -> Result<Replica> {
-        let identity = Identity {
-            node: state.config.store.clone(),
-            key: state.key.clone(),
-        };
-        let path = self.path("store.db");
-        let fresh = !path.exists();
-        let mut replica = Replica::open(&path, identity, state.hq_key, Durability::Full)
-            .with_context(|| format!("opening {}/store.db", self.root.display()))?;
+        let fresh = !self.path("store.db").exists();
+        let mut replica = self.open_store_db(state)?;
         if fresh {
             replica.await_hub_heads()?;
         }
@@ -211,17 +205,25 @@ impl AgentDir {
     /// A read-only connection to `store.db` (opened after [`AgentDir::open_replica`]): it
     /// refuses any write (`query_only`).
     pub fn open_reader(&self, state: &AgentState) -> Result<Replica> {
-        let identity = Identity {
-            node: state.config.store.clone(),
-            key: state.key.clone(),
-        };
-        let path = self.path("store.db");
-        let replica = Replica::open(&path, identity, state.hq_key, Durability::Full)
-            .with_context(|| format!("opening {}/store.db to read", self.root.display()))?;
+        let replica = self.open_store_db(state)?;
         replica
             .connection()
             .pragma_update(None, "query_only", true)
             .context("making the POS reader read-only")?;
         Ok(replica)
+    }
+
+    fn open_store_db(&self, state: &AgentState) -> Result<Replica> {
+        let identity = Identity {
+            node: state.config.store.clone(),
+            key: state.key.clone(),
+        };
+        Replica::open(
+            &self.path("store.db"),
+            identity,
+            state.hq_key,
+            Durability::Full,
+        )
+        .with_context(|| format!("opening {}/store.db", self.root.display()))
     }
 }

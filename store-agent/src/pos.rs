@@ -296,9 +296,6 @@ struct Facts {
     time_zone: String,
     /// Units this store has given of each allocated promotion among the facts.
     used_units: BTreeMap<RecordId, u64>,
-    /// The replica's heads of the streams that price this store, recorded on receipts for HQ's
-    /// price check (filled by `record_sale` when the facts are the replica's).
-    heads: Vec<StreamHead>,
 }
 
 impl PosState {
@@ -445,7 +442,6 @@ impl PosState {
             place: Place::new(self.store.clone(), self.region.clone()),
             time_zone: "UTC".into(),
             used_units: BTreeMap::new(),
-            heads: Vec::new(),
         })
     }
 
@@ -508,7 +504,6 @@ impl PosState {
                 t_ms: pricing_time(r),
                 time_zone,
                 used_units,
-                heads: Vec::new(),
             })
         })
         .await
@@ -548,15 +543,7 @@ fn read_local_facts(
     member: Option<&MemberId>,
 ) -> Result<Facts, PosError> {
     let place = place_of(r, store, region)?;
-    let mut skus: BTreeMap<Sku, SkuFacts> = r
-        .sku_facts(&place, skus)?
-        .into_iter()
-        .map(|f| (f.sku.clone(), f))
-        .collect();
-    let gifts = checkout::gift_skus(&skus);
-    for f in r.sku_facts(&place, &gifts)? {
-        skus.insert(f.sku.clone(), f);
-    }
+    let skus = r.basket_facts(&place, skus)?;
     let member = member.map(|m| r.member_facts(m)).transpose()?;
     let (time_zone, used_units) = store_facts(r, store, &skus)?;
     Ok(Facts {
@@ -567,8 +554,6 @@ fn read_local_facts(
         place,
         time_zone,
         used_units,
-        // Read when a sale is recorded (`record_sale`), not for every basket priced.
-        heads: Vec::new(),
     })
 }
 
@@ -687,8 +672,14 @@ fn shopper(facts: &Facts, member: Option<&MemberId>) -> Option<Shopper> {
     )
 }
 
-/// What a receipt records of its pricing, for HQ's price check.
-fn pricing_basis(facts: &Facts, priced: &Priced, member: Option<&MemberId>) -> PricingBasis {
+/// What a receipt records of its pricing, for HQ's price check; `heads` are the replica's heads
+/// of the streams that priced it (read when the sale is recorded, not for every basket).
+fn pricing_basis(
+    facts: &Facts,
+    priced: &Priced,
+    member: Option<&MemberId>,
+    heads: Vec<StreamHead>,
+) -> PricingBasis {
     let shopper = shopper(facts, member).unwrap_or_default();
     PricingBasis {
         priced_at_ms: facts.t_ms,
@@ -697,7 +688,7 @@ fn pricing_basis(facts: &Facts, priced: &Priced, member: Option<&MemberId>) -> P
             Source::Hq => FactsSource::Hq,
             Source::Cache { .. } => FactsSource::Cache,
         },
-        heads: facts.heads.clone(),
+        heads,
         member_level: shopper.level,
         birthday_month: shopper.birthday_month,
         gift_line: !priced.gift_lines.is_empty(),
@@ -945,10 +936,11 @@ async fn record_sale(
             }
             let sold_at_ms = now_ms() as i64;
             let priced = price_lines(&facts, &basket, member.as_ref(), facts.t_ms)?;
-            let mut pricing = pricing_basis(&facts, &priced, member.as_ref());
-            if facts.source == Source::Replica {
-                pricing.heads = r.pricing_heads(&store)?;
-            }
+            let heads = match facts.source {
+                Source::Replica => r.pricing_heads(&facts.place)?,
+                Source::Hq | Source::Cache { .. } => Vec::new(),
+            };
+            let pricing = pricing_basis(&facts, &priced, member.as_ref(), heads);
             let receipt = Receipt {
                 id: id.clone(),
                 store: store.clone(),

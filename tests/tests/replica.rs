@@ -838,16 +838,17 @@ fn hq_prices_each_receipt_again_and_lists_those_charged_otherwise_with_the_cause
     hq.commit_local(Topic::Prices(Scope::Chain), vec![chain_price(150)], T0)
         .unwrap();
     pull(&hq, store);
+    let place = store.place_of(&id).unwrap().unwrap();
     let priced = |store: &Replica, n: u64, cents: i64| {
         let mut r = receipt(&id, n, T0 as i64, None, &[("cola", 2, cents)]);
         r.pricing = PricingBasis {
             source: FactsSource::Replica,
-            heads: store.pricing_heads(&id).unwrap(),
+            heads: store.pricing_heads(&place).unwrap(),
             ..PricingBasis::unknown(T0 as i64)
         };
         Op::Receipt(r)
     };
-    let heads = store.pricing_heads(&id).unwrap();
+    let heads = store.pricing_heads(&place).unwrap();
     assert_eq!(
         heads
             .iter()

@@ -9,7 +9,7 @@
 
 use super::{Replica, ReplicaError};
 use crate::checkout::{self, Context, LocalTime};
-use crate::ids::{NodeId, RecordId, Sku, StreamId};
+use crate::ids::{NodeId, Place, RecordId, Sku, StreamId};
 use crate::lookup::SkuFacts;
 use crate::model::{Receipt, StreamHead};
 use crate::pricecheck::{self, HqHead, PriceCause};
@@ -42,11 +42,11 @@ pub struct PriceCheckPass {
 }
 
 impl Replica {
-    /// This node's heads of the streams that price baskets at `store` (catalog, and the prices
+    /// This node's heads of the streams that price baskets at `place` (catalog, and the prices
     /// and promotions of every scope covering it), as a store records them on a receipt.
-    pub fn pricing_heads(&self, store: &NodeId) -> Result<Vec<StreamHead>, ReplicaError> {
+    pub fn pricing_heads(&self, place: &Place) -> Result<Vec<StreamHead>, ReplicaError> {
         Ok(self
-            .heads_pricing(store)?
+            .heads_pricing(place)?
             .into_iter()
             .map(|h| StreamHead {
                 stream: h.stream,
@@ -55,10 +55,7 @@ impl Replica {
             .collect())
     }
 
-    fn heads_pricing(&self, store: &NodeId) -> Result<Vec<HqHead>, ReplicaError> {
-        let Some(place) = self.place_of(store)? else {
-            return Ok(Vec::new());
-        };
+    fn heads_pricing(&self, place: &Place) -> Result<Vec<HqHead>, ReplicaError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT name, head_seq, last_applied_ms FROM streams
              WHERE head_seq > 0 AND (name LIKE '%/catalog' OR name LIKE '%/prices@%'
@@ -78,7 +75,7 @@ impl Replica {
             let stream: StreamId = name
                 .parse()
                 .map_err(|e| ReplicaError::Corrupt(format!("stream name {name}: {e}")))?;
-            if pricecheck::prices_place(&place, &stream) {
+            if pricecheck::prices_place(place, &stream) {
                 out.push(HqHead {
                     stream,
                     seq: seq.max(0) as u64,
@@ -172,15 +169,7 @@ impl Replica {
         let mut skus: Vec<Sku> = basket.iter().map(|l| l.sku.clone()).collect();
         skus.sort();
         skus.dedup();
-        let mut facts: BTreeMap<Sku, SkuFacts> = self
-            .sku_facts(&place, &skus)?
-            .into_iter()
-            .map(|f| (f.sku.clone(), f))
-            .collect();
-        let gifts = checkout::gift_skus(&facts);
-        for f in self.sku_facts(&place, &gifts)? {
-            facts.insert(f.sku.clone(), f);
-        }
+        let facts = self.basket_facts(&place, &skus)?;
         let shopper = match &receipt.member {
             Some(m) => Some(self.member_facts(m)?.shopper()),
             None => None,
@@ -207,7 +196,7 @@ impl Replica {
         if differences.is_empty() {
             return Ok(None);
         }
-        let heads = self.heads_pricing(&receipt.store)?;
+        let heads = self.heads_pricing(&place)?;
         let (cause, why) = pricecheck::cause(&receipt.pricing, &heads, shopper.as_ref());
         Ok(Some(listed(
             Some(hq_cents),
