@@ -349,6 +349,7 @@ fn frames(change_sets: &[SignedChangeSet]) -> Vec<Frame> {
         },
         Frame::Welcome {
             own_heads: cursors.clone(),
+            hq_time_ms: 1_800_000_000_000,
         },
         Frame::Push {
             change_sets: wire[..3].to_vec(),
@@ -365,6 +366,7 @@ fn frames(change_sets: &[SignedChangeSet]) -> Vec<Frame> {
             snapshot_parts: vec![],
             change_sets: wire,
             more: true,
+            hq_time_ms: 1_800_000_000_000,
         },
         Frame::Notify { heads: cursors },
         Frame::Error {

@@ -307,6 +307,12 @@ pub fn import_bundle_with_progress(
         replica.record_peer_cursors(&body.from, &cursors, now_ms)?;
     } else {
         replica.set_hub_acked(&acks)?;
+        let offset = crate::hqclock::offset_after_bundle(
+            replica.hq_clock_offset()?,
+            body.created_ms,
+            now_ms,
+        );
+        replica.set_hq_clock_offset(offset)?;
     }
     Ok(ImportReport {
         from: body.from,

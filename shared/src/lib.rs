@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`ids`]: identifiers of the domain and of streams (`S017/sales`).
 //! - [`hlc`]: the hybrid logical clock.
+//! - [`hqclock`]: HQ's clock as a store reckons it, for pricing.
 //! - [`model`]: the retail model (stores, products, prices, promotions, members, ledger, stock,
 //!   receipts).
 //! - [`changeset`]: change sets, signing and the per-stream hash chain; snapshots.
@@ -23,6 +24,7 @@ pub mod bundle;
 pub mod changeset;
 pub mod checkout;
 pub mod hlc;
+pub mod hqclock;
 pub mod ids;
 pub mod lookup;
 pub mod loyalty;

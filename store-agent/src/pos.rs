@@ -285,10 +285,10 @@ struct Facts {
     /// `None` only for a hosted store that could not reach HQ and never looked the member up.
     member: Option<MemberFacts>,
     source: Source,
-    /// The time prices and promotions are evaluated at: this store's clock, or the newest time
-    /// it has seen from HQ if that is later. A store whose clock runs hours behind thus charges
-    /// a price HQ set "now" as soon as the price arrives, not hours later. (Receipts keep the
-    /// store's own clock.)
+    /// The time prices and promotions are evaluated at: HQ's clock as this store reckons it
+    /// ([`chainsync::hqclock`]). A store whose clock runs hours off thus charges a price HQ set
+    /// "now" as soon as the price arrives and a scheduled one when HQ's clock reaches it, and no
+    /// other store's clock moves it. (Receipts keep the store's own clock.)
     t_ms: i64,
     /// The store and its regions, innermost first (which scopes cover it).
     place: Place,
@@ -325,8 +325,6 @@ impl PosState {
                 if is_hosted(r, &store)? {
                     return Ok(None);
                 }
-                // A reader's clock is the writer's as last committed.
-                r.reload_clock()?;
                 local_facts(r, &store, &region, &skus_again, member_again.as_ref()).map(Some)
             })
             .await??;
@@ -393,7 +391,7 @@ impl PosState {
                         r.remember(&skus, member.as_ref(), now_ms())?;
                         let map = skus.into_iter().map(|f| (f.sku.clone(), f)).collect();
                         Ok((
-                            pricing_time(r),
+                            pricing_time(r)?,
                             place_of(r, &store, &region)?,
                             store_facts(r, &store, &map)?,
                         ))
@@ -501,7 +499,7 @@ impl PosState {
                 source: Source::Cache {
                     fetched_ms: if oldest == u64::MAX { 0 } else { oldest },
                 },
-                t_ms: pricing_time(r),
+                t_ms: pricing_time(r)?,
                 time_zone,
                 used_units,
             })
@@ -550,7 +548,7 @@ fn read_local_facts(
         skus,
         member,
         source: Source::Replica,
-        t_ms: pricing_time(r),
+        t_ms: pricing_time(r)?,
         place,
         time_zone,
         used_units,
@@ -586,8 +584,8 @@ fn store_facts(
 }
 
 /// See [`Facts::t_ms`].
-fn pricing_time(r: &Replica) -> i64 {
-    now_ms().max(r.clock().wall_ms) as i64
+fn pricing_time(r: &Replica) -> Result<i64, PosError> {
+    Ok(r.pricing_time(now_ms())?)
 }
 
 fn minted(store: &NodeId, letter: &str, n: u64) -> Result<RecordId, PosError> {

@@ -1,7 +1,9 @@
 //! Store clocks set hours wrong, with real processes: two agents run under libfaketime, one five
 //! hours ahead and one five hours behind HQ. Sales keep the store's own time, a member edited at
-//! both ends up the same everywhere, stored value adds up everywhere, and a price HQ sets "now" is
-//! charged at once even by the store whose clock says it is not in effect yet.
+//! both ends up the same everywhere, stored value adds up everywhere, a price HQ sets "now" is
+//! charged at once even by the store whose clock says it is not in effect yet, and a price HQ
+//! schedules is charged by no store before HQ's clock reaches it: not by the fast one, nor by a
+//! third store with a right clock that has seen the fast store's member edits.
 //!
 //! Ignored by plain `cargo test` because it needs libfaketime (`apt-get install faketime`);
 //! `.ci/run` installs it and runs this test with `--ignored`.
@@ -25,7 +27,11 @@ fn now_ms() -> i64 {
 }
 
 fn price_at(agent: &Agent) -> i64 {
-    let (status, body) = agent.get("/v1/prices/cola");
+    price_of(agent, "cola")
+}
+
+fn price_of(agent: &Agent, sku: &str) -> i64 {
+    let (status, body) = agent.get(&format!("/v1/prices/{sku}"));
     if status != 200 {
         return -1;
     }
@@ -52,8 +58,19 @@ fn stores_with_clocks_hours_off_converge_and_keep_their_sale_times() {
         "drinks",
     ]);
     hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    hq.cli_ok(&[
+        "product",
+        "add",
+        "--sku",
+        "water",
+        "--name",
+        "Water",
+        "--category",
+        "drinks",
+    ]);
     let ahead_provision = hq.add_store("S001", "north");
     let behind_provision = hq.add_store("S002", "north");
+    let right_provision = hq.add_store("S003", "north");
     let _hq = hq.start();
     let ahead = Agent::init(dir.path(), "S001", &ahead_provision).unwrap();
     let behind = Agent::init(dir.path(), "S002", &behind_provision).unwrap();
@@ -152,12 +169,58 @@ fn stores_with_clocks_hours_off_converge_and_keep_their_sale_times() {
         &json!({ "lines": [{ "sku": "cola", "qty": 1 }] }),
     );
     assert_eq!((status, &body["total_cents"]), (201, &json!(149)), "{body}");
+
+    // HQ schedules a price two hours ahead on its clock: no store charges it yet, not the one
+    // whose own clock is five hours ahead, and not the one whose clock is right but has seen the
+    // fast store's member edits (which moved its hybrid logical clock five hours ahead).
+    let starts = (now_ms() + 2 * HOUR_MS).to_string();
+    hq.cli_ok(&[
+        "price",
+        "set",
+        "--sku",
+        "cola",
+        "--price",
+        "1.99",
+        "--from-ms",
+        &starts,
+    ]);
+    // Water's price comes after the scheduled one in HQ's price stream: a store that charges it
+    // holds the scheduled one too.
+    hq.cli_ok(&["price", "set", "--sku", "water", "--price", "0.99"]);
+    let right = Agent::init(dir.path(), "S003", &right_provision).unwrap();
+    let _c = right.start();
+    wait_until(
+        WAIT,
+        "the fast store's member edit at the store whose clock is right",
+        || {
+            let (_, body) = right.get("/v1/members/M1");
+            (body["profile"]["name"] == at_hq.as_str()).then_some(())
+        },
+    );
+    for agent in [&ahead, &behind, &right] {
+        wait_until(WAIT, "the price after the scheduled one", || {
+            (price_of(agent, "water") == 99).then_some(())
+        });
+    }
+    for agent in [&ahead, &behind, &right] {
+        let (status, body) = agent.send(
+            "POST",
+            "/v1/sales",
+            &json!({ "lines": [{ "sku": "cola", "qty": 1 }] }),
+        );
+        assert_eq!(
+            (status, &body["total_cents"]),
+            (201, &json!(149)),
+            "{} charged a price HQ scheduled two hours from now: {body}",
+            agent.store
+        );
+    }
     let stock = |store: &str| {
         replica
             .stock_of(&NodeId::new(store).unwrap(), &"cola".parse().unwrap())
             .unwrap()
     };
     wait_until(WAIT, "stock at HQ", || {
-        (stock("S001") == -1 && stock("S002") == -2).then_some(())
+        (stock("S001") == -2 && stock("S002") == -3 && stock("S003") == -1).then_some(())
     });
 }

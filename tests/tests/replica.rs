@@ -912,3 +912,94 @@ fn hq_prices_each_receipt_again_and_lists_those_charged_otherwise_with_the_cause
         unexplained[0].detail
     );
 }
+
+// Pricing time follows HQ's clock only (issue 10, item 8): a store learns HQ's clock in each
+// session, whatever its own clock says; a member edit from a store whose clock runs five hours
+// fast moves the hybrid logical clock of everyone who sees it, but nobody's pricing time; and a
+// bundle from HQ raises the pricing time of a store that never connected to at least the time HQ
+// made it.
+#[test]
+fn pricing_time_follows_hqs_clock_and_no_other_stores() {
+    use chainsync::protocol::local::sync_pair_clocks;
+    use chainsync_tests::key_for;
+    const HOUR: u64 = 3_600_000;
+    const HQ_NOW: u64 = 1_800_000_000_000;
+    let (_dir, chain) = chain(3);
+    let (mut hq, mut stores) = chain.bootstrap(T0);
+    let mut stores = stores.drain(..);
+    let (mut fast, mut right, mut by_bundle) = (
+        stores.next().unwrap(),
+        stores.next().unwrap(),
+        stores.next().unwrap(),
+    );
+    assert_eq!(right.pricing_time(HQ_NOW).unwrap(), HQ_NOW as i64);
+
+    // S001's clock runs 5 h fast; it edits a member and syncs.
+    let m = member("M1");
+    fast.commit_local(
+        Topic::Members,
+        vec![edit(&m, &[(ProfileField::Phone, "555")])],
+        HQ_NOW + 5 * HOUR,
+    )
+    .unwrap();
+    sync_pair_clocks(
+        &mut hq,
+        &mut fast,
+        key_for("S001"),
+        HQ_NOW,
+        HQ_NOW + 5 * HOUR,
+    )
+    .unwrap();
+    assert_eq!(
+        fast.pricing_time(HQ_NOW + 5 * HOUR + 60_000).unwrap(),
+        (HQ_NOW + 60_000) as i64,
+        "the fast store prices on HQ's clock"
+    );
+
+    // S002's clock is right; it takes in the fast store's edit.
+    sync_pair_clocks(
+        &mut hq,
+        &mut right,
+        key_for("S002"),
+        HQ_NOW + 1_000,
+        HQ_NOW + 1_000,
+    )
+    .unwrap();
+    assert_eq!(
+        right.member_profile(&m).unwrap()[&ProfileField::Phone].value,
+        "555"
+    );
+    assert!(
+        right.clock().wall_ms >= HQ_NOW + 5 * HOUR,
+        "the edit moved its HLC"
+    );
+    assert_eq!(
+        right.pricing_time(HQ_NOW + 2_000).unwrap(),
+        (HQ_NOW + 2_000) as i64,
+        "another store's clock moved pricing time"
+    );
+    assert!(
+        hq.clock().wall_ms >= HQ_NOW + 5 * HOUR,
+        "HQ's HLC moved too"
+    );
+
+    // S003's clock runs 5 h slow and it only ever sees HQ by bundle.
+    let bundle =
+        chainsync::bundle::hq_bundle(&hq, &chain.hq_key, by_bundle.node(), HQ_NOW + 3_000).unwrap();
+    let slow_now = HQ_NOW + 4_000 - 5 * HOUR;
+    chainsync::bundle::import_bundle(&mut by_bundle, &bundle, slow_now).unwrap();
+    assert_eq!(
+        by_bundle.pricing_time(slow_now + 10_000).unwrap(),
+        // Made at HQ + 3 s, imported at HQ + 4 s: the second in transit cannot be known, so
+        // pricing time lags HQ's by it (never runs ahead of HQ's).
+        (HQ_NOW + 13_000) as i64,
+        "a bundle proves HQ's clock had reached its creation time"
+    );
+    // The offset is durable.
+    drop(by_bundle);
+    let reopened = chain.open_store(&node("S003"));
+    assert_eq!(
+        reopened.pricing_time(slow_now + 10_000).unwrap(),
+        (HQ_NOW + 13_000) as i64
+    );
+}

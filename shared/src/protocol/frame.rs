@@ -23,7 +23,7 @@ use crate::ids::StreamId;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame payload. Holds a full batch ([`BATCH_BYTES_MAX`]) plus the largest single
 /// change set with room for framing, and bounds what a peer can make us buffer.
 pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -90,8 +90,12 @@ pub enum Frame {
     Challenge { nonce: [u8; 32] },
     /// Store -> HQ: ed25519 over `"chainsync/auth/v1" || nonce || tls binding`.
     Auth { signature: Vec<u8> },
-    /// HQ -> store: authenticated; here is how far I hold your own streams.
-    Welcome { own_heads: Vec<WireCursor> },
+    /// HQ -> store: authenticated; here is how far I hold your own streams, and my clock
+    /// (Unix ms) as I sent this, which the store prices at ([`crate::hqclock`]).
+    Welcome {
+        own_heads: Vec<WireCursor>,
+        hq_time_ms: u64,
+    },
     /// Store -> HQ: my change sets you lack.
     Push { change_sets: Vec<WireChangeSet> },
     /// HQ -> store, after a durable commit: how far I now hold your streams, and what I refused.
@@ -106,11 +110,12 @@ pub enum Frame {
         seeding: Vec<WireSeed>,
     },
     /// HQ -> store: snapshot parts of streams to seed (loaded first), then change sets you
-    /// lack, in priority order; `more` if there are more.
+    /// lack, in priority order; `more` if there are more; my clock as I sent this.
     Batch {
         snapshot_parts: Vec<WireChangeSet>,
         change_sets: Vec<WireChangeSet>,
         more: bool,
+        hq_time_ms: u64,
     },
     /// HQ -> store: these streams moved.
     Notify { heads: Vec<WireCursor> },

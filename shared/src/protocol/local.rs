@@ -39,13 +39,25 @@ pub fn sync_pair(
     leaf_key: SigningKey,
     now_ms: u64,
 ) -> Result<LocalSyncStats, SessionError> {
+    sync_pair_clocks(hub, leaf, leaf_key, now_ms, now_ms)
+}
+
+/// [`sync_pair`] with the hub's clock reading `hub_now_ms` and the store's `leaf_now_ms` (a store
+/// whose clock is off).
+pub fn sync_pair_clocks(
+    hub: &mut Replica,
+    leaf: &mut Replica,
+    leaf_key: SigningKey,
+    hub_now_ms: u64,
+    leaf_now_ms: u64,
+) -> Result<LocalSyncStats, SessionError> {
     let binding = b"in-process".to_vec();
     // The nonce only has to be unique per session; in-process, the clock reading serves.
     let mut nonce = [0u8; 32];
-    nonce[..8].copy_from_slice(&now_ms.to_le_bytes());
+    nonce[..8].copy_from_slice(&hub_now_ms.to_le_bytes());
     let mut hub_session = HubSession::new(nonce, binding.clone());
     let mut leaf_session = LeafSession::new(leaf.node().clone(), leaf_key, binding, 0);
-    let mut to_hub = leaf_session.start(now_ms, leaf)?;
+    let mut to_hub = leaf_session.start(leaf_now_ms, leaf)?;
     let mut rounds = 0;
     while !to_hub.is_empty() {
         rounds += 1;
@@ -54,11 +66,11 @@ pub fn sync_pair(
         }
         let mut to_leaf = Vec::new();
         for frame in through_codec(to_hub)? {
-            to_leaf.extend(hub_session.handle(now_ms, frame, hub)?.frames);
+            to_leaf.extend(hub_session.handle(hub_now_ms, frame, hub)?.frames);
         }
         to_hub = Vec::new();
         for frame in through_codec(to_leaf)? {
-            to_hub.extend(leaf_session.handle(now_ms, frame, leaf)?);
+            to_hub.extend(leaf_session.handle(leaf_now_ms, frame, leaf)?);
         }
     }
     let counters = leaf_session.counters();

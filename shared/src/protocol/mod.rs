@@ -265,6 +265,10 @@ impl LeafStore for Replica {
         Replica::set_hub_acked(self, heads)
     }
 
+    fn set_hq_clock_offset(&mut self, offset_ms: i64) -> Result<(), ReplicaError> {
+        Replica::set_hq_clock_offset(self, offset_ms)
+    }
+
     fn apply_from_hub(
         &mut self,
         batch: &[SignedChangeSet],

@@ -34,6 +34,7 @@ use super::frame::{
     to_wire_cursors, to_wire_seeding,
 };
 use crate::changeset::{SignedChangeSet, SignedSnapshot, signing_input};
+use crate::hqclock;
 use crate::ids::{NodeId, Place, RegionId, StreamId, Topic};
 use crate::lookup::{LookupAnswer, LookupQuery};
 use crate::model::StoreMode;
@@ -245,6 +246,8 @@ pub trait LeafStore {
     ) -> Result<Vec<SignedChangeSet>, Self::Error>;
     /// Records what the hub holds of the store's own streams.
     fn set_hub_acked(&mut self, heads: &[(StreamId, u64)]) -> Result<(), Self::Error>;
+    /// Durably records HQ's clock minus this store's, in ms ([`crate::hqclock`]).
+    fn set_hq_clock_offset(&mut self, offset_ms: i64) -> Result<(), Self::Error>;
     /// Validates and durably applies change sets received from the hub.
     fn apply_from_hub(
         &mut self,
@@ -373,6 +376,7 @@ impl HubSession {
                 let own_heads = store.own_heads(&peer.node).map_err(storage)?;
                 out.frames.push(Frame::Welcome {
                     own_heads: to_wire_cursors(&own_heads),
+                    hq_time_ms: now_ms,
                 });
                 self.state = HubState::Open { peer };
             }
@@ -429,6 +433,7 @@ impl HubSession {
                     snapshot_parts,
                     change_sets,
                     more: more || plan.more,
+                    hq_time_ms: now_ms,
                 });
             }
             (HubState::Open { peer }, Frame::Lookup { id, query }) => {
@@ -542,6 +547,8 @@ pub struct LeafSession {
     last_pull_ms: u64,
     /// A Notify came while a pull was in flight: pull again when its batch is in.
     notified_during_pull: bool,
+    /// HQ's clock minus this store's as last stored in this session.
+    hq_clock_offset_ms: Option<i64>,
     counters: LeafCounters,
     /// Lookup answers received and not yet taken by the driver.
     answers: Vec<(u64, Result<LookupAnswer, String>)>,
@@ -561,6 +568,7 @@ impl LeafSession {
             poll_interval_ms,
             last_pull_ms: 0,
             notified_during_pull: false,
+            hq_clock_offset_ms: None,
             counters: LeafCounters::default(),
             answers: Vec::new(),
         }
@@ -579,6 +587,24 @@ impl LeafSession {
     /// Counters of what went through this session.
     pub fn counters(&self) -> LeafCounters {
         self.counters
+    }
+
+    /// Stores what an exchange (asked at `asked_ms`, answered at `now_ms`) says of HQ's clock.
+    fn learn_hq_clock<S: LeafStore>(
+        &mut self,
+        asked_ms: u64,
+        hq_time_ms: u64,
+        now_ms: u64,
+        store: &mut S,
+    ) -> Result<(), SessionError> {
+        let Some(estimate) = hqclock::offset_from_exchange(asked_ms, hq_time_ms, now_ms) else {
+            return Ok(());
+        };
+        if hqclock::worth_storing(self.hq_clock_offset_ms, estimate) {
+            store.set_hq_clock_offset(estimate).map_err(storage)?;
+            self.hq_clock_offset_ms = Some(estimate);
+        }
+        Ok(())
     }
 
     /// The first frame: Hello with this store's cursors.
@@ -616,7 +642,14 @@ impl LeafSession {
                 out.push(Frame::Auth { signature });
                 self.state = LeafState::AwaitWelcome { since_ms: now_ms };
             }
-            (LeafState::AwaitWelcome { .. }, Frame::Welcome { own_heads }) => {
+            (
+                LeafState::AwaitWelcome { since_ms },
+                Frame::Welcome {
+                    own_heads,
+                    hq_time_ms,
+                },
+            ) => {
+                self.learn_hq_clock(since_ms, hq_time_ms, now_ms, store)?;
                 store
                     .set_hub_acked(&from_wire_cursors(own_heads)?)
                     .map_err(storage)?;
@@ -644,8 +677,12 @@ impl LeafSession {
                     snapshot_parts,
                     change_sets,
                     more,
+                    hq_time_ms,
                 },
             ) => {
+                if let Some(asked_ms) = self.pull_sent_ms {
+                    self.learn_hq_clock(asked_ms, hq_time_ms, now_ms, store)?;
+                }
                 let parts = from_wire_snapshot_parts(snapshot_parts)?;
                 let batch = from_wire_change_sets(change_sets)?;
                 let seeded = store.load_snapshot_parts(&parts, now_ms).map_err(storage)?;

@@ -261,20 +261,42 @@ impl Replica {
         &self.hq_key
     }
 
-    /// Moves the clock up to the one last committed, for a second connection to the same
-    /// database (a POS reader) that issues no timestamps itself.
-    pub fn reload_clock(&mut self) -> Result<(), ReplicaError> {
-        if let Some(bytes) = get_meta(&self.conn, "hlc")? {
-            let hlc: Hlc = postcard::from_bytes(&bytes)
-                .map_err(|e| ReplicaError::Corrupt(format!("stored clock: {e}")))?;
-            self.clock.observe(hlc);
-        }
-        Ok(())
-    }
-
     /// The node's clock (last timestamp issued or seen).
     pub fn clock(&self) -> Hlc {
         self.clock.last()
+    }
+
+    /// Reads one row of the database: fails if the file cannot be read.
+    pub fn check_readable(&self) -> Result<(), ReplicaError> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM meta")?
+            .query_row([], |r| r.get::<_, i64>(0))?;
+        Ok(())
+    }
+
+    /// HQ's clock minus this store's, in ms, as last learned from HQ (`None` before HQ said
+    /// anything). Read from the database, so a reader connection sees what the writer stored.
+    pub fn hq_clock_offset(&self) -> Result<Option<i64>, ReplicaError> {
+        get_meta(&self.conn, HQ_CLOCK_META)?
+            .map(|bytes| {
+                <[u8; 8]>::try_from(bytes.as_slice())
+                    .map(i64::from_le_bytes)
+                    .map_err(|_| ReplicaError::Corrupt("stored HQ clock offset".into()))
+            })
+            .transpose()
+    }
+
+    /// Durably records HQ's clock minus this store's ([`crate::hqclock`]).
+    pub fn set_hq_clock_offset(&mut self, offset_ms: i64) -> Result<(), ReplicaError> {
+        put_meta(&self.conn, HQ_CLOCK_META, &offset_ms.to_le_bytes())?;
+        Ok(())
+    }
+
+    /// The time prices and promotions are evaluated at when this node's clock reads `now_ms`:
+    /// HQ's clock as this store reckons it ([`crate::hqclock`]). Never the hybrid logical
+    /// clock, which other stores' clocks move.
+    pub fn pricing_time(&self, now_ms: u64) -> Result<i64, ReplicaError> {
+        Ok(crate::hqclock::hq_now(now_ms, self.hq_clock_offset()?))
     }
 
     /// Writes `ops` as the next change set of this node's stream of `topic`, durably: when this
@@ -991,6 +1013,9 @@ fn record_halt(
     ])?;
     Ok(())
 }
+
+/// The `meta` key of HQ's clock offset (i64, little-endian).
+const HQ_CLOCK_META: &str = "hq_clock_offset_ms";
 
 fn put_meta(tx: &Connection, key: &str, value: &[u8]) -> rusqlite::Result<()> {
     tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
