@@ -3,11 +3,41 @@
 use anyhow::{Context, Result};
 use chainsync::ids::{NodeId, Scope, Sku};
 use chainsync::replica::PendingStore;
+use chainsync_service::Program;
+use chainsync_service::cli::{Host, ServiceCommand};
 use clap::{Parser, Subcommand, ValueEnum};
 use hq_server::admin::{self, PriceRequest};
 use hq_server::config::{HqConfig, HqDir};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// What `hq-server service …` needs to know about this program.
+const SERVICE: Host = Host {
+    program: Program::Hq,
+    default_data: "hq-data",
+    inspect: inspect_data_folder,
+    run: run_as_service,
+};
+
+/// The folders besides the data folder that HQ writes (its bundle folder), once the data folder
+/// is known to hold a set-up HQ.
+fn inspect_data_folder(data: &Path) -> Result<Vec<PathBuf>, String> {
+    let state = HqDir::new(data).load().map_err(|e| format!("{e:#}"))?;
+    Ok(state
+        .config
+        .bundle_folder
+        .into_iter()
+        .map(|b| if b.is_absolute() { b } else { data.join(b) })
+        .collect())
+}
+
+/// `hq-server serve`, as the Windows service entry point calls it.
+fn run_as_service(data: &Path, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(hq_server::serve::serve(&HqDir::new(data), shutdown)))
+        .map_err(|e| format!("{e:#}"))
+}
 
 #[derive(Parser)]
 #[command(name = "hq-server", version, about = "chainsync headquarters server")]
@@ -49,6 +79,12 @@ enum Command {
     Serve {
         #[arg(long, default_value = "hq-data")]
         data: PathBuf,
+    },
+    /// Run as an operating-system service (systemd on Linux, the Windows Service Control
+    /// Manager): install, uninstall, start, stop, status, or print the unit.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
     },
     /// Manage stores.
     #[command(subcommand)]
@@ -575,8 +611,22 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    match &cli.command {
+        // Started by the Windows SCM: no console, so logs go to a file in the data folder.
+        Command::Service {
+            command: ServiceCommand::Run { data },
+        } => {
+            let data = data
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(SERVICE.default_data));
+            chainsync::transport::process::init_file_logs(&chainsync_service::windows_log_file(
+                &data,
+            ))?;
+        }
+        _ => init_logs(cli.log_format),
+    }
     match cli.command {
+        Command::Service { command } => Ok(chainsync_service::cli::execute(&SERVICE, command)?),
         Command::Init {
             data,
             listen,

@@ -35,7 +35,24 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(state.config.api_listen)
         .await
         .with_context(|| format!("HQ API cannot listen on {}", state.config.api_listen))?;
-    tracing::info!(api = %listener.local_addr()?, "HQ API listening");
+    let api_addr = listener.local_addr()?;
+    tracing::info!(api = %api_addr, "HQ API listening");
+    // Ready once the database is open and both endpoints listen; the watchdog is pinged while
+    // the replica thread answers.
+    let supervision = {
+        let replica = hub.replica().clone();
+        tokio::spawn(chainsync_service::supervise(
+            format!(
+                "HQ syncing on {}, API on {api_addr}",
+                endpoint.local_addr()?
+            ),
+            move || {
+                let replica = replica.clone();
+                async move { replica.check_health().await }
+            },
+            shutdown.clone(),
+        ))
+    };
     let api = {
         let mut shutdown = shutdown.clone();
         let app = crate::api::router(hub.clone());
@@ -73,6 +90,7 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
     watcher.await.context("heads watcher")?;
     expiry.await.context("points expiry task")?;
     price_check.await.context("price check task")?;
+    supervision.await.context("service supervision task")?;
     drop(hub);
     thread
         .join()

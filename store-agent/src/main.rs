@@ -5,10 +5,42 @@ use chainsync::ids::Sku;
 use chainsync::model::PriceKind;
 use chainsync::transport::leaf::{HqAddress, enroll};
 use chainsync::transport::provision::Provisioning;
+use chainsync_service::Program;
+use chainsync_service::cli::{Host, ServiceCommand};
 use clap::{Parser, Subcommand, ValueEnum};
 use ed25519_dalek::SigningKey;
+use std::path::Path;
 use std::path::PathBuf;
 use store_agent::config::AgentDir;
+
+/// What `store-agent service …` needs to know about this program.
+const SERVICE: Host = Host {
+    program: Program::StoreAgent,
+    default_data: "store-data",
+    inspect: inspect_data_folder,
+    run: run_as_service,
+};
+
+/// The folders besides the data folder that the agent writes (its bundle folder), once the data
+/// folder is known to hold a set-up agent.
+fn inspect_data_folder(data: &Path) -> Result<Vec<PathBuf>, String> {
+    let state = AgentDir::new(data)
+        .load()
+        .map_err(|e| format!("{e:#} (set the store up with `store-agent init` first)"))?;
+    Ok(state
+        .config
+        .bundle_folder
+        .into_iter()
+        .map(|b| if b.is_absolute() { b } else { data.join(b) })
+        .collect())
+}
+
+/// `store-agent run`, as the Windows service entry point calls it.
+fn run_as_service(data: &Path, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), String> {
+    runtime()
+        .and_then(|rt| rt.block_on(store_agent::run::run(&AgentDir::new(data), shutdown)))
+        .map_err(|e| format!("{e:#}"))
+}
 
 #[derive(Parser)]
 #[command(name = "store-agent", version, about = "chainsync store agent")]
@@ -83,6 +115,12 @@ enum Command {
         #[arg(long, default_value = "retail")]
         kind: String,
     },
+    /// Run as an operating-system service (systemd on Linux, the Windows Service Control
+    /// Manager): install, uninstall, start, stop, status, or print the unit.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     /// Look up the price of a sku now.
     Price {
         #[arg(long, default_value = "store-data")]
@@ -114,8 +152,22 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    match &cli.command {
+        // Started by the Windows SCM: no console, so logs go to a file in the data folder.
+        Command::Service {
+            command: ServiceCommand::Run { data },
+        } => {
+            let data = data
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(SERVICE.default_data));
+            chainsync::transport::process::init_file_logs(&chainsync_service::windows_log_file(
+                &data,
+            ))?;
+        }
+        _ => init_logs(cli.log_format),
+    }
     match cli.command {
+        Command::Service { command } => Ok(chainsync_service::cli::execute(&SERVICE, command)?),
         Command::Init {
             provision,
             data,
@@ -301,7 +353,7 @@ fn main() -> Result<()> {
                 "wholesale" => PriceKind::Wholesale,
                 other => anyhow::bail!("unknown price kind `{other}`"),
             };
-            let now = chainsync::transport::now_ms() as i64;
+            let now = replica.pricing_time(chainsync::transport::now_ms())?;
             let place = replica.place_of(&state.config.store)?.unwrap_or_else(|| {
                 chainsync::ids::Place::new(state.config.store.clone(), state.config.region.clone())
             });

@@ -69,7 +69,21 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
     let listener = tokio::net::TcpListener::bind(state.config.pos_listen)
         .await
         .with_context(|| format!("POS API cannot listen on {}", state.config.pos_listen))?;
-    tracing::info!(store = %state.config.store, hq = %state.hq.addr, pos = %listener.local_addr()?, "store agent running");
+    let pos_addr = listener.local_addr()?;
+    tracing::info!(store = %state.config.store, hq = %state.hq.addr, pos = %pos_addr, "store agent running");
+    // Ready once the database is open and the tills can connect; the watchdog is pinged while
+    // the replica thread answers.
+    let supervision = {
+        let handle = handle.clone();
+        tokio::spawn(chainsync_service::supervise(
+            format!("store {} serving tills on {pos_addr}", state.config.store),
+            move || {
+                let handle = handle.clone();
+                async move { handle.check_health().await }
+            },
+            shutdown.clone(),
+        ))
+    };
     let api = {
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -103,6 +117,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
         writer.await.context("bundle outbox task")?;
     }
     api.await.context("POS API task")?.context("POS API")?;
+    supervision.await.context("service supervision task")?;
     drop(link);
     drop(handle);
     thread

@@ -192,14 +192,18 @@ impl Hq {
 
     /// Starts `hq-server serve` and waits until it listens.
     pub fn start(&self) -> Proc {
+        self.start_with_env(&[])
+    }
+
+    /// [`Hq::start`] with extra environment variables (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Proc {
         let log = self.data.join(format!("serve-{}.log", rand_suffix()));
-        let proc = Proc::spawn(
-            Command::new(bin("hq-server"))
-                .arg("serve")
-                .arg("--data")
-                .arg(&self.data),
-            log,
-        );
+        let mut cmd = Command::new(bin("hq-server"));
+        cmd.arg("serve").arg("--data").arg(&self.data);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let proc = Proc::spawn(&mut cmd, log);
         let mut proc = proc;
         wait_until(Duration::from_secs(20), "HQ to listen", || {
             if let Ok(Some(status)) = proc.child.try_wait() {

@@ -36,6 +36,14 @@ impl ReplicaHandle {
         Ok((Self { jobs }, thread))
     }
 
+    /// Whether the replica thread answers and its database reads (the watchdog's check).
+    pub async fn check_health(&self) -> Result<(), String> {
+        self.call(|r| r.check_readable())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
     /// Runs `f` on the replica thread and returns its result.
     pub async fn call<R: Send + 'static>(
         &self,

@@ -19,6 +19,26 @@ pub fn init_logs(json: bool) {
     }
 }
 
+/// Sends logs to `file` (appended; its folder created), for a service with no console (the
+/// Windows SCM). `RUST_LOG` sets the level (default `info`).
+pub fn init_file_logs(file: &Path) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(out))
+        .init();
+    Ok(())
+}
+
 /// Imports a bundle read from `file`, all or nothing, showing progress on stderr (a bar on a
 /// terminal; nothing when stderr is not one).
 pub fn import_bundle_with_bar(
