@@ -248,7 +248,12 @@ fn wait_everywhere(w: &World, m: &str, cents: i64, timeout: Duration) {
 }
 
 fn sign_up(agent: &Agent, m: &str, cents: i64) {
-    let (status, body) = agent.send("PUT", &format!("/v1/members/{m}"), &json!({ "name": m }));
+    // A fresh store refuses writes (503, nothing written) until HQ's Welcome has said what HQ
+    // holds of it; the first sign-up may come before that.
+    let (status, body) = wait_until(WAIT, "the store to take writes", || {
+        let (status, body) = agent.send("PUT", &format!("/v1/members/{m}"), &json!({ "name": m }));
+        (status != 503).then_some((status, body))
+    });
     assert_eq!(status, 200, "{body}");
     if cents > 0 {
         let (status, body) = agent.stored_value(m, cents);
