@@ -23,12 +23,7 @@ const SERVICE: Host = Host {
 /// is known to hold a set-up HQ.
 fn inspect_data_folder(data: &Path) -> Result<Vec<PathBuf>, String> {
     let state = HqDir::new(data).load().map_err(|e| format!("{e:#}"))?;
-    Ok(state
-        .config
-        .bundle_folder
-        .into_iter()
-        .map(|b| if b.is_absolute() { b } else { data.join(b) })
-        .collect())
+    Ok(state.config.bundle_folder.into_iter().collect())
 }
 
 /// `hq-server serve`, as the Windows service entry point calls it.
@@ -611,19 +606,14 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match &cli.command {
+    let service_log = match &cli.command {
+        Command::Service { command } => SERVICE.service_log_file(command),
+        _ => None,
+    };
+    match service_log {
         // Started by the Windows SCM: no console, so logs go to a file in the data folder.
-        Command::Service {
-            command: ServiceCommand::Run { data },
-        } => {
-            let data = data
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(SERVICE.default_data));
-            chainsync::transport::process::init_file_logs(&chainsync_service::windows_log_file(
-                &data,
-            ))?;
-        }
-        _ => init_logs(cli.log_format),
+        Some(file) => chainsync::transport::process::init_file_logs(&file)?,
+        None => init_logs(cli.log_format),
     }
     match cli.command {
         Command::Service { command } => Ok(chainsync_service::cli::execute(&SERVICE, command)?),

@@ -68,10 +68,24 @@ pub struct Host {
     /// The data folder when `--data` is not given.
     pub default_data: &'static str,
     /// Checks that a data folder holds a set-up program; returns the other folders it writes
-    /// (a bundle folder).
+    /// (a bundle folder) as configured (a relative one is taken relative to the data folder,
+    /// the service's working directory).
     pub inspect: fn(&Path) -> Result<Vec<PathBuf>, String>,
     /// Runs the program in the foreground (used by the Windows service entry point).
     pub run: RunFn,
+}
+
+impl Host {
+    /// Where logs go when the Windows SCM starts this program (`service run`, no console): a
+    /// file in the data folder. `None` for every other command (stderr, or systemd's journal).
+    pub fn service_log_file(&self, command: &ServiceCommand) -> Option<PathBuf> {
+        match command {
+            ServiceCommand::Run { data } => Some(crate::windows_log_file(
+                data.as_deref().unwrap_or(Path::new(self.default_data)),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Why a `service` command failed.
@@ -157,7 +171,10 @@ fn spec_for(
         }
     };
     let also_writes = match (host.inspect)(&data) {
-        Ok(folders) => folders,
+        Ok(folders) => folders
+            .into_iter()
+            .map(|f| if f.is_absolute() { f } else { data.join(f) })
+            .collect(),
         Err(_) if !set_up => Vec::new(),
         Err(why) => return Err(CliError::DataFolder { path: data, why }),
     };

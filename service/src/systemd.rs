@@ -223,11 +223,6 @@ pub fn notify_stopping() {
     notify(&[sd_notify::NotifyState::Stopping]);
 }
 
-/// Replaces the status line.
-pub fn notify_status(status: &str) {
-    notify(&[sd_notify::NotifyState::Status(status)]);
-}
-
 fn notify(state: &[sd_notify::NotifyState]) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;

@@ -27,12 +27,7 @@ fn inspect_data_folder(data: &Path) -> Result<Vec<PathBuf>, String> {
     let state = AgentDir::new(data)
         .load()
         .map_err(|e| format!("{e:#} (set the store up with `store-agent init` first)"))?;
-    Ok(state
-        .config
-        .bundle_folder
-        .into_iter()
-        .map(|b| if b.is_absolute() { b } else { data.join(b) })
-        .collect())
+    Ok(state.config.bundle_folder.into_iter().collect())
 }
 
 /// `store-agent run`, as the Windows service entry point calls it.
@@ -152,19 +147,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match &cli.command {
+    let service_log = match &cli.command {
+        Command::Service { command } => SERVICE.service_log_file(command),
+        _ => None,
+    };
+    match service_log {
         // Started by the Windows SCM: no console, so logs go to a file in the data folder.
-        Command::Service {
-            command: ServiceCommand::Run { data },
-        } => {
-            let data = data
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(SERVICE.default_data));
-            chainsync::transport::process::init_file_logs(&chainsync_service::windows_log_file(
-                &data,
-            ))?;
-        }
-        _ => init_logs(cli.log_format),
+        Some(file) => chainsync::transport::process::init_file_logs(&file)?,
+        None => init_logs(cli.log_format),
     }
     match cli.command {
         Command::Service { command } => Ok(chainsync_service::cli::execute(&SERVICE, command)?),
