@@ -86,6 +86,11 @@ pub struct RelayStats {
     pub lost: u64,
     pub duplicated: u64,
     pub cut_by_partition: u64,
+    /// UDP payload bytes the clients (agents) sent, lost ones included: what they put on the
+    /// wire.
+    pub client_bytes: u64,
+    /// UDP payload bytes the upstream (HQ) sent, lost ones included.
+    pub upstream_bytes: u64,
 }
 
 /// A running relay in front of `upstream`.
@@ -196,6 +201,11 @@ fn schedule(shared: &Shared, from_client: bool, peer: SocketAddr, bytes: Vec<u8>
     let Ok(mut stats) = shared.stats.lock() else {
         return;
     };
+    if from_client {
+        stats.client_bytes += bytes.len() as u64;
+    } else {
+        stats.upstream_bytes += bytes.len() as u64;
+    }
     let cycle = faults.partition_on_ms + faults.partition_off_ms;
     if faults.partition_on_ms > 0 && cycle > 0 {
         let t = shared.started.elapsed().as_millis() as u64 % cycle;

@@ -3,7 +3,9 @@
 //!
 //! Every node is the real thing (a SQLite replica in a temporary folder, the real session state
 //! machines, the real frame codec); only the network and the clock are simulated. The network
-//! drops, duplicates, delays and so reorders frames; stores are partitioned and reconnect; nodes
+//! behaves as QUIC does: frames of a connection arrive in order, after a random delay, or the
+//! connection is lost (where a lossy line would make QUIC give up); as a fault beyond QUIC,
+//! frames are also duplicated. Stores are partitioned and reconnect; nodes
 //! crash (every bit of in-memory state dropped, the database reopened). Meanwhile stores sell,
 //! take returns and voids, sign members up and edit them, earn and spend points and stored value,
 //! and move stock, while HQ changes prices, promotions, products and members.
@@ -140,8 +142,9 @@ impl Rng {
 
 const SKUS: u64 = 40;
 const MEMBERS: u64 = 120;
-/// Faults while they are on, in percent per frame or per step.
-const DROP_PERCENT: u64 = 10;
+/// Faults while they are on, in percent per frame or per step. A dropped frame loses its
+/// connection.
+const DROP_PERCENT: u64 = 4;
 const DUPLICATE_PERCENT: u64 = 5;
 const DELAY_MS_MAX: u64 = 400;
 const POLL_INTERVAL_MS: u64 = 5_000;
@@ -155,6 +158,7 @@ struct Packet {
     order: u64,
     conn: u64,
     to_hub: bool,
+    /// Empty: the connection is lost here.
     bytes: Vec<u8>,
 }
 
@@ -189,6 +193,8 @@ pub struct Sim {
     hub_sessions: BTreeMap<u64, HubSession>,
     stores: Vec<StoreNode>,
     packets: Vec<Packet>,
+    /// Last delivery time per connection and direction: frames of a connection stay in order.
+    last_delivery: BTreeMap<(u64, bool), u64>,
     next_conn: u64,
     next_order: u64,
     hq_next_record: u64,
@@ -233,6 +239,7 @@ impl Sim {
             hub_sessions: BTreeMap::new(),
             stores,
             packets: Vec::new(),
+            last_delivery: BTreeMap::new(),
             next_conn: 1,
             next_order: 0,
             hq_next_record: 1,
@@ -1046,6 +1053,7 @@ impl Sim {
 
     fn close_conn(&mut self, conn: u64) {
         self.hub_sessions.remove(&conn);
+        self.last_delivery.retain(|(c, _), _| *c != conn);
         if let Some(i) = self
             .stores
             .iter()
@@ -1067,14 +1075,16 @@ impl Sim {
     fn send(&mut self, conn: u64, to_hub: bool, frame: &Frame) -> SimResult<()> {
         let bytes = encode_frame(frame).map_err(err("encode"))?;
         self.summary.frames_sent += 1;
-        let copies = if self.faults && self.rng.chance(DROP_PERCENT) {
+        let (copies, bytes) = if self.faults && self.rng.chance(DROP_PERCENT) {
+            // The frame never arrives, and neither does anything after it: the connection is
+            // lost at the moment the frame would have arrived.
             self.summary.frames_dropped += 1;
-            0
+            (1, Vec::new())
         } else if self.faults && self.rng.chance(DUPLICATE_PERCENT) {
             self.summary.frames_duplicated += 1;
-            2
+            (2, bytes)
         } else {
-            1
+            (1, bytes)
         };
         for _ in 0..copies {
             let delay = if self.faults {
@@ -1082,8 +1092,11 @@ impl Sim {
             } else {
                 1 + self.rng.below(20)
             };
+            let last = self.last_delivery.entry((conn, to_hub)).or_insert(0);
+            let deliver_at = (self.now_ms + delay).max(*last);
+            *last = deliver_at;
             self.packets.push(Packet {
-                deliver_at: self.now_ms + delay,
+                deliver_at,
                 order: self.next_order,
                 conn,
                 to_hub,
@@ -1121,6 +1134,11 @@ impl Sim {
     }
 
     fn deliver(&mut self, packet: Packet) -> SimResult<()> {
+        if packet.bytes.is_empty() {
+            self.note(format!("conn {} lost", packet.conn));
+            self.close_conn(packet.conn);
+            return Ok(());
+        }
         let mut decoder = FrameDecoder::default();
         decoder.push(&packet.bytes).map_err(err("decode"))?;
         let frame = decoder

@@ -6,6 +6,7 @@
 //! queues.
 
 pub mod frame;
+pub mod gather;
 pub mod local;
 pub mod session;
 
@@ -20,6 +21,7 @@ use crate::ids::{NodeId, Place, RegionId, StreamId};
 use crate::lookup::{LookupAnswer, LookupQuery};
 use crate::replica::{BatchReport, Replica, ReplicaError};
 use ed25519_dalek::VerifyingKey;
+use gather::{PendingStream, ReadStream, gather};
 use std::collections::BTreeMap;
 
 impl HubStore for Replica {
@@ -68,31 +70,24 @@ impl HubStore for Replica {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<(Vec<SignedChangeSet>, bool), ReplicaError> {
-        let mut out: Vec<SignedChangeSet> = Vec::new();
-        let mut bytes = 0usize;
-        // heads() is in priority order, so the batch is too.
+        // heads() is in priority order, so the batch is too; every stream gets its share.
+        let mut pending = Vec::new();
         for (stream, head) in self.heads()? {
             let own = stream.origin == peer.node && cursors.contains_key(&stream);
             if !own && !subscribes(&peer.place, peer.mode, &stream) {
                 continue;
             }
             let cursor = cursors.get(&stream).copied().unwrap_or(0);
-            if head.seq <= cursor {
-                continue;
-            }
-            let room = max_count.saturating_sub(out.len());
-            if room == 0 || (!out.is_empty() && bytes >= max_bytes) {
-                return Ok((out, true));
-            }
-            let chunk = self.read_stream(&stream, cursor, room, max_bytes.saturating_sub(bytes))?;
-            let full = (chunk.len() as u64) < head.seq - cursor;
-            bytes += chunk.iter().map(|c| c.body.len()).sum::<usize>();
-            out.extend(chunk);
-            if full {
-                return Ok((out, true));
+            if head.seq > cursor {
+                pending.push(PendingStream {
+                    stream,
+                    after: cursor,
+                    count: head.seq - cursor,
+                });
             }
         }
-        Ok((out, false))
+        let gathered = gather(&pending, max_count, max_bytes, self)?;
+        Ok((gathered.change_sets, gathered.left_out))
     }
 
     fn seed_for(
@@ -208,6 +203,19 @@ impl HubStore for Replica {
     }
 }
 
+impl ReadStream for Replica {
+    type Error = ReplicaError;
+    fn read(
+        &self,
+        stream: &StreamId,
+        after: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SignedChangeSet>, ReplicaError> {
+        self.read_stream(stream, after, max_count, max_bytes)
+    }
+}
+
 impl LeafStore for Replica {
     type Error = ReplicaError;
 
@@ -253,12 +261,18 @@ impl LeafStore for Replica {
         Ok(report)
     }
 
-    fn outbox(
+    fn own_streams(&self) -> Result<Vec<(StreamId, u64, u64)>, ReplicaError> {
+        Replica::own_streams(self)
+    }
+
+    fn read_own(
         &self,
+        stream: &StreamId,
+        after: u64,
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<SignedChangeSet>, ReplicaError> {
-        Replica::outbox(self, max_count, max_bytes)
+        self.read_stream(stream, after, max_count, max_bytes)
     }
 
     fn set_hub_acked(&mut self, heads: &[(StreamId, u64)]) -> Result<(), ReplicaError> {

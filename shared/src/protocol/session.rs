@@ -23,8 +23,18 @@
 //! - nothing but `Hello`/`Auth` is accepted before authentication;
 //! - HQ acknowledges a push only after the store's change sets are committed, and the store
 //!   drops nothing from its outbox until that acknowledgement;
-//! - the exchange is cursor-driven and idempotent: a lost, duplicated or reordered frame at worst
-//!   costs a retry after [`RETRY_MS`] (a duplicate change set is a no-op, a gap is asked again);
+//! - the session runs over a reliable, ordered stream (QUIC): a frame is never resent within a
+//!   session. The store sends each change set once per session, keeps at most
+//!   [`PUSHES_IN_FLIGHT_MAX`] pushes in flight (the next goes while HQ applies the last, so a
+//!   long line stays busy), and sends again only what an acknowledgement shows HQ refused (a
+//!   gap, a bad change set, a stream halted at HQ): after [`RETRY_MS`], one change set, waiting
+//!   twice as long each time it is refused again, up to [`REFUSED_RETRY_MS_MAX`]. An answer that
+//!   does not come within [`ANSWER_TIMEOUT_MS`] ends the session; the next one starts from the
+//!   acknowledged heads, so nothing is lost and a duplicate change set is a no-op;
+//! - no stream blocks another: pushes and pulls are filled fairly across streams
+//!   ([`super::gather`]), so one stream with a long refused backlog leaves room for the rest;
+//! - a batch exchange ([`LeafSession::exchange_once`]) pushes what was pending when it opened,
+//!   takes what HQ has, and is then idle: a busy till does not keep it up;
 //! - a store whose frame is malformed or out of turn gets an `Error` frame and the session ends;
 //!   a bad change set inside a good frame is refused alone and reported in the `PushAck`.
 
@@ -33,6 +43,7 @@ use super::frame::{
     from_wire_change_sets, from_wire_cursors, from_wire_seeding, from_wire_snapshot_parts,
     to_wire_cursors, to_wire_seeding,
 };
+use super::gather::{PendingStream, ReadStream, gather};
 use crate::changeset::{SignedChangeSet, SignedSnapshot, signing_input};
 use crate::hqclock;
 use crate::ids::{NodeId, Place, RegionId, StreamId, Topic};
@@ -40,13 +51,22 @@ use crate::lookup::{LookupAnswer, LookupQuery};
 use crate::model::StoreMode;
 use crate::replica::BatchReport;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Domain-separation prefix of the authentication signature.
 pub const AUTH_SIG_PREFIX: &[u8] = b"chainsync/auth/v1";
-/// How long a store waits for an answer to a push or pull before asking again. Over QUIC nothing
-/// is lost, so this only matters when a frame was (a lost connection ends the session anyway).
+/// First wait before a store offers again what HQ refused, or pulls again after refusing what HQ
+/// sent (a gap heals on the retry).
 pub const RETRY_MS: u64 = 2_000;
+/// Longest wait between offers of a stream that keeps being refused (halted at the other side).
+pub const REFUSED_RETRY_MS_MAX: u64 = 60_000;
+/// Pushes a store keeps in flight at most (each at most [`BATCH_CHANGE_SETS_MAX`] change sets and
+/// [`BATCH_BYTES_MAX`] bytes).
+pub const PUSHES_IN_FLIGHT_MAX: usize = 4;
+/// How long a push or pull may go unanswered before the store ends the session and connects
+/// afresh. QUIC loses nothing within a connection, so this only catches an HQ that hangs while
+/// its connection stays up; it is long enough for a full push on a slow line.
+pub const ANSWER_TIMEOUT_MS: u64 = 60_000;
 /// Largest lookup answer HQ sends (well inside a frame).
 pub const LOOKUP_ANSWER_BYTES_MAX: usize = 3 * 1024 * 1024;
 /// How long a store waits for a lookup answer before it reads its cache instead.
@@ -87,6 +107,8 @@ pub enum SessionError {
     Peer { code: ErrorCode, message: String },
     #[error("no answer to the handshake within {0} ms")]
     Timeout(u64),
+    #[error("HQ did not answer a push or pull within {0} ms")]
+    NoAnswer(u64),
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -103,7 +125,8 @@ impl SessionError {
             SessionError::EnrollmentRefused(_) => ErrorCode::EnrollmentRefused,
             SessionError::Unexpected { .. }
             | SessionError::Peer { .. }
-            | SessionError::Timeout(_) => ErrorCode::Unexpected,
+            | SessionError::Timeout(_)
+            | SessionError::NoAnswer(_) => ErrorCode::Unexpected,
             SessionError::Storage(_) => ErrorCode::Internal,
         };
         Frame::Error {
@@ -238,9 +261,14 @@ pub trait LeafStore {
         parts: &[SignedSnapshot],
         now_ms: u64,
     ) -> Result<SeedReport, Self::Error>;
-    /// Own change sets the hub has not acknowledged, within the limits.
-    fn outbox(
+    /// This store's own streams in priority order: `(stream, seq the hub acknowledged, head)`.
+    fn own_streams(&self) -> Result<Vec<(StreamId, u64, u64)>, Self::Error>;
+    /// Up to `max_count` change sets of an own stream after `after`, within `max_bytes` of
+    /// bodies (at least one if there is one), in seq order.
+    fn read_own(
         &self,
+        stream: &StreamId,
+        after: u64,
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Vec<SignedChangeSet>, Self::Error>;
@@ -532,16 +560,47 @@ pub struct LeafCounters {
     pub seeded_parts: u64,
 }
 
+/// A push sent and not yet answered.
+#[derive(Debug, Clone)]
+struct PushInFlight {
+    sent_ms: u64,
+    /// How far it carried each stream.
+    upto: Vec<(StreamId, u64)>,
+}
+
+/// An own stream HQ refused: it is offered again, one change set at a time, from `retry_at_ms`.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    retry_at_ms: u64,
+    delay_ms: u64,
+    /// The one change set offered again is in flight.
+    probing: bool,
+}
+
 /// The store's side of a session.
 pub struct LeafSession {
     node: NodeId,
     key: SigningKey,
     tls_binding: Vec<u8>,
     state: LeafState,
-    /// When the unanswered push was sent.
-    push_sent_ms: Option<u64>,
+    /// Highest seq of each own stream sent in this session: nothing is sent twice in a session
+    /// unless HQ's acknowledgement shows it refused it.
+    sent: BTreeMap<StreamId, u64>,
+    /// Pushes in flight, oldest first (HQ answers them in order).
+    pushes: VecDeque<PushInFlight>,
+    /// Own streams HQ refused, offered again later.
+    refused: BTreeMap<StreamId, Refused>,
+    /// The last push attempt found nothing more to send (beyond refused streams and the cap).
+    drained: bool,
+    /// A batch exchange: push only what was pending when the session opened, ignore notices.
+    exchange_once: bool,
+    push_cap: Option<BTreeMap<StreamId, u64>>,
     /// When the unanswered pull was sent.
     pull_sent_ms: Option<u64>,
+    /// A pull whose batch was refused: ask again at this time.
+    pull_again_at_ms: Option<u64>,
+    /// Wait before the next such retry (doubles while batches keep being refused).
+    pull_retry_ms: u64,
     /// Pull at least this often even without a Notify (0 = only on Notify).
     poll_interval_ms: u64,
     last_pull_ms: u64,
@@ -554,6 +613,22 @@ pub struct LeafSession {
     answers: Vec<(u64, Result<LookupAnswer, String>)>,
 }
 
+/// A store's own streams read through [`LeafStore`], for [`gather`].
+struct OwnStreams<'a, S>(&'a S);
+
+impl<S: LeafStore> ReadStream for OwnStreams<'_, S> {
+    type Error = S::Error;
+    fn read(
+        &self,
+        stream: &StreamId,
+        after: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SignedChangeSet>, S::Error> {
+        self.0.read_own(stream, after, max_count, max_bytes)
+    }
+}
+
 impl LeafSession {
     /// A session for a new connection. `poll_interval_ms` is how often to pull without being
     /// notified (a safety net in realtime mode).
@@ -563,8 +638,15 @@ impl LeafSession {
             key,
             tls_binding,
             state: LeafState::New,
-            push_sent_ms: None,
+            sent: BTreeMap::new(),
+            pushes: VecDeque::new(),
+            refused: BTreeMap::new(),
+            drained: false,
+            exchange_once: false,
+            push_cap: None,
             pull_sent_ms: None,
+            pull_again_at_ms: None,
+            pull_retry_ms: RETRY_MS,
             poll_interval_ms,
             last_pull_ms: 0,
             notified_during_pull: false,
@@ -574,14 +656,22 @@ impl LeafSession {
         }
     }
 
+    /// Makes this a batch exchange: it pushes what was pending when it opened (sales made
+    /// meanwhile wait for the next exchange), takes what HQ has, and is then idle.
+    pub fn exchange_once(mut self) -> Self {
+        self.exchange_once = true;
+        self
+    }
+
     /// Whether authentication finished.
     pub fn is_open(&self) -> bool {
         self.state == LeafState::Open
     }
 
-    /// Whether nothing is waiting for an answer (open, no push or pull in flight).
+    /// Whether nothing is waiting for an answer and nothing more is to be sent now (open, no
+    /// push or pull in flight, the outbox sent but for streams HQ refused).
     pub fn is_idle(&self) -> bool {
-        self.is_open() && self.push_sent_ms.is_none() && self.pull_sent_ms.is_none()
+        self.is_open() && self.pushes.is_empty() && self.pull_sent_ms.is_none() && self.drained
     }
 
     /// Counters of what went through this session.
@@ -654,22 +744,22 @@ impl LeafSession {
                     .set_hub_acked(&from_wire_cursors(own_heads)?)
                     .map_err(storage)?;
                 self.state = LeafState::Open;
-                out.extend(self.push_next(now_ms, store)?);
+                if self.exchange_once {
+                    let heads = store.own_streams().map_err(storage)?;
+                    self.push_cap = Some(heads.into_iter().map(|(s, _, head)| (s, head)).collect());
+                }
+                out.extend(self.push_fill(now_ms, store)?);
                 out.extend(self.pull(now_ms, store)?);
             }
             (LeafState::Open, Frame::PushAck { heads, rejected }) => {
-                store
-                    .set_hub_acked(&from_wire_cursors(heads)?)
-                    .map_err(storage)?;
+                let heads = from_wire_cursors(heads)?;
+                store.set_hub_acked(&heads).map_err(storage)?;
                 self.counters.rejected_change_sets += rejected.len() as u64;
-                self.push_sent_ms = None;
-                if rejected.is_empty() {
-                    out.extend(self.push_next(now_ms, store)?);
-                } else {
-                    // Wait for the retry timer rather than resending at once what HQ just refused
-                    // (a gap heals on the retry; a halted stream must not become a busy loop).
-                    self.push_sent_ms = Some(now_ms);
+                if let Some(push) = self.pushes.pop_front() {
+                    let acked: BTreeMap<StreamId, u64> = heads.into_iter().collect();
+                    self.judge_push(now_ms, push, &acked);
                 }
+                out.extend(self.push_fill(now_ms, store)?);
             }
             (
                 LeafState::Open,
@@ -693,11 +783,17 @@ impl LeafSession {
                     (report.rejected.len() + seeded.rejected.len()) as u64;
                 self.pull_sent_ms = None;
                 let progressed = !report.applied.is_empty() || seeded.loaded > 0;
+                let refused = !report.rejected.is_empty() || !seeded.rejected.is_empty();
+                if progressed {
+                    self.pull_retry_ms = RETRY_MS;
+                }
                 if (more && progressed) || std::mem::take(&mut self.notified_during_pull) {
                     out.extend(self.pull(now_ms, store)?);
-                } else if !report.rejected.is_empty() || !seeded.rejected.is_empty() {
-                    // A gap or a bad change set: ask again after the retry delay.
-                    self.pull_sent_ms = Some(now_ms);
+                } else if refused && !self.exchange_once {
+                    // A gap or a bad change set: ask again later, waiting longer each time the
+                    // same refusal comes back (a stream halted here must not become a busy loop).
+                    self.pull_again_at_ms = Some(now_ms.saturating_add(self.pull_retry_ms));
+                    self.pull_retry_ms = (self.pull_retry_ms * 2).min(REFUSED_RETRY_MS_MAX);
                 }
             }
             (LeafState::Open, Frame::LookupAnswer { id, answer }) => {
@@ -706,6 +802,10 @@ impl LeafSession {
                 self.answers.push((id, answer));
             }
             (LeafState::Open, Frame::Notify { heads }) => {
+                // A batch exchange takes what HQ had when it asked; news waits for the next one.
+                if self.exchange_once {
+                    return Ok(out);
+                }
                 let heads = from_wire_cursors(heads)?;
                 let mine: BTreeMap<StreamId, u64> =
                     store.cursors().map_err(storage)?.into_iter().collect();
@@ -734,6 +834,40 @@ impl LeafSession {
         Ok(out)
     }
 
+    /// Compares what a push carried with what HQ now holds: a stream HQ holds less of was
+    /// refused (a gap, a bad change set, a stream halted at HQ) and is offered again later, one
+    /// change set at a time, from HQ's head.
+    fn judge_push(&mut self, now_ms: u64, push: PushInFlight, acked: &BTreeMap<StreamId, u64>) {
+        for (stream, upto) in push.upto {
+            let held = acked.get(&stream).copied().unwrap_or(0);
+            if held >= upto {
+                self.refused.remove(&stream);
+                continue;
+            }
+            self.sent.insert(stream.clone(), held);
+            match self.refused.get_mut(&stream) {
+                // The change set offered again was refused again: wait twice as long.
+                Some(r) if r.probing => {
+                    r.delay_ms = (r.delay_ms * 2).min(REFUSED_RETRY_MS_MAX);
+                    r.retry_at_ms = now_ms.saturating_add(r.delay_ms);
+                    r.probing = false;
+                }
+                // A push sent before the refusal was known: it changes nothing.
+                Some(_) => {}
+                None => {
+                    self.refused.insert(
+                        stream,
+                        Refused {
+                            retry_at_ms: now_ms.saturating_add(RETRY_MS),
+                            delay_ms: RETRY_MS,
+                            probing: false,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
     /// The frame asking HQ `query` under the driver's `id`; the answer comes back through
     /// [`LeafSession::take_answers`]. Only once the session is open.
     pub fn lookup(&self, id: u64, query: &LookupQuery) -> Result<Frame, SessionError> {
@@ -752,14 +886,14 @@ impl LeafSession {
         std::mem::take(&mut self.answers)
     }
 
-    /// Call after a local commit: pushes at once if nothing is in flight.
+    /// Call after a local commit: pushes at once if there is room in flight.
     pub fn local_commit<S: LeafStore>(
         &mut self,
         now_ms: u64,
         store: &S,
     ) -> Result<Vec<Frame>, SessionError> {
-        if self.is_open() && self.push_sent_ms.is_none() {
-            return self.push_next(now_ms, store);
+        if self.is_open() {
+            return self.push_fill(now_ms, store);
         }
         Ok(Vec::new())
     }
@@ -772,18 +906,32 @@ impl LeafSession {
                 Some(since_ms + HANDSHAKE_TIMEOUT_MS)
             }
             LeafState::Open => {
-                let retries = [self.push_sent_ms, self.pull_sent_ms]
+                let unanswered = self
+                    .pushes
+                    .front()
+                    .map(|p| p.sent_ms)
                     .into_iter()
-                    .flatten()
-                    .map(|t| t + RETRY_MS);
-                let poll = (self.poll_interval_ms > 0)
-                    .then_some(self.last_pull_ms + self.poll_interval_ms);
-                retries.chain(poll).min()
+                    .chain(self.pull_sent_ms)
+                    .map(|t| t.saturating_add(ANSWER_TIMEOUT_MS));
+                let room = self.pushes.len() < PUSHES_IN_FLIGHT_MAX;
+                let refused = self
+                    .refused
+                    .values()
+                    .filter(|r| room && !r.probing)
+                    .map(|r| r.retry_at_ms);
+                let poll = (self.poll_interval_ms > 0 && self.pull_sent_ms.is_none())
+                    .then_some(self.last_pull_ms.saturating_add(self.poll_interval_ms));
+                unanswered
+                    .chain(refused)
+                    .chain(self.pull_again_at_ms)
+                    .chain(poll)
+                    .min()
             }
         }
     }
 
-    /// Retries what went unanswered and polls on schedule. `Err` when the handshake timed out.
+    /// Offers refused streams again and polls on schedule. `Err` when the handshake or an
+    /// answer took too long: the driver ends the session and connects afresh.
     pub fn handle_timeout<S: LeafStore>(
         &mut self,
         now_ms: u64,
@@ -798,14 +946,23 @@ impl LeafSession {
                 }
             }
             LeafState::Open => {
-                if self.push_sent_ms.is_some_and(|t| now_ms >= t + RETRY_MS) {
-                    out.extend(self.push_next(now_ms, store)?);
+                let oldest_push = self.pushes.front().map(|p| p.sent_ms);
+                if let Some(sent) = oldest_push.into_iter().chain(self.pull_sent_ms).min()
+                    && now_ms >= sent.saturating_add(ANSWER_TIMEOUT_MS)
+                {
+                    return Err(SessionError::NoAnswer(ANSWER_TIMEOUT_MS));
                 }
-                let retry_pull = self.pull_sent_ms.is_some_and(|t| now_ms >= t + RETRY_MS);
+                if self
+                    .refused
+                    .values()
+                    .any(|r| !r.probing && now_ms >= r.retry_at_ms)
+                {
+                    out.extend(self.push_fill(now_ms, store)?);
+                }
+                let again = self.pull_again_at_ms.is_some_and(|t| now_ms >= t);
                 let poll_due = self.poll_interval_ms > 0
-                    && self.pull_sent_ms.is_none()
-                    && now_ms >= self.last_pull_ms + self.poll_interval_ms;
-                if retry_pull || poll_due {
+                    && now_ms >= self.last_pull_ms.saturating_add(self.poll_interval_ms);
+                if self.pull_sent_ms.is_none() && (again || poll_due) {
                     out.extend(self.pull(now_ms, store)?);
                 }
             }
@@ -813,28 +970,91 @@ impl LeafSession {
         Ok(out)
     }
 
-    fn push_next<S: LeafStore>(
+    /// Sends pushes until [`PUSHES_IN_FLIGHT_MAX`] are in flight or nothing is left to send.
+    fn push_fill<S: LeafStore>(
         &mut self,
         now_ms: u64,
         store: &S,
     ) -> Result<Vec<Frame>, SessionError> {
-        let outbox = store
-            .outbox(BATCH_CHANGE_SETS_MAX, BATCH_BYTES_MAX)
-            .map_err(storage)?;
-        if outbox.is_empty() {
-            self.push_sent_ms = None;
-            return Ok(Vec::new());
+        let mut out = Vec::new();
+        while self.pushes.len() < PUSHES_IN_FLIGHT_MAX {
+            match self.next_push(now_ms, store)? {
+                Some(frame) => out.push(frame),
+                None => break,
+            }
         }
-        self.counters.pushed_change_sets += outbox.len() as u64;
-        self.push_sent_ms = Some(now_ms);
-        let change_sets = outbox.iter().map(WireChangeSet::from_signed).collect();
-        Ok(vec![Frame::Push { change_sets }])
+        Ok(out)
+    }
+
+    /// The next push: change sets not yet sent in this session, every stream its fair share
+    /// ([`gather`]); a refused stream only once its wait is over, and then one change set.
+    fn next_push<S: LeafStore>(
+        &mut self,
+        now_ms: u64,
+        store: &S,
+    ) -> Result<Option<Frame>, SessionError> {
+        let mut pending = Vec::new();
+        for (stream, acked, head) in store.own_streams().map_err(storage)? {
+            let head = match self.push_cap.as_ref() {
+                Some(cap) => head.min(cap.get(&stream).copied().unwrap_or(0)),
+                None => head,
+            };
+            let from = acked.max(self.sent.get(&stream).copied().unwrap_or(0));
+            let mut count = head.saturating_sub(from);
+            if let Some(r) = self.refused.get(&stream) {
+                let due = !r.probing && now_ms >= r.retry_at_ms;
+                count = if due { count.min(1) } else { 0 };
+            }
+            if count > 0 {
+                pending.push(PendingStream {
+                    stream,
+                    after: from,
+                    count,
+                });
+            }
+        }
+        let gathered = gather(
+            &pending,
+            BATCH_CHANGE_SETS_MAX,
+            BATCH_BYTES_MAX,
+            &OwnStreams(store),
+        )
+        .map_err(storage)?;
+        if gathered.change_sets.is_empty() {
+            self.drained = true;
+            return Ok(None);
+        }
+        self.drained = false;
+        let mut upto = Vec::new();
+        for (p, taken) in pending.iter().zip(&gathered.taken) {
+            if *taken == 0 {
+                continue;
+            }
+            let last = p.after.saturating_add(*taken);
+            self.sent.insert(p.stream.clone(), last);
+            if let Some(r) = self.refused.get_mut(&p.stream) {
+                r.probing = true;
+            }
+            upto.push((p.stream.clone(), last));
+        }
+        self.counters.pushed_change_sets += gathered.change_sets.len() as u64;
+        self.pushes.push_back(PushInFlight {
+            sent_ms: now_ms,
+            upto,
+        });
+        let change_sets = gathered
+            .change_sets
+            .iter()
+            .map(WireChangeSet::from_signed)
+            .collect();
+        Ok(Some(Frame::Push { change_sets }))
     }
 
     fn pull<S: LeafStore>(&mut self, now_ms: u64, store: &S) -> Result<Vec<Frame>, SessionError> {
         let cursors = store.cursors().map_err(storage)?;
         let seeding = store.seeding().map_err(storage)?;
         self.pull_sent_ms = Some(now_ms);
+        self.pull_again_at_ms = None;
         self.last_pull_ms = now_ms;
         Ok(vec![Frame::Pull {
             cursors: to_wire_cursors(&cursors),

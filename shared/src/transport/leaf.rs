@@ -5,9 +5,13 @@
 //! HQ: [`LookupRequest`]).
 //!
 //! Invariants: a local commit is already durable before it is pushed, so losing the connection
-//! at any moment loses nothing (the outbox resends); backoff is bounded
-//! ([`RECONNECT_BACKOFF_MS_MAX`]) and jittered so that a fleet does not reconnect in lockstep
-//! after HQ restarts.
+//! at any moment loses nothing (the outbox resends); a store notices HQ within about
+//! [`CONNECT_ATTEMPT_INTERVAL_MS`] of HQ listening again (attempts overlap, each bounded by
+//! [`CONNECT_TIMEOUT_MS`]), and backoff is bounded ([`RECONNECT_BACKOFF_MS_MAX`]), reset by a
+//! session that opened, and jittered, so that a fleet does not reconnect in lockstep after HQ
+//! restarts; a store HQ refuses (revoked, unknown, another protocol version) waits
+//! [`REFUSED_BACKOFF_MS`]. The session loop never waits on a write: frames go to a writer task,
+//! so the store always reads what HQ sends (HQ may be blocked writing a batch to it).
 
 use super::actor::ReplicaHandle;
 use super::{SERVER_NAME, TransportError, now_ms, read_frame, tls, write_frames};
@@ -15,7 +19,8 @@ use crate::ids::{NodeId, RegionId};
 use crate::lookup::{LookupAnswer, LookupQuery};
 use crate::model::StoreMode;
 use crate::protocol::frame::FrameDecoder;
-use crate::protocol::session::{LeafSession, enroll_frame, enroll_reply};
+use crate::protocol::frame::{ErrorCode, Frame};
+use crate::protocol::session::{LeafSession, SessionError, enroll_frame, enroll_reply};
 use ed25519_dalek::SigningKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,10 +29,22 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// First reconnect delay.
 pub const RECONNECT_BACKOFF_MS_MIN: u64 = 250;
-/// Longest reconnect delay: a store is never out of touch much longer than this once HQ is back.
-pub const RECONNECT_BACKOFF_MS_MAX: u64 = 15_000;
-/// How long connecting (QUIC + TLS handshake) may take.
-pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Longest reconnect delay after a failed session or a round of failed attempts (jittered
+/// between half and all of it).
+pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
+/// Wait after HQ refused this store (revoked, not enrolled, authentication, protocol version):
+/// that does not heal in a second, and HQ should not be asked again every second.
+pub const REFUSED_BACKOFF_MS: u64 = 60_000;
+/// How long one connection attempt (QUIC + TLS handshake) may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// While attempts go unanswered, a new one starts this often (jittered between half and all of
+/// it): an HQ that starts listening again is found within about this long.
+pub const CONNECT_ATTEMPT_INTERVAL_MS: u64 = 1_000;
+/// Attempts in one round (at most this many in flight), before the backoff.
+pub const CONNECT_ATTEMPTS_PER_ROUND: usize = 3;
+/// Batches of frames waiting for the writer task at most. The session bounds what it has in
+/// flight (pushes, one pull, lookups), so this is never reached in practice.
+const OUTGOING_BATCHES_MAX: usize = 256;
 
 /// Where HQ is and how to trust it.
 #[derive(Clone)]
@@ -47,7 +64,7 @@ pub struct LinkStatus {
     pub last_error: Option<String>,
 }
 
-async fn connect(hq: &HqAddress) -> Result<(quinn::Endpoint, quinn::Connection), TransportError> {
+fn client_endpoint(hq: &HqAddress) -> Result<quinn::Endpoint, TransportError> {
     let bind: SocketAddr = if hq.addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -55,18 +72,59 @@ async fn connect(hq: &HqAddress) -> Result<(quinn::Endpoint, quinn::Connection),
     };
     let mut endpoint = quinn::Endpoint::client(bind)?;
     endpoint.set_default_client_config(tls::client_config(&hq.cert_der)?);
+    Ok(endpoint)
+}
+
+/// One attempt, bounded by [`CONNECT_TIMEOUT_MS`].
+async fn attempt(connecting: quinn::Connecting) -> Result<quinn::Connection, String> {
+    match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT_MS} ms")),
+    }
+}
+
+/// A value between half and all of `ms`.
+fn jittered(ms: u64) -> u64 {
+    ms / 2 + rand::random_range(0..=ms / 2)
+}
+
+/// Connects to HQ: up to [`CONNECT_ATTEMPTS_PER_ROUND`] attempts, a new one about every
+/// [`CONNECT_ATTEMPT_INTERVAL_MS`] while the earlier ones are still waiting; the first to
+/// succeed wins. A lost handshake packet or an HQ that was down a moment ago so costs about a
+/// second, not a whole timeout.
+async fn connect(hq: &HqAddress) -> Result<(quinn::Endpoint, quinn::Connection), TransportError> {
+    let endpoint = client_endpoint(hq)?;
     let connect_err = |reason: String| TransportError::Connect {
         addr: hq.addr,
         reason,
     };
-    let connecting = endpoint
-        .connect(hq.addr, SERVER_NAME)
-        .map_err(|e| connect_err(e.to_string()))?;
-    let conn = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connecting)
-        .await
-        .map_err(|_| connect_err(format!("no answer within {CONNECT_TIMEOUT_MS} ms")))?
-        .map_err(|e| connect_err(e.to_string()))?;
-    Ok((endpoint, conn))
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut started = 0;
+    let mut next_at = tokio::time::Instant::now();
+    let mut last_error = String::from("no attempt made");
+    loop {
+        if started < CONNECT_ATTEMPTS_PER_ROUND && tokio::time::Instant::now() >= next_at {
+            let connecting = endpoint
+                .connect(hq.addr, SERVER_NAME)
+                .map_err(|e| connect_err(e.to_string()))?;
+            attempts.spawn(attempt(connecting));
+            started += 1;
+            next_at += Duration::from_millis(jittered(CONNECT_ATTEMPT_INTERVAL_MS));
+        }
+        if attempts.is_empty() && started >= CONNECT_ATTEMPTS_PER_ROUND {
+            return Err(connect_err(last_error));
+        }
+        tokio::select! {
+            done = attempts.join_next(), if !attempts.is_empty() => match done {
+                Some(Ok(Ok(conn))) => return Ok((endpoint, conn)),
+                Some(Ok(Err(e))) => last_error = e,
+                Some(Err(e)) => last_error = e.to_string(),
+                None => {}
+            },
+            _ = tokio::time::sleep_until(next_at), if started < CONNECT_ATTEMPTS_PER_ROUND => {}
+        }
+    }
 }
 
 /// Enrolls this store at HQ with its freshly generated key and one-time token. Returns the
@@ -277,7 +335,6 @@ impl StoreLink {
                 }
                 continue;
             }
-            let started = now_ms();
             let result = self
                 .session(
                     SessionKind::Realtime,
@@ -287,6 +344,17 @@ impl StoreLink {
                 )
                 .await;
             let failed = result.is_err();
+            let opened = self.status.borrow().connected;
+            let refused = matches!(
+                &result,
+                Err(TransportError::Session(SessionError::Peer { code, .. })) if matches!(
+                    code,
+                    ErrorCode::Revoked
+                        | ErrorCode::NotEnrolled
+                        | ErrorCode::AuthFailed
+                        | ErrorCode::VersionMismatch
+                )
+            );
             self.finish(result, "realtime");
             if *shutdown.borrow() {
                 break;
@@ -298,14 +366,19 @@ impl StoreLink {
                 next_batch_ms = now_ms() + self.batch_interval_ms;
                 continue;
             }
-            // A session that lasted a while resets the backoff; a quick failure doubles it.
-            if now_ms().saturating_sub(started) > RECONNECT_BACKOFF_MS_MAX {
+            // A session that opened resets the backoff; a failure doubles it (bounded); a
+            // refusal waits long.
+            if opened {
                 backoff_ms = RECONNECT_BACKOFF_MS_MIN;
             }
             refuse_waiting(&mut lookups);
-            let jittered = backoff_ms / 2 + rand::random_range(0..=backoff_ms / 2);
+            let wait_ms = if refused {
+                jittered(REFUSED_BACKOFF_MS)
+            } else {
+                jittered(backoff_ms)
+            };
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(jittered)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
                 _ = super::stopped(&mut shutdown) => break,
             }
             backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
@@ -346,12 +419,37 @@ impl StoreLink {
         };
         let (mut send, mut recv) = conn.open_bi().await?;
         let binding = tls::tls_binding(&conn)?;
+        // The writer task: this loop hands it frames and goes back to reading at once.
+        let (outgoing, mut to_write) = mpsc::channel::<Vec<Frame>>(OUTGOING_BATCHES_MAX);
+        let writer = tokio::spawn(async move {
+            while let Some(frames) = to_write.recv().await {
+                write_frames(&mut send, &frames).await?;
+            }
+            let _ = send.finish();
+            Ok::<(), TransportError>(())
+        });
+        let write = |frames: Vec<Frame>| {
+            let outgoing = outgoing.clone();
+            async move {
+                if frames.is_empty() {
+                    return Ok(());
+                }
+                outgoing
+                    .send(frames)
+                    .await
+                    .map_err(|_| TransportError::Closed)
+            }
+        };
         let session = LeafSession::new(
             self.node.clone(),
             self.key.clone(),
             binding,
             self.poll_interval_ms,
         );
+        let session = match kind {
+            SessionKind::Batch => session.exchange_once(),
+            SessionKind::Realtime => session,
+        };
         let (mut session, frames) = self
             .replica
             .call(move |r| {
@@ -360,8 +458,7 @@ impl StoreLink {
                 (session, frames)
             })
             .await?;
-        write_frames(&mut send, &frames?).await?;
-        self.status.send_modify(|s| s.connected = true);
+        write(frames?).await?;
         let mut decoder = FrameDecoder::default();
         let node = self.node.clone();
         // Lookups sent and not answered: id -> (sent at, asker).
@@ -417,7 +514,9 @@ impl StoreLink {
                     match session.lookup(next_lookup_id, &req.query) {
                         Ok(frame) => {
                             pending.insert(next_lookup_id, (now_ms(), req.reply));
-                            write_frames(&mut send, &[frame]).await?;
+                            if let Err(e) = write(vec![frame]).await {
+                                break Err(e);
+                            }
                         }
                         Err(e) => {
                             let _ = req.reply.send(Err(e.to_string()));
@@ -446,15 +545,22 @@ impl StoreLink {
                 })
                 .await?;
             session = s;
+            if session.is_open() && !self.status.borrow().connected {
+                self.status.send_modify(|s| s.connected = true);
+            }
             for (id, answer) in session.take_answers() {
                 if let Some((_, reply)) = pending.remove(&id) {
                     let _ = reply.send(answer);
                 }
             }
             match frames {
-                Ok(frames) => write_frames(&mut send, &frames).await?,
+                Ok(frames) => {
+                    if let Err(e) = write(frames).await {
+                        break Err(e);
+                    }
+                }
                 Err(e) => {
-                    let _ = write_frames(&mut send, &[e.to_frame()]).await;
+                    let _ = write(vec![e.to_frame()]).await;
                     break Err(e.into());
                 }
             }
@@ -467,7 +573,9 @@ impl StoreLink {
                 break Ok(());
             }
         };
-        let _ = send.finish();
+        drop(outgoing);
+        // What is queued (an Error frame telling HQ why) goes out if it can within a moment.
+        let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
         conn.close(0u32.into(), b"store disconnects");
         let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
         let c = session.counters();
@@ -495,7 +603,7 @@ fn log_seeding(replica: &crate::replica::Replica) {
 }
 
 enum Step {
-    Frame(crate::protocol::frame::Frame),
+    Frame(Frame),
     LocalCommit,
     Timer,
 }
