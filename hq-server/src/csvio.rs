@@ -52,7 +52,7 @@ fn rows(
     path: &Path,
     expected: &[&str],
     mut parse: impl FnMut(&csv::StringRecord) -> Result<Op>,
-) -> Result<Vec<Op>> {
+) -> Result<Vec<(usize, Op)>> {
     let mut rdr = reader(path)?;
     check_header(&mut rdr, expected).with_context(|| format!("{}", path.display()))?;
     let mut ops = Vec::new();
@@ -62,7 +62,8 @@ fn rows(
         if ops.len() == IMPORT_ROWS_MAX {
             bail!("{}: more than {IMPORT_ROWS_MAX} rows", path.display());
         }
-        ops.push(parse(&record).with_context(|| format!("{} line {line}", path.display()))?);
+        let op = parse(&record).with_context(|| format!("{} line {line}", path.display()))?;
+        ops.push((line, op));
     }
     Ok(ops)
 }
@@ -100,7 +101,9 @@ pub fn import_products(dir: &HqDir, path: &Path) -> Result<usize> {
     )?;
     commit_chunks(
         dir,
-        ops.into_iter().map(|op| (Topic::Catalog, op)).collect(),
+        ops.into_iter()
+            .map(|(_, op)| (Topic::Catalog, op))
+            .collect(),
     )
 }
 
@@ -152,11 +155,11 @@ pub fn import_prices(dir: &HqDir, path: &Path) -> Result<usize> {
     let state = dir.load()?;
     let replica = dir.open_replica(&state.key)?;
     let mut tagged = Vec::with_capacity(ops.len());
-    for op in ops {
+    for (line, op) in ops {
         if let Op::PriceUpsert(entry) = &op {
             if replica.product(&entry.sku)?.is_none() {
                 bail!(
-                    "{}: sku {} is not in the catalog (import products first)",
+                    "{} line {line}: sku {} is not in the catalog (import products first)",
                     path.display(),
                     entry.sku
                 );

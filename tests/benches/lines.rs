@@ -121,6 +121,28 @@ fn main() {
     let held_at_hq = || hq_read.receipt_ids(&s1).expect("receipts").len() as u64;
     let mut sold = 0u64;
 
+    // The agent's first session: HQ says how far it holds the store's history, and the store
+    // takes the catalog.
+    let agent = start_agent(&agent_dir);
+    let catalog = StreamId::new(NodeId::hq(), Topic::Catalog);
+    let catalog_head = hq_read.head(&catalog).expect("catalog").seq;
+    wait_for("the first session", || {
+        let conn = rusqlite::Connection::open_with_flags(
+            agent_dir.root.join("store.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .ok()?;
+        let head: i64 = conn
+            .query_row(
+                "SELECT head_seq FROM streams WHERE name = ?1",
+                [catalog.to_string()],
+                |r| r.get(0),
+            )
+            .ok()?;
+        (head as u64 == catalog_head).then_some(())
+    });
+    stop(agent);
+
     // 1. Reconnect after HQ comes back.
     stop(hq);
     let mut reconnect_ms = Vec::new();

@@ -302,7 +302,7 @@ fn watched_bundle_folders_carry_a_store_without_a_network() {
         &format!("{:?}", store_bundles.to_string_lossy()),
     );
     set_agent_option(&agent, "batch_interval_ms", "300");
-    let _agent = agent.start();
+    let agent_proc = agent.start();
     let wait = Duration::from_secs(20);
 
     hq.cli_ok(&[
@@ -363,6 +363,36 @@ fn watched_bundle_folders_carry_a_store_without_a_network() {
             .contains("checksum")
     );
     assert!(files_in(&store_bundles.join("inbox")).is_empty());
+
+    // Issue "Sync on real lines", item 14: the inbox took `*.csb` only and said nothing of the
+    // rest, and a bundle still being copied waited 30 s unmentioned. Now `.CSB` (a stick written
+    // on Windows) is a bundle too; anything else is named in the log once and left alone; a
+    // bundle not all there yet is named at once as incomplete.
+    let answer_bytes = std::fs::read(&answer).unwrap();
+    std::fs::write(store_bundles.join("inbox/AGAIN.CSB"), &answer_bytes).unwrap();
+    std::fs::write(store_bundles.join("inbox/notes.txt"), b"not a bundle").unwrap();
+    std::fs::write(
+        store_bundles.join("inbox/half.csb"),
+        &answer_bytes[..answer_bytes.len() / 2],
+    )
+    .unwrap();
+    wait_until(wait, "the upper-case bundle filed as processed", || {
+        (files_in(&store_bundles.join("processed")).len() == 3).then_some(())
+    });
+    wait_until(wait, "the log to name the other two", || {
+        let log = agent_proc.log_text();
+        (log.contains("notes.txt") && log.contains("half.csb") && log.contains("not complete yet"))
+            .then_some(())
+    });
+    // Past the next rescan: still said once each, and both still in the inbox.
+    std::thread::sleep(Duration::from_millis(
+        chainsync::transport::folders::RESCAN_MS + 1_000,
+    ));
+    let log = agent_proc.log_text();
+    assert_eq!(log.matches("ignored: not a bundle").count(), 1, "{log}");
+    assert_eq!(log.matches("not complete yet").count(), 1, "{log}");
+    assert!(store_bundles.join("inbox/notes.txt").exists());
+    assert!(store_bundles.join("inbox/half.csb").exists());
 }
 
 // A store with no network at all, ever: HQ enrolls it offline (the provisioning file carries its

@@ -15,39 +15,83 @@ use std::time::Duration;
 const KILLS: usize = 20;
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A till that sells one receipt after another, retrying each until acknowledged.
+/// A till that sells one receipt after another, retrying each until acknowledged, and sending
+/// every third one again after its answer (as a till does that lost the answer). Records each
+/// answer.
 fn till(
     agent: Arc<Agent>,
     stop: Arc<AtomicBool>,
-    done: Arc<Mutex<Vec<String>>>,
+    done: Arc<Mutex<Vec<Answer>>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
             n += 1;
-            let body =
-                json!({ "receipt_no": format!("T{n}"), "lines": [{ "sku": "cola", "qty": 1 }] });
-            // Bounded: the agent is never down for long, and the test stops the till anyway.
-            for _ in 0..1_000 {
-                match chainsync_tests::e2e::http(
-                    agent.pos,
-                    "POST",
-                    "/v1/sales",
-                    Some(&agent.token),
-                    Some(body.to_string().as_bytes()),
-                ) {
-                    Ok((200 | 201, answer)) => {
-                        done.lock()
-                            .unwrap()
-                            .push(answer["receipt_id"].as_str().unwrap().to_owned());
-                        break;
+            let receipt_no = format!("T{n}");
+            let body = json!({ "receipt_no": receipt_no, "lines": [{ "sku": "cola", "qty": 1 }] });
+            let sends = if n.is_multiple_of(3) { 2 } else { 1 };
+            for send in 0..sends {
+                // Bounded: the agent is never down for long, and the test stops the till anyway.
+                for _ in 0..1_000 {
+                    match chainsync_tests::e2e::http(
+                        agent.pos,
+                        "POST",
+                        "/v1/sales",
+                        Some(&agent.token),
+                        Some(body.to_string().as_bytes()),
+                    ) {
+                        Ok((200 | 201, answer)) => {
+                            done.lock().unwrap().push(Answer {
+                                receipt_no: receipt_no.clone(),
+                                receipt_id: answer["receipt_id"].as_str().unwrap().to_owned(),
+                                resent_after_an_answer: send > 0,
+                                duplicate: answer["duplicate"] == true,
+                            });
+                            break;
+                        }
+                        _ => std::thread::sleep(Duration::from_millis(30)),
                     }
-                    _ => std::thread::sleep(Duration::from_millis(30)),
                 }
             }
             std::thread::sleep(Duration::from_millis(15));
         }
     })
+}
+
+/// One answer the till got.
+#[derive(Debug, Clone)]
+struct Answer {
+    receipt_no: String,
+    receipt_id: String,
+    /// Sent again although the first send was answered (a till that lost the answer).
+    resent_after_an_answer: bool,
+    duplicate: bool,
+}
+
+/// The receipt ids the till was given, one per receipt number. Fails if a number got two ids,
+/// two numbers one id, or a send repeated after an answer was not answered as a repeat (the
+/// agent sold again).
+fn receipt_ids_once_each(answers: &[Answer]) -> Vec<String> {
+    let mut by_no: std::collections::BTreeMap<&str, &str> = Default::default();
+    for a in answers {
+        let first = *by_no.entry(&a.receipt_no).or_insert(&a.receipt_id);
+        assert_eq!(
+            first, a.receipt_id,
+            "receipt_no {} was answered with two receipt ids",
+            a.receipt_no
+        );
+        assert!(
+            !a.resent_after_an_answer || a.duplicate,
+            "receipt_no {} sent again after its answer was sold again: {a:?}",
+            a.receipt_no
+        );
+    }
+    let mut ids: Vec<String> = by_no.values().map(|id| (*id).to_owned()).collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "two receipt numbers got one receipt id");
+    ids
 }
 
 #[test]
@@ -97,18 +141,11 @@ fn sigkill_of_agent_and_of_hq_at_random_moments_loses_and_doubles_nothing() {
     stop.store(true, Ordering::Relaxed);
     till.join().unwrap();
 
-    let mut expected = done.lock().unwrap().clone();
-    expected.sort();
-    let unique = {
-        let mut u = expected.clone();
-        u.dedup();
-        u
-    };
-    assert_eq!(
-        unique.len(),
-        expected.len(),
-        "the till got each receipt id once"
-    );
+    // Every answer to a receipt number, first sale or retry, names the same receipt.
+    let answers = done.lock().unwrap().clone();
+    let expected = receipt_ids_once_each(&answers);
+    let retried = answers.len() - expected.len();
+    assert!(retried > 10, "the till retried only {retried} receipts");
     assert!(
         expected.len() > 40,
         "the till kept selling through the kills: {}",

@@ -442,7 +442,13 @@ fn csv_import_export_and_regional_promotions() {
     .unwrap();
     let out = hq.cli(&["import", "prices", "--file", &bad.to_string_lossy()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sku biscuit is not in the catalog"));
+    // The row is named, as for every other bad row (issue "Sync on real lines", item 13).
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("bad-prices.csv line 3: sku biscuit is not in the catalog"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let typo = dir.path().join("typo-prices.csv");
     std::fs::write(
         &typo,

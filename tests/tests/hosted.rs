@@ -179,3 +179,70 @@ fn a_hosted_store_reads_through_to_hq_sells_offline_and_drains_its_journal_once(
         (agent.get("/v1/prices/chips").1["price_cents"] == 229).then_some(())
     });
 }
+
+// Issue "Sync on real lines", item 5: a busy hosted till stalled 20 s when HQ died. Each lookup
+// the till gave up on (after 1.5 s) was dropped before the 3 s rule could see it, so at a steady
+// request rate the session lived until QUIC's idle timeout (20 s) and every answer in between
+// cost the till 1.5 s. Now the session ends by the lookup rule, and the till reads its cache at
+// once. (The 10 s bound is half QUIC's idle timeout: it tells the two apart.)
+#[test]
+fn a_busy_hosted_till_reads_its_cache_soon_after_hq_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = Hq::init(dir.path());
+    hq.cli_ok(&[
+        "product",
+        "add",
+        "--sku",
+        "cola",
+        "--name",
+        "Cola",
+        "--category",
+        "drinks",
+    ]);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.29"]);
+    let (provision, _) = hq.add_store_with("S001", "north", &["--mode", "hosted"]);
+    let hq_proc = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    let _agent_proc = agent.start();
+    wait_until(WAIT, "the price of cola from HQ", || {
+        let (status, body) = agent.get("/v1/prices/cola");
+        (status == 200 && body["source"] == "hq").then_some(())
+    });
+
+    // Four tills asking all the time, until told to stop (at most 40 s).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tills: Vec<_> = (0..4)
+        .map(|_| {
+            let (agent, stop) = (agent.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < Duration::from_secs(40)
+                {
+                    let _ = agent.try_get("/v1/prices/cola");
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    hq_proc.kill9();
+    let killed = std::time::Instant::now();
+    let sync = wait_until(Duration::from_secs(10), "the link to give HQ up", || {
+        let sync = agent.get("/v1/sync").1;
+        (sync["connected"] == false).then_some(sync)
+    });
+    let gave_up_after = killed.elapsed();
+    let (status, body) = agent.get("/v1/prices/cola");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for till in tills {
+        till.join().unwrap();
+    }
+    assert!(
+        sync["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer a lookup")),
+        "ended by the lookup rule after {gave_up_after:?}: {sync}"
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body["source"]["cache_fetched_ms"].is_u64(), "{body}");
+}

@@ -209,3 +209,114 @@ fn an_agent_stops_at_once_on_sigterm_while_it_tries_to_reach_hq() {
         "store-agent took {took:?} to stop: it waited out its connect attempt"
     );
 }
+
+// Issue "Sync on real lines", item 15: the garbage test sent junk datagrams, which QUIC drops
+// before any chainsync code sees them. Here the junk comes from inside a session that
+// authenticated as the enrolled store: a push whose change set is random bytes is refused alone
+// in the acknowledgement, with the reason; a frame of random bytes ends the session with a
+// BadFrame error; HQ holds nothing new and keeps serving the store's own agent.
+#[test]
+fn garbage_from_an_authenticated_store_is_refused_and_changes_nothing() {
+    use chainsync::protocol::frame::WireChangeSet;
+    use chainsync::protocol::session::auth_message;
+    use ed25519_dalek::Signer;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let provision = hq.add_store("S001", "north");
+    let _hq = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    let _agent = agent.start();
+    wait_until(WAIT, "the catalog at the store", || {
+        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
+    });
+    let key = chainsync::transport::keyfile::read_key(&agent.data.join("store.key")).unwrap();
+    let replica = hq.replica();
+    let heads_before = replica.heads().unwrap();
+
+    let cert = std::fs::read(hq.data.join("hq-cert.der")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (ack, error) = runtime.block_on(async {
+        let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+        endpoint.set_default_client_config(client_config(&cert).unwrap());
+        let conn = endpoint
+            .connect(hq.addr, chainsync::transport::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let binding = chainsync::transport::tls::tls_binding(&conn).unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut decoder = FrameDecoder::default();
+        let mut next = async |recv: &mut quinn::RecvStream| -> Frame {
+            loop {
+                if let Some(frame) = decoder.next_frame().unwrap() {
+                    return frame;
+                }
+                let chunk = tokio::time::timeout(WAIT, recv.read_chunk(65_536, true))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .expect("HQ answers before closing");
+                decoder.push(&chunk.bytes).unwrap();
+            }
+        };
+        let hello = Frame::Hello {
+            node: "S001".into(),
+            cursors: vec![],
+        };
+        send.write_all(&encode_frame(&hello).unwrap())
+            .await
+            .unwrap();
+        let Frame::Challenge { nonce } = next(&mut recv).await else {
+            panic!("no challenge")
+        };
+        let signature = key
+            .sign(&auth_message(&nonce, &binding))
+            .to_bytes()
+            .to_vec();
+        send.write_all(&encode_frame(&Frame::Auth { signature }).unwrap())
+            .await
+            .unwrap();
+        assert!(matches!(next(&mut recv).await, Frame::Welcome { .. }));
+        let junk: Vec<u8> = (0..300u32).map(|b| (b * 31 + 7) as u8).collect();
+        let push = Frame::Push {
+            change_sets: vec![WireChangeSet {
+                body: junk.clone(),
+                sig: junk[..64].to_vec(),
+            }],
+        };
+        send.write_all(&encode_frame(&push).unwrap()).await.unwrap();
+        let ack = next(&mut recv).await;
+        // A frame whose length and protocol version are right and whose frame is random.
+        let mut payload = vec![chainsync::protocol::frame::PROTOCOL_VERSION as u8, 0xff];
+        payload.extend_from_slice(&junk);
+        let mut garbage = (payload.len() as u32).to_be_bytes().to_vec();
+        garbage.extend_from_slice(&payload);
+        send.write_all(&garbage).await.unwrap();
+        let error = next(&mut recv).await;
+        (ack, error)
+    });
+    match ack {
+        Frame::PushAck { rejected, .. } => {
+            assert_eq!(rejected.len(), 1, "{rejected:?}");
+            assert!(!rejected[0].is_empty());
+        }
+        other => panic!("expected a PushAck, got {other:?}"),
+    }
+    match error {
+        Frame::Error { code, message } => {
+            assert_eq!(code, ErrorCode::BadFrame, "{message}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert_eq!(replica.heads().unwrap(), heads_before, "nothing written");
+    let (status, body) = agent.send(
+        "POST",
+        "/v1/sales",
+        &json!({ "lines": [{ "sku": "cola", "qty": 1 }] }),
+    );
+    assert_eq!(status, 201, "{body}");
+    wait_until(WAIT, "the agent's sale at HQ", || {
+        (replica.receipt_count().unwrap() == 1).then_some(())
+    });
+}

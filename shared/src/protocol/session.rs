@@ -25,8 +25,8 @@
 //!   drops nothing from its outbox until that acknowledgement;
 //! - the session runs over a reliable, ordered stream (QUIC): a frame is never resent within a
 //!   session. The store sends each change set once per session, keeps at most
-//!   [`PUSHES_IN_FLIGHT_MAX`] pushes in flight (the next goes while HQ applies the last, so a
-//!   long line stays busy), and sends again only what an acknowledgement shows HQ refused (a
+//!   [`PUSHES_IN_FLIGHT_MAX`] pushes and [`PUSH_BYTES_IN_FLIGHT_MAX`] in flight (the next goes
+//!   while HQ applies the last, so a long line stays busy), and sends again only what an acknowledgement shows HQ refused (a
 //!   gap, a bad change set, a stream halted at HQ): after [`RETRY_MS`], one change set, waiting
 //!   twice as long each time it is refused again, up to [`REFUSED_RETRY_MS_MAX`]. An answer that
 //!   does not come within [`ANSWER_TIMEOUT_MS`] ends the session; the next one starts from the
@@ -61,8 +61,11 @@ pub const RETRY_MS: u64 = 2_000;
 /// Longest wait between offers of a stream that keeps being refused (halted at the other side).
 pub const REFUSED_RETRY_MS_MAX: u64 = 60_000;
 /// Pushes a store keeps in flight at most (each at most [`BATCH_CHANGE_SETS_MAX`] change sets and
-/// [`BATCH_BYTES_MAX`] bytes).
-pub const PUSHES_IN_FLIGHT_MAX: usize = 4;
+/// [`BATCH_BYTES_MAX`] bytes), and the bytes of change sets they may hold together (a push
+/// starts only below it). Enough to keep a 150 ms line with loss busy
+/// (`cargo bench --bench lines`), bounded so that a backlog is not all in memory at once.
+pub const PUSHES_IN_FLIGHT_MAX: usize = 16;
+pub const PUSH_BYTES_IN_FLIGHT_MAX: usize = 4 * 1024 * 1024;
 /// How long a push or pull may go unanswered before the store ends the session and connects
 /// afresh. QUIC loses nothing within a connection, so this only catches an HQ that hangs while
 /// its connection stays up; it is long enough for a full push on a slow line.
@@ -564,6 +567,8 @@ pub struct LeafCounters {
 #[derive(Debug, Clone)]
 struct PushInFlight {
     sent_ms: u64,
+    /// Bytes of the change sets it carries.
+    bytes: usize,
     /// How far it carried each stream.
     upto: Vec<(StreamId, u64)>,
 }
@@ -913,7 +918,9 @@ impl LeafSession {
                     .into_iter()
                     .chain(self.pull_sent_ms)
                     .map(|t| t.saturating_add(ANSWER_TIMEOUT_MS));
-                let room = self.pushes.len() < PUSHES_IN_FLIGHT_MAX;
+                let room = self.pushes.len() < PUSHES_IN_FLIGHT_MAX
+                    && self.pushes.iter().map(|p| p.bytes).sum::<usize>()
+                        < PUSH_BYTES_IN_FLIGHT_MAX;
                 let refused = self
                     .refused
                     .values()
@@ -977,7 +984,9 @@ impl LeafSession {
         store: &S,
     ) -> Result<Vec<Frame>, SessionError> {
         let mut out = Vec::new();
-        while self.pushes.len() < PUSHES_IN_FLIGHT_MAX {
+        while self.pushes.len() < PUSHES_IN_FLIGHT_MAX
+            && self.pushes.iter().map(|p| p.bytes).sum::<usize>() < PUSH_BYTES_IN_FLIGHT_MAX
+        {
             match self.next_push(now_ms, store)? {
                 Some(frame) => out.push(frame),
                 None => break,
@@ -1040,6 +1049,11 @@ impl LeafSession {
         self.counters.pushed_change_sets += gathered.change_sets.len() as u64;
         self.pushes.push_back(PushInFlight {
             sent_ms: now_ms,
+            bytes: gathered
+                .change_sets
+                .iter()
+                .map(|c| c.body.len() + c.sig.len())
+                .sum(),
             upto,
         });
         let change_sets = gathered

@@ -2,7 +2,8 @@
 //! the only link between a store and HQ.
 //!
 //! ```text
-//! ROOT/inbox/       drop bundles here (*.csb); they are imported as they arrive
+//! ROOT/inbox/       drop bundles here (NAME.csb, any case); they are imported as they arrive,
+//!                   and anything else there is reported once and left alone
 //! ROOT/processed/   imported bundles are moved here
 //! ROOT/rejected/    refused bundles are moved here, each beside NAME.reason.txt saying why
 //! ROOT/outbox/      bundles written for the other side (HQ: one folder per store)
@@ -11,8 +12,9 @@
 //! The inbox is watched (`notify`) and also rescanned every [`RESCAN_MS`], because file-change
 //! events are not delivered on every filesystem (network shares, some USB mounts).
 //!
-//! Invariants: a bundle that is still being copied in (it reads as truncated) is left alone
-//! until it has not changed for [`SETTLE_MS`]; only then is a truncated file rejected. A bundle is
+//! Invariants: a bundle that is still being copied in (it reads as truncated) is reported as
+//! incomplete at once and left alone until it has not changed for [`SETTLE_MS`]; only then is a
+//! truncated file rejected. A bundle is
 //! moved out of the inbox only after its import committed (processed) or was refused (rejected),
 //! so a crash in between imports it again, which changes nothing.
 
@@ -25,8 +27,9 @@ use tokio::sync::{mpsc, watch};
 
 /// How often the inbox is rescanned without any file event.
 pub const RESCAN_MS: u64 = 5_000;
-/// How long a truncated file must stay unchanged before it is taken as truly truncated.
-pub const SETTLE_MS: u64 = 30_000;
+/// How long a truncated file must stay unchanged before it is taken as truly truncated (a copy
+/// in progress writes more often than this).
+pub const SETTLE_MS: u64 = 10_000;
 /// The file name ending of bundles.
 pub const BUNDLE_EXTENSION: &str = "csb";
 
@@ -70,10 +73,27 @@ impl BundleFolders {
 
     /// Bundles waiting in the inbox, oldest name first.
     pub fn pending(&self) -> std::io::Result<Vec<PathBuf>> {
+        Ok(self
+            .inbox_files()?
+            .into_iter()
+            .filter(|p| is_bundle_name(p))
+            .collect())
+    }
+
+    /// Files in the inbox that are not bundles by their name: left alone, and reported.
+    pub fn ignored(&self) -> std::io::Result<Vec<PathBuf>> {
+        Ok(self
+            .inbox_files()?
+            .into_iter()
+            .filter(|p| !is_bundle_name(p))
+            .collect())
+    }
+
+    fn inbox_files(&self) -> std::io::Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.inbox())?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == BUNDLE_EXTENSION) && p.is_file())
+            .filter(|p| p.is_file())
             .collect();
         files.sort();
         Ok(files)
@@ -128,11 +148,34 @@ impl BundleFolders {
     }
 }
 
+/// Whether a file's name makes it a bundle: `NAME.csb`, the ending in any case (a USB stick
+/// written on Windows may say `.CSB`).
+fn is_bundle_name(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case(BUNDLE_EXTENSION))
+}
+
 /// What happened to one file of the inbox.
 #[derive(Debug)]
 pub enum InboxEvent {
-    Imported { file: PathBuf, report: ImportReport },
-    Rejected { file: PathBuf, reason: String },
+    Imported {
+        file: PathBuf,
+        report: ImportReport,
+    },
+    Rejected {
+        file: PathBuf,
+        reason: String,
+    },
+    /// Not a bundle by its name: left where it is.
+    Ignored {
+        file: PathBuf,
+    },
+    /// A bundle that is not all there yet (still being copied?): retried until it has not
+    /// changed for [`SETTLE_MS`], then rejected.
+    Incomplete {
+        file: PathBuf,
+        reason: String,
+    },
 }
 
 fn settled(file: &Path) -> bool {
@@ -145,7 +188,12 @@ fn settled(file: &Path) -> bool {
 
 /// Imports every settled bundle waiting in the inbox; reports what happened to each.
 pub async fn import_pending(folders: &BundleFolders, replica: &ReplicaHandle) -> Vec<InboxEvent> {
-    let mut events = Vec::new();
+    let mut events: Vec<InboxEvent> = folders
+        .ignored()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|file| InboxEvent::Ignored { file })
+        .collect();
     let Ok(files) = folders.pending() else {
         return events;
     };
@@ -169,8 +217,11 @@ pub async fn import_pending(folders: &BundleFolders, replica: &ReplicaHandle) ->
                 file: file.clone(),
                 report,
             }),
-            Ok(Err(ImportError::Bundle(BundleError::Truncated { .. }))) if !settled(&file) => {
-                continue;
+            Ok(Err(e @ ImportError::Bundle(BundleError::Truncated { .. }))) if !settled(&file) => {
+                Ok(InboxEvent::Incomplete {
+                    file: file.clone(),
+                    reason: e.to_string(),
+                })
             }
             Ok(Err(ImportError::Replica(e))) => {
                 // A disk or database failure is not the bundle's fault: leave it for the next try.
@@ -200,7 +251,7 @@ pub async fn import_pending(folders: &BundleFolders, replica: &ReplicaHandle) ->
 pub async fn watch_inbox(
     folders: BundleFolders,
     replica: ReplicaHandle,
-    events: Option<mpsc::Sender<InboxEvent>>,
+    events_out: Option<mpsc::Sender<InboxEvent>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), super::TransportError> {
     folders.ensure()?;
@@ -213,9 +264,21 @@ pub async fn watch_inbox(
     watcher
         .watch(&folders.inbox(), notify::RecursiveMode::NonRecursive)
         .map_err(|e| super::TransportError::Io(std::io::Error::other(e.to_string())))?;
-    tracing::info!(inbox = %folders.inbox().display(), "watching for bundles");
+    tracing::info!(inbox = %folders.inbox().display(), "watching for bundles (NAME.csb)");
+    // Files already reported as ignored or incomplete: said once, not at every scan.
+    let mut reported: std::collections::BTreeSet<PathBuf> = Default::default();
     loop {
-        for event in import_pending(&folders, &replica).await {
+        let events = import_pending(&folders, &replica).await;
+        let waiting: std::collections::BTreeSet<PathBuf> = events
+            .iter()
+            .filter_map(|e| match e {
+                InboxEvent::Ignored { file } | InboxEvent::Incomplete { file, .. } => {
+                    Some(file.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        for event in events {
             match &event {
                 InboxEvent::Imported { file, report } => tracing::info!(
                     file = %file.display(), from = %report.from, applied = report.applied,
@@ -224,11 +287,31 @@ pub async fn watch_inbox(
                 InboxEvent::Rejected { file, reason } => {
                     tracing::warn!(file = %file.display(), "bundle rejected: {reason}")
                 }
+                InboxEvent::Ignored { file } => {
+                    if reported.contains(file) {
+                        continue;
+                    }
+                    tracing::warn!(
+                        file = %file.display(),
+                        "ignored: not a bundle by its name (bundles are NAME.{BUNDLE_EXTENSION}); left in the inbox"
+                    )
+                }
+                InboxEvent::Incomplete { file, reason } => {
+                    if reported.contains(file) {
+                        continue;
+                    }
+                    tracing::warn!(
+                        file = %file.display(),
+                        "bundle not complete yet ({reason}): waiting for the copy to finish; refused if unchanged for {} s",
+                        SETTLE_MS / 1_000
+                    )
+                }
             }
-            if let Some(events) = &events {
+            if let Some(events) = &events_out {
                 let _ = events.try_send(event);
             }
         }
+        reported = waiting;
         tokio::select! {
             _ = rx.recv() => {
                 // Let a burst of events (a copy in progress) settle into one scan.

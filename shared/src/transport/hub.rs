@@ -72,20 +72,22 @@ impl Hub {
     /// Notices streams moved by other writers of HQ's database (the CLI beside a running server)
     /// and notifies stores, until `shutdown` turns true.
     pub async fn watch_heads(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut known: BTreeMap<StreamId, u64> = BTreeMap::new();
+        // `None` until the first look. (An empty map is not "not looked yet": a fresh HQ has no
+        // stream at all, and its first catalog must be published like any later write.)
+        let mut known: Option<BTreeMap<StreamId, u64>> = None;
         loop {
             match self.replica.call(|r| r.heads()).await {
                 Ok(Ok(heads)) => {
-                    let moved: Vec<(StreamId, u64)> = heads
-                        .into_iter()
-                        .filter(|(s, h)| known.get(s) != Some(&h.seq))
-                        .map(|(s, h)| (s, h.seq))
-                        .collect();
-                    if !moved.is_empty() {
-                        let first_look = known.is_empty();
-                        known.extend(moved.iter().cloned());
-                        if !first_look {
-                            self.publish(moved);
+                    let heads = heads.into_iter().map(|(s, h)| (s, h.seq));
+                    match known.as_mut() {
+                        None => known = Some(heads.collect()),
+                        Some(known) => {
+                            let moved: Vec<(StreamId, u64)> =
+                                heads.filter(|(s, seq)| known.get(s) != Some(seq)).collect();
+                            if !moved.is_empty() {
+                                known.extend(moved.iter().cloned());
+                                self.publish(moved);
+                            }
                         }
                     }
                 }
@@ -218,5 +220,69 @@ impl Hub {
         let _ = tokio::time::timeout(std::time::Duration::from_millis(500), send.stopped()).await;
         conn.close(0u32.into(), b"session over");
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+    use crate::model::Product;
+    use crate::replica::{Durability, Identity, Replica};
+    use std::time::Duration;
+
+    fn open(path: &std::path::Path, key: &ed25519_dalek::SigningKey) -> Replica {
+        let identity = Identity {
+            node: NodeId::hq(),
+            key: key.clone(),
+        };
+        Replica::open(path, identity, key.verifying_key(), Durability::Relaxed).unwrap()
+    }
+
+    // Issue "Sync on real lines", item 12: the first catalog of a fresh HQ reached a realtime
+    // store only at its 30 s poll. The heads watcher's first look found no stream at all, kept
+    // an empty map, and took its next look (the catalog written by the CLI) for the first one,
+    // so it published nothing and no store was told.
+    #[test]
+    fn the_first_write_to_an_hq_without_streams_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hq.db");
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let replica = open(&path, &key);
+        assert!(replica.heads().unwrap().is_empty(), "a fresh HQ");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (handle, thread) = ReplicaHandle::spawn(replica).unwrap();
+        let hub = Hub::new(handle);
+        let mut moved = hub.moved.subscribe();
+        let (stop, shutdown) = watch::channel(false);
+        let watcher = {
+            let hub = hub.clone();
+            runtime.spawn(async move { hub.watch_heads(shutdown).await })
+        };
+        // The watcher's first look is done; then the CLI writes the catalog beside the server.
+        std::thread::sleep(Duration::from_millis(2 * HEADS_POLL_MS));
+        let mut cli = open(&path, &key);
+        let product = Op::ProductUpsert(Product {
+            sku: "cola".parse().unwrap(),
+            name: "Cola".into(),
+            category: "drinks".into(),
+            barcodes: vec![],
+            unit_cost_cents: 50,
+            active: true,
+        });
+        cli.commit_local(Topic::Catalog, vec![product], 1).unwrap();
+        let notice = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_millis(5 * HEADS_POLL_MS), moved.recv()).await
+        });
+        let _ = stop.send(true);
+        runtime.block_on(watcher).unwrap();
+        drop(hub);
+        drop(runtime);
+        let _ = thread.join();
+        let notice = notice.expect("no notice within 2.5 s").unwrap();
+        assert_eq!(
+            *notice,
+            vec![(StreamId::new(NodeId::hq(), Topic::Catalog), 1)]
+        );
     }
 }

@@ -377,9 +377,18 @@ impl StoreLink {
             } else {
                 jittered(backoff_ms)
             };
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
-                _ = super::stopped(&mut shutdown) => break,
+            let wake = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+            let stop = loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => break false,
+                    Some(req) = lookups.recv() => {
+                        let _ = req.reply.send(Err("not connected to HQ".into()));
+                    }
+                    _ = super::stopped(&mut shutdown) => break true,
+                }
+            };
+            if stop {
+                break;
             }
             backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
         }
@@ -412,10 +421,18 @@ impl StoreLink {
         sync_requests: &mut mpsc::Receiver<SyncRequest>,
         lookups: &mut mpsc::Receiver<LookupRequest>,
     ) -> Result<(u64, u64), TransportError> {
-        // Shutdown does not wait out a connect attempt to an HQ that does not answer.
-        let (endpoint, conn) = tokio::select! {
-            connected = connect(&self.hq) => connected?,
-            _ = super::stopped(shutdown) => return Err(TransportError::Closed),
+        // Shutdown does not wait out a connect attempt to an HQ that does not answer, and the
+        // POS's lookups are answered "not connected" at once meanwhile (it reads its cache).
+        let connecting = connect(&self.hq);
+        tokio::pin!(connecting);
+        let (endpoint, conn) = loop {
+            tokio::select! {
+                connected = &mut connecting => break connected?,
+                Some(req) = lookups.recv() => {
+                    let _ = req.reply.send(Err("not connected to HQ".into()));
+                }
+                _ = super::stopped(shutdown) => return Err(TransportError::Closed),
+            }
         };
         let (mut send, mut recv) = conn.open_bi().await?;
         let binding = tls::tls_binding(&conn)?;
@@ -502,7 +519,8 @@ impl StoreLink {
                 }
                 req = lookups.recv(), if session.is_open() => {
                     let Some(req) = req else { continue };
-                    pending.retain(|_, (_, reply): &mut (u64, oneshot::Sender<_>)| !reply.is_closed());
+                    // A lookup the till gave up on stays here until HQ answers it: it still
+                    // says HQ is slow (the deadline rule above ends the session by it).
                     if req.reply.is_closed() {
                         continue; // the asker gave up while the link was down
                     }
