@@ -10,10 +10,9 @@ use chainsync::changeset::{CHANGE_SET_FORMAT, ChangeSet, Op, SignedChangeSet, ZE
 use chainsync::hlc::Hlc;
 use chainsync::ids::{MemberId, NodeId, RecordId, RegionId, Scope, Sku, StreamId, Topic};
 use chainsync::model::{
-    LedgerAccount, LedgerEntry, LedgerKind, MemberEdit, MovementKind, Payment, PaymentMethod,
-    ALL_DAYS, Combination, PriceEntry, PriceKind, Product, ProfileField, Promotion, PromotionRule,
-    Receipt, ReceiptLine,
-    Region, ReturnRecord, StockMovement, StoreInfo, StoreMode, Void,
+    ALL_DAYS, Combination, LedgerAccount, LedgerEntry, LedgerKind, MemberEdit, MovementKind,
+    Payment, PaymentMethod, PriceEntry, PriceKind, Product, ProfileField, Promotion, PromotionRule,
+    Receipt, ReceiptLine, Region, ReturnRecord, StockMovement, StoreInfo, StoreMode, Void,
 };
 use chainsync::protocol::encode_frame;
 use chainsync::protocol::frame::{ErrorCode, Frame, WireChangeSet, WireCursor};
@@ -134,6 +133,7 @@ fn change_sets() -> Res<Vec<SignedChangeSet>> {
                 Op::RegionUpsert(Region {
                     id: RegionId::new("north")?,
                     name: "North".into(),
+                    parent: None,
                 }),
                 Op::StoreUpsert(StoreInfo {
                     id: node("S003")?,
@@ -168,6 +168,7 @@ fn change_sets() -> Res<Vec<SignedChangeSet>> {
             vec![Op::RegionUpsert(Region {
                 id: RegionId::new("south")?,
                 name: "South".into(),
+                parent: None,
             })],
         )?,
         change_set(

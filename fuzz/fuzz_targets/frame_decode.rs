@@ -35,7 +35,9 @@ fn exercise(frame: &Frame) {
             let _ = frame::from_wire_cursors(cursors);
             let _ = frame::from_wire_seeding(seeding);
         }
-        Frame::Welcome { own_heads: heads }
+        Frame::Welcome {
+            own_heads: heads, ..
+        }
         | Frame::Notify { heads }
         | Frame::PushAck { heads, .. } => {
             let _ = frame::from_wire_cursors(heads);

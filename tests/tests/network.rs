@@ -320,3 +320,54 @@ fn garbage_from_an_authenticated_store_is_refused_and_changes_nothing() {
         (replica.receipt_count().unwrap() == 1).then_some(())
     });
 }
+
+// Issue "Sync on real lines", item 9: before authentication HQ gave a connection unlimited
+// time, read frames of up to 4 MiB and counted it among the 8,192 slots of its stores. Now a
+// connection that does not authenticate within 10 s is closed (its keep-alives do not keep it),
+// a frame over 1 MiB before authentication is refused, and at most 256 connections may be
+// authenticating at once, apart from the stores' slots.
+#[test]
+fn a_connection_that_does_not_authenticate_is_bounded_in_time_and_bytes() {
+    use chainsync::transport::hub::{AUTHENTICATION_TIMEOUT_MS, UNAUTHENTICATED_FRAME_BYTES_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let _hq = hq.start();
+
+    let over = ((UNAUTHENTICATED_FRAME_BYTES_MAX as u32) + 1)
+        .to_be_bytes()
+        .to_vec();
+    match first_answer(&hq, over) {
+        Frame::Error { code, message } => {
+            assert_eq!(code, ErrorCode::BadFrame);
+            assert!(
+                message.contains(&UNAUTHENTICATED_FRAME_BYTES_MAX.to_string()),
+                "{message}"
+            );
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+
+    let cert = std::fs::read(hq.data.join("hq-cert.der")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let closed = runtime.block_on(async {
+        let mut endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+        endpoint.set_default_client_config(client_config(&cert).unwrap());
+        let conn = endpoint
+            .connect(hq.addr, chainsync::transport::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        // Connected, and then nothing: no session stream, no Hello.
+        tokio::time::timeout(
+            Duration::from_millis(2 * AUTHENTICATION_TIMEOUT_MS),
+            conn.closed(),
+        )
+        .await
+    });
+    match closed {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(&close.reason[..], b"not authenticated in time")
+        }
+        other => panic!("HQ kept a silent connection open: {other:?}"),
+    }
+}

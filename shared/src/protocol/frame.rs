@@ -227,12 +227,29 @@ pub fn decode_payload(payload: &[u8]) -> Result<Frame, FrameError> {
 }
 
 /// Reassembles frames from a byte stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Largest frame payload accepted now ([`FRAME_BYTES_MAX`] unless lowered).
+    frame_bytes_max: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self {
+            buf: Vec::new(),
+            frame_bytes_max: FRAME_BYTES_MAX,
+        }
+    }
 }
 
 impl FrameDecoder {
+    /// Accepts frames of at most `max` bytes from now on (never more than [`FRAME_BYTES_MAX`]):
+    /// HQ takes only small frames from a peer that has not authenticated.
+    pub fn set_frame_bytes_max(&mut self, max: usize) {
+        self.frame_bytes_max = max.min(FRAME_BYTES_MAX);
+    }
+
     /// Adds received bytes. Fails at once if a length prefix announces an oversized frame.
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), FrameError> {
         self.buf.extend_from_slice(bytes);
@@ -246,10 +263,10 @@ impl FrameDecoder {
         let mut len_bytes = [0u8; LENGTH_PREFIX_BYTES];
         len_bytes.copy_from_slice(prefix);
         let len = u32::from_be_bytes(len_bytes) as usize;
-        if len > FRAME_BYTES_MAX {
+        if len > self.frame_bytes_max {
             return Err(FrameError::TooLarge {
                 len,
-                max: FRAME_BYTES_MAX,
+                max: self.frame_bytes_max,
             });
         }
         Ok(Some(len))

@@ -25,6 +25,16 @@ pub const NOTIFY_QUEUE_MAX: usize = 1024;
 /// How often HQ looks for streams moved by another process writing its database.
 pub const HEADS_POLL_MS: u64 = 500;
 
+/// Connections that have not authenticated yet, at most, counted apart from the stores' own
+/// ([`CONNECTIONS_MAX`]): strangers cannot take the slots of enrolled stores.
+pub const UNAUTHENTICATED_MAX: usize = 256;
+/// How long a connection may take from its first packet to an authenticated session (or an
+/// answered enrollment).
+pub const AUTHENTICATION_TIMEOUT_MS: u64 = 10_000;
+/// Largest frame HQ reads before authentication: a `Hello` with some 40,000 cursors, well
+/// below the 4 MiB a store's frames may take.
+pub const UNAUTHENTICATED_FRAME_BYTES_MAX: usize = 1024 * 1024;
+
 /// Streams that moved, as broadcast to connection tasks.
 pub type Moved = Arc<Vec<(StreamId, u64)>>;
 
@@ -104,6 +114,7 @@ impl Hub {
     /// Serves store connections on `endpoint` until `shutdown` turns true.
     pub async fn serve(&self, endpoint: quinn::Endpoint, mut shutdown: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+        let strangers = Arc::new(Semaphore::new(UNAUTHENTICATED_MAX));
         let mut tasks = JoinSet::new();
         loop {
             let incoming = tokio::select! {
@@ -111,6 +122,11 @@ impl Hub {
                 _ = super::stopped(&mut shutdown) => break,
             };
             let Some(incoming) = incoming else { break };
+            let Ok(stranger) = strangers.clone().try_acquire_owned() else {
+                tracing::warn!(remote = %incoming.remote_address(), "connection refused: {UNAUTHENTICATED_MAX} connections already authenticating");
+                incoming.refuse();
+                continue;
+            };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(remote = %incoming.remote_address(), "connection refused: {CONNECTIONS_MAX} connections already");
                 incoming.refuse();
@@ -120,7 +136,7 @@ impl Hub {
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 let remote = incoming.remote_address();
-                if let Err(e) = hub.connection(incoming, shutdown).await {
+                if let Err(e) = hub.connection(incoming, stranger, shutdown).await {
                     tracing::info!(%remote, "connection ended: {e}");
                 }
                 drop(permit);
@@ -137,20 +153,36 @@ impl Hub {
         endpoint.wait_idle().await;
     }
 
+    /// One connection. `stranger` is its place among the connections not yet authenticated,
+    /// given up once the store has authenticated.
     async fn connection(
         &self,
         incoming: quinn::Incoming,
+        stranger: tokio::sync::OwnedSemaphorePermit,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), TransportError> {
+        let mut stranger = Some(stranger);
+        let deadline = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(AUTHENTICATION_TIMEOUT_MS);
+        let too_slow = || {
+            TransportError::Session(crate::protocol::SessionError::Timeout(
+                AUTHENTICATION_TIMEOUT_MS,
+            ))
+        };
         // Shutdown ends a connection at any point, also one still in its handshake or one
         // that never opens its session stream (it would otherwise hold HQ's shutdown until
         // the idle timeout).
         let conn = tokio::select! {
             conn = incoming => conn?,
+            _ = tokio::time::sleep_until(deadline) => return Err(too_slow()),
             _ = super::stopped(&mut shutdown) => return Ok(()),
         };
         let (mut send, mut recv) = tokio::select! {
             streams = conn.accept_bi() => streams?,
+            _ = tokio::time::sleep_until(deadline) => {
+                conn.close(0u32.into(), b"not authenticated in time");
+                return Err(too_slow());
+            }
             _ = super::stopped(&mut shutdown) => {
                 conn.close(0u32.into(), b"hq shutting down");
                 return Ok(());
@@ -162,8 +194,14 @@ impl Hub {
         let mut session = Some(HubSession::new(nonce, binding));
         let mut moved = self.moved.subscribe();
         let mut decoder = FrameDecoder::default();
+        decoder.set_frame_bytes_max(UNAUTHENTICATED_FRAME_BYTES_MAX);
         let result = loop {
             tokio::select! {
+                _ = tokio::time::sleep_until(deadline), if stranger.is_some() => {
+                    let e = crate::protocol::SessionError::Timeout(AUTHENTICATION_TIMEOUT_MS);
+                    let _ = write_frames(&mut send, &[e.to_frame()]).await;
+                    break Err(e.into());
+                }
                 frame = read_frame(&mut recv, &mut decoder) => {
                     let frame = match frame {
                         Ok(Some(frame)) => frame,
@@ -182,6 +220,11 @@ impl Hub {
                         let result = s.handle(now_ms(), frame, r);
                         (s, result)
                     }).await?;
+                    if stranger.is_some() && s.peer().is_some() {
+                        // Authenticated: a store's connection from now on.
+                        stranger = None;
+                        decoder.set_frame_bytes_max(crate::protocol::frame::FRAME_BYTES_MAX);
+                    }
                     session = Some(s);
                     match result {
                         Ok(out) => {
