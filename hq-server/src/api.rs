@@ -175,7 +175,7 @@ async fn authenticate(State(hub): State<Hub>, mut request: Request, next: Next) 
     let Some(token) = token else {
         return ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
     };
-    let found = hub.replica().call(move |r| r.api_token(&token)).await;
+    let found = hub.reader().call(move |r| r.api_token(&token)).await;
     let role = match found {
         Ok(Ok(Some((_, role, region)))) => match (role.as_str(), region) {
             ("admin", _) => Role::Admin,
@@ -210,11 +210,12 @@ fn parse<T: std::str::FromStr<Err = chainsync::ids::IdError>>(
         .map_err(|e| ApiError::invalid(format!("{what}: {e}")))
 }
 
+/// A read on one of HQ's read-only connections: it never waits behind applying, nor delays it.
 async fn read<R: Send + 'static>(
     hub: &Hub,
     f: impl FnOnce(&mut Replica) -> Result<R, ApiError> + Send + 'static,
 ) -> Result<R, ApiError> {
-    hub.replica().call(f).await?
+    hub.reader().call(f).await?
 }
 
 /// The region a read is limited to: a regional manager's own, or one under it (403 for any

@@ -9,11 +9,28 @@ use tokio::sync::watch;
 
 /// Serves until `shutdown` turns true, then stops accepting, lets connections finish their current
 /// frame, and closes the database.
+/// Read-only connections the HQ API reads through (on a 2-core machine, two).
+pub const API_READERS: usize = 2;
+
 pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
     let state = dir.load()?;
     let replica = dir.open_replica(&state.key)?;
     let (handle, thread) = ReplicaHandle::spawn(replica)?;
-    let hub = Hub::new(handle);
+    // The API's reads go to read-only connections beside the single writer (WAL readers), so
+    // a report never delays applying what stores push.
+    let mut readers = Vec::with_capacity(API_READERS);
+    let mut reader_threads = Vec::with_capacity(API_READERS);
+    for _ in 0..API_READERS {
+        let reader = dir.open_replica(&state.key)?;
+        reader
+            .connection()
+            .pragma_update(None, "query_only", true)
+            .context("making an API reader read-only")?;
+        let (reader, thread) = ReplicaHandle::spawn(reader)?;
+        readers.push(reader);
+        reader_threads.push(thread);
+    }
+    let hub = Hub::new(handle).with_readers(readers);
     let endpoint = quinn::Endpoint::server(tls::server_config(&state.cert)?, state.config.listen)
         .with_context(|| format!("listening on {}", state.config.listen))?;
     tracing::info!(listen = %endpoint.local_addr()?, "HQ sync endpoint listening");
@@ -95,6 +112,11 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
     thread
         .join()
         .map_err(|_| anyhow::anyhow!("the replica thread panicked"))?;
+    for reader in reader_threads {
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("an API reader thread panicked"))?;
+    }
     tracing::info!("HQ stopped");
     Ok(())
 }

@@ -42,6 +42,9 @@ pub type Moved = Arc<Vec<(StreamId, u64)>>;
 #[derive(Clone)]
 pub struct Hub {
     replica: ReplicaHandle,
+    /// Read-only connections (WAL readers) for reads that must not wait behind applying.
+    readers: Arc<[ReplicaHandle]>,
+    next_reader: Arc<std::sync::atomic::AtomicUsize>,
     moved: broadcast::Sender<Moved>,
 }
 
@@ -49,12 +52,37 @@ impl Hub {
     /// A hub over HQ's replica.
     pub fn new(replica: ReplicaHandle) -> Self {
         let (moved, _) = broadcast::channel(NOTIFY_QUEUE_MAX);
-        Self { replica, moved }
+        Self {
+            replica,
+            readers: Arc::from(Vec::new()),
+            next_reader: Default::default(),
+            moved,
+        }
     }
 
-    /// HQ's replica.
+    /// The same hub with read-only connections to HQ's database for [`Hub::reader`].
+    pub fn with_readers(mut self, readers: Vec<ReplicaHandle>) -> Self {
+        self.readers = readers.into();
+        self
+    }
+
+    /// HQ's replica: the single writer, on which sessions apply what stores push.
     pub fn replica(&self) -> &ReplicaHandle {
         &self.replica
+    }
+
+    /// A connection for reads (reports, look-ups of the HQ API): the read-only readers in turn,
+    /// so that no read waits behind applying or delays it; the writer if there are none.
+    pub fn reader(&self) -> &ReplicaHandle {
+        match self.readers.len() {
+            0 => &self.replica,
+            n => {
+                let i = self
+                    .next_reader
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                &self.readers[i % n]
+            }
+        }
     }
 
     /// Commits a change set at HQ (a price, a promotion, a directory change) and notifies every
@@ -327,5 +355,75 @@ mod tests {
             *notice,
             vec![(StreamId::new(NodeId::hq(), Topic::Catalog), 1)]
         );
+    }
+
+    // Issue "Sync on real lines", item 11: HQ's reports ran as jobs on the replica's single
+    // writer thread, so every report delayed applying. A read through `Hub::reader` is answered
+    // while the writer thread is busy (here: held until the read is done).
+    #[test]
+    fn a_read_is_answered_while_the_writer_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hq.db");
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let mut writer = open(&path, &key);
+        let product = Op::ProductUpsert(Product {
+            sku: "cola".parse().unwrap(),
+            name: "Cola".into(),
+            category: "drinks".into(),
+            barcodes: vec![],
+            unit_cost_cents: 50,
+            active: true,
+        });
+        writer
+            .commit_local(Topic::Catalog, vec![product], 1)
+            .unwrap();
+        let reader = open(&path, &key);
+        reader
+            .connection()
+            .pragma_update(None, "query_only", true)
+            .unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (writer, writer_thread) = ReplicaHandle::spawn(writer).unwrap();
+        let (reader, reader_thread) = ReplicaHandle::spawn(reader).unwrap();
+        let hub = Hub::new(writer).with_readers(vec![reader]);
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let hub = hub.clone();
+            runtime.spawn(async move {
+                hub.replica()
+                    .call(move |_| {
+                        let _ = started_tx.send(());
+                        held.recv_timeout(Duration::from_secs(10)).is_ok()
+                    })
+                    .await
+            })
+        };
+        started
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the writer took the job");
+        let read = runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                hub.reader().call(|r| {
+                    r.head(&StreamId::new(NodeId::hq(), Topic::Catalog))
+                        .map(|h| h.seq)
+                }),
+            )
+            .await
+        });
+        let _ = release.send(());
+        let released = runtime.block_on(busy).unwrap().unwrap();
+        drop(hub);
+        drop(runtime);
+        let _ = writer_thread.join();
+        let _ = reader_thread.join();
+        assert_eq!(
+            read.expect("the read waited for the writer")
+                .unwrap()
+                .unwrap(),
+            1
+        );
+        assert!(released, "the writer was held while the read ran");
     }
 }
