@@ -666,3 +666,97 @@ fn a_batch_store_keeps_to_its_daily_window() {
     );
     assert_eq!(price_at(&agent), 119, "sync now works at any time");
 }
+
+// Issue "Sync on real lines", item 15: the POS's stock counts and transfers and HQ's product
+// list had no test. Goods received, a count that finds three missing, a count that finds the
+// books right (moves nothing), transfers out and in, each retried once: the store's stock and
+// HQ's agree, and each movement counted once.
+#[test]
+fn stock_received_counted_and_transferred_once_each_reach_hq() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    let provision = hq.add_store("S001", "north");
+    let _hq_proc = hq.start();
+    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
+    let _proc = agent.start();
+    wait_for_catalog(&agent);
+
+    let steps: [(&str, serde_json::Value, i64, i64); 5] = [
+        (
+            "/v1/stock/received",
+            json!({ "movement_no": "r1", "sku": "cola", "qty": 10, "reference": "delivery 77" }),
+            10,
+            10,
+        ),
+        (
+            "/v1/stock/counts",
+            json!({ "movement_no": "c1", "sku": "cola", "qty": 7 }),
+            -3,
+            7,
+        ),
+        (
+            "/v1/stock/counts",
+            json!({ "movement_no": "c2", "sku": "cola", "qty": 7 }),
+            0,
+            7,
+        ),
+        (
+            "/v1/stock/transfers",
+            json!({ "movement_no": "t1", "sku": "cola", "qty": 2, "reference": "to S002" }),
+            -2,
+            5,
+        ),
+        (
+            "/v1/stock/transfers",
+            json!({ "movement_no": "t2", "sku": "cola", "qty": 4, "direction": "in" }),
+            4,
+            9,
+        ),
+    ];
+    for (path, body, moved, after) in steps {
+        let (status, answer) = agent.send("POST", path, &body);
+        assert_eq!(status, 201, "{path} {body}: {answer}");
+        assert_eq!(
+            (&answer["moved"], &answer["qty"]),
+            (&json!(moved), &json!(after))
+        );
+        // The till retries: the first answer again, nothing moved twice.
+        let (status, again) = agent.send("POST", path, &body);
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(again["qty"], json!(after), "{again}");
+        assert_eq!(agent.get("/v1/stock/cola").1["qty"], after);
+    }
+    for (body, error) in [
+        (
+            json!({ "movement_no": "t3", "sku": "cola", "qty": 1, "direction": "sideways" }),
+            "direction `sideways` is neither in nor out",
+        ),
+        (
+            json!({ "movement_no": "t4", "sku": "tea", "qty": 1 }),
+            "unknown sku tea",
+        ),
+        (
+            json!({ "movement_no": "t5", "sku": "cola", "qty": 0 }),
+            "quantity 0 is not allowed here",
+        ),
+    ] {
+        let (status, answer) = agent.send("POST", "/v1/stock/transfers", &body);
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| e.contains(error)),
+            "{answer}"
+        );
+    }
+    assert_eq!(agent.get("/v1/stock/cola").1["qty"], 9);
+
+    let replica = hq.replica();
+    let s1 = NodeId::new("S001").unwrap();
+    wait_until(WAIT, "the store's stock at HQ", || {
+        (replica.stock_of(&s1, &"cola".parse().unwrap()).unwrap() == 9).then_some(())
+    });
+    let (status, products) = hq.api(&hq.token("readonly"), "GET", "/v1/products", None);
+    assert_eq!(status, 200, "{products}");
+    assert_eq!(products["products"][0]["sku"], "cola", "{products}");
+    assert_eq!(products["products"][0]["name"], "Cola 330 ml", "{products}");
+}
