@@ -24,6 +24,7 @@ use chainsync::model::{
     SpendTier, StoreMode,
 };
 use chainsync::replica::{Durability, Identity, PendingStore, Replica};
+use chainsync_tests::bench::env_or;
 use chainsync_tests::e2e::{enroll_in_process, http};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -33,13 +34,6 @@ const WAIT: Duration = Duration::from_secs(600);
 const OPS_PER_CHANGE_SET: usize = 1_000;
 const LINES_PER_BASKET: usize = 5;
 const CLIENTS: usize = 2;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A small deterministic generator, so every run prices the same baskets.
 struct Lcg(u64);
@@ -390,10 +384,6 @@ fn main() {
     let _ = runtime.block_on(serve);
 }
 
-fn wait_for(what: &str, mut check: impl FnMut() -> Option<()>) {
-    let deadline = Instant::now() + WAIT;
-    while check().is_none() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for(what: &str, check: impl FnMut() -> Option<()>) {
+    chainsync_tests::e2e::wait_until_every(Duration::from_millis(20), WAIT, what, check)
 }

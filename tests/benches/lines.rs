@@ -26,6 +26,7 @@ use chainsync::changeset::Op;
 use chainsync::ids::{NodeId, StreamId, Topic};
 use chainsync::model::StoreMode;
 use chainsync::replica::{Durability, Identity, PendingStore, Replica};
+use chainsync_tests::bench::{env_or, round3};
 use chainsync_tests::e2e::enroll_in_process;
 use chainsync_tests::relay::{Faults, Relay};
 use serde_json::json;
@@ -35,13 +36,6 @@ use store_agent::config::AgentDir;
 use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(600);
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Running {
     stop: watch::Sender<bool>,
@@ -331,14 +325,6 @@ fn sell_offline(store: &mut Replica, id: &NodeId, first: u64, n: u64) {
     }
 }
 
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> Option<()>) {
-    let deadline = Instant::now() + WAIT;
-    while check().is_none() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_for(what: &str, check: impl FnMut() -> Option<()>) {
+    chainsync_tests::e2e::wait_until_every(Duration::from_millis(5), WAIT, what, check)
 }

@@ -28,6 +28,7 @@ use chainsync::hlc::Hlc;
 use chainsync::ids::{NodeId, StreamId, Topic};
 use chainsync::model::{MemberEdit, ProfileField, StoreMode};
 use chainsync::replica::{Durability, Identity, PendingStore, Replica};
+use chainsync_tests::bench::{env_or, round3};
 use chainsync_tests::e2e::enroll_in_process;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -36,13 +37,6 @@ use store_agent::config::AgentDir;
 const WAIT: Duration = Duration::from_secs(600);
 /// Ops per change set when HQ writes the catalog, prices and members.
 const OPS_PER_CHANGE_SET: usize = 1_000;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let json_only = std::env::args().any(|a| a == "--json");
@@ -335,14 +329,6 @@ fn plain_insert(path: &std::path::Path, n: usize) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> Option<()>) {
-    let deadline = Instant::now() + WAIT;
-    while check().is_none() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_for(what: &str, check: impl FnMut() -> Option<()>) {
+    chainsync_tests::e2e::wait_until_every(Duration::from_millis(10), WAIT, what, check)
 }

@@ -28,7 +28,17 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(timeout: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_until_every(Duration::from_millis(20), timeout, what, check)
+}
+
+/// Polls `check` every `poll` until it returns `Some`, for at most `timeout`.
+pub fn wait_until_every<T>(
+    poll: Duration,
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
@@ -38,7 +48,7 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(poll);
     }
 }
 

@@ -5,6 +5,7 @@
 //! with their keys in HQ's directory, and store replicas that already hold the directory (so they
 //! can verify each other's member streams). Keys come from fixed seeds, so runs repeat.
 
+pub mod bench;
 pub mod e2e;
 pub mod relay;
 pub mod sim;

@@ -217,8 +217,6 @@ impl ReadStream for Replica {
 }
 
 impl LeafStore for Replica {
-    type Error = ReplicaError;
-
     fn cursors(&self) -> Result<Vec<(StreamId, u64)>, ReplicaError> {
         let node = self.node().clone();
         let mut cursors: Vec<(StreamId, u64)> = self
@@ -263,16 +261,6 @@ impl LeafStore for Replica {
 
     fn own_streams(&self) -> Result<Vec<(StreamId, u64, u64)>, ReplicaError> {
         Replica::own_streams(self)
-    }
-
-    fn read_own(
-        &self,
-        stream: &StreamId,
-        after: u64,
-        max_count: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<SignedChangeSet>, ReplicaError> {
-        self.read_stream(stream, after, max_count, max_bytes)
     }
 
     fn set_hub_acked(&mut self, heads: &[(StreamId, u64)]) -> Result<(), ReplicaError> {

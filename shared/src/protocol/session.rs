@@ -251,9 +251,8 @@ pub struct SeedReport {
     pub rejected: Vec<String>,
 }
 
-/// A store's storage as a session needs it.
-pub trait LeafStore {
-    type Error: std::fmt::Display;
+/// A store's storage as a session needs it; its own streams are read through [`ReadStream`].
+pub trait LeafStore: ReadStream<Error: std::fmt::Display> {
     /// How far this store holds the streams it follows (not its own).
     fn cursors(&self) -> Result<Vec<(StreamId, u64)>, Self::Error>;
     /// Streams being seeded from snapshots: `(stream, snapshot seq, parts loaded)`.
@@ -266,15 +265,6 @@ pub trait LeafStore {
     ) -> Result<SeedReport, Self::Error>;
     /// This store's own streams in priority order: `(stream, seq the hub acknowledged, head)`.
     fn own_streams(&self) -> Result<Vec<(StreamId, u64, u64)>, Self::Error>;
-    /// Up to `max_count` change sets of an own stream after `after`, within `max_bytes` of
-    /// bodies (at least one if there is one), in seq order.
-    fn read_own(
-        &self,
-        stream: &StreamId,
-        after: u64,
-        max_count: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<SignedChangeSet>, Self::Error>;
     /// Records what the hub holds of the store's own streams.
     fn set_hub_acked(&mut self, heads: &[(StreamId, u64)]) -> Result<(), Self::Error>;
     /// Durably records HQ's clock minus this store's, in ms ([`crate::hqclock`]).
@@ -618,22 +608,6 @@ pub struct LeafSession {
     answers: Vec<(u64, Result<LookupAnswer, String>)>,
 }
 
-/// A store's own streams read through [`LeafStore`], for [`gather`].
-struct OwnStreams<'a, S>(&'a S);
-
-impl<S: LeafStore> ReadStream for OwnStreams<'_, S> {
-    type Error = S::Error;
-    fn read(
-        &self,
-        stream: &StreamId,
-        after: u64,
-        max_count: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<SignedChangeSet>, S::Error> {
-        self.0.read_own(stream, after, max_count, max_bytes)
-    }
-}
-
 impl LeafSession {
     /// A session for a new connection. `poll_interval_ms` is how often to pull without being
     /// notified (a safety net in realtime mode).
@@ -918,9 +892,7 @@ impl LeafSession {
                     .into_iter()
                     .chain(self.pull_sent_ms)
                     .map(|t| t.saturating_add(ANSWER_TIMEOUT_MS));
-                let room = self.pushes.len() < PUSHES_IN_FLIGHT_MAX
-                    && self.pushes.iter().map(|p| p.bytes).sum::<usize>()
-                        < PUSH_BYTES_IN_FLIGHT_MAX;
+                let room = self.push_room();
                 let refused = self
                     .refused
                     .values()
@@ -977,16 +949,21 @@ impl LeafSession {
         Ok(out)
     }
 
-    /// Sends pushes until [`PUSHES_IN_FLIGHT_MAX`] are in flight or nothing is left to send.
+    /// Whether another push may go: fewer than [`PUSHES_IN_FLIGHT_MAX`] in flight, holding less
+    /// than [`PUSH_BYTES_IN_FLIGHT_MAX`].
+    fn push_room(&self) -> bool {
+        self.pushes.len() < PUSHES_IN_FLIGHT_MAX
+            && self.pushes.iter().map(|p| p.bytes).sum::<usize>() < PUSH_BYTES_IN_FLIGHT_MAX
+    }
+
+    /// Sends pushes until there is no more room in flight or nothing is left to send.
     fn push_fill<S: LeafStore>(
         &mut self,
         now_ms: u64,
         store: &S,
     ) -> Result<Vec<Frame>, SessionError> {
         let mut out = Vec::new();
-        while self.pushes.len() < PUSHES_IN_FLIGHT_MAX
-            && self.pushes.iter().map(|p| p.bytes).sum::<usize>() < PUSH_BYTES_IN_FLIGHT_MAX
-        {
+        while self.push_room() {
             match self.next_push(now_ms, store)? {
                 Some(frame) => out.push(frame),
                 None => break,
@@ -1022,13 +999,8 @@ impl LeafSession {
                 });
             }
         }
-        let gathered = gather(
-            &pending,
-            BATCH_CHANGE_SETS_MAX,
-            BATCH_BYTES_MAX,
-            &OwnStreams(store),
-        )
-        .map_err(storage)?;
+        let gathered =
+            gather(&pending, BATCH_CHANGE_SETS_MAX, BATCH_BYTES_MAX, store).map_err(storage)?;
         if gathered.change_sets.is_empty() {
             self.drained = true;
             return Ok(None);

@@ -310,6 +310,17 @@ mod tests {
         Replica::open(path, identity, key.verifying_key(), Durability::Relaxed).unwrap()
     }
 
+    fn cola() -> Op {
+        Op::ProductUpsert(Product {
+            sku: "cola".parse().unwrap(),
+            name: "Cola".into(),
+            category: "drinks".into(),
+            barcodes: vec![],
+            unit_cost_cents: 50,
+            active: true,
+        })
+    }
+
     // Issue "Sync on real lines", item 12: the first catalog of a fresh HQ reached a realtime
     // store only at its 30 s poll. The heads watcher's first look found no stream at all, kept
     // an empty map, and took its next look (the catalog written by the CLI) for the first one,
@@ -333,14 +344,7 @@ mod tests {
         // The watcher's first look is done; then the CLI writes the catalog beside the server.
         std::thread::sleep(Duration::from_millis(2 * HEADS_POLL_MS));
         let mut cli = open(&path, &key);
-        let product = Op::ProductUpsert(Product {
-            sku: "cola".parse().unwrap(),
-            name: "Cola".into(),
-            category: "drinks".into(),
-            barcodes: vec![],
-            unit_cost_cents: 50,
-            active: true,
-        });
+        let product = cola();
         cli.commit_local(Topic::Catalog, vec![product], 1).unwrap();
         let notice = runtime.block_on(async {
             tokio::time::timeout(Duration::from_millis(5 * HEADS_POLL_MS), moved.recv()).await
@@ -366,14 +370,7 @@ mod tests {
         let path = dir.path().join("hq.db");
         let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
         let mut writer = open(&path, &key);
-        let product = Op::ProductUpsert(Product {
-            sku: "cola".parse().unwrap(),
-            name: "Cola".into(),
-            category: "drinks".into(),
-            barcodes: vec![],
-            unit_cost_cents: 50,
-            active: true,
-        });
+        let product = cola();
         writer
             .commit_local(Topic::Catalog, vec![product], 1)
             .unwrap();

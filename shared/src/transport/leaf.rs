@@ -189,6 +189,37 @@ fn refuse_waiting(lookups: &mut mpsc::Receiver<LookupRequest>) {
     }
 }
 
+/// Runs `work` while answering each lookup that arrives "not connected", so that the POS reads
+/// its cache at once instead of waiting for a session that is not there.
+async fn refusing_lookups<T>(
+    work: impl std::future::Future<Output = T>,
+    lookups: &mut mpsc::Receiver<LookupRequest>,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            Some(req) = lookups.recv() => {
+                let _ = req.reply.send(Err("not connected to HQ".into()));
+            }
+        }
+    }
+}
+
+/// Hands `frames` to the session's writer task.
+async fn queue(
+    outgoing: &mpsc::Sender<Vec<Frame>>,
+    frames: Vec<Frame>,
+) -> Result<(), TransportError> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    outgoing
+        .send(frames)
+        .await
+        .map_err(|_| TransportError::Closed)
+}
+
 /// A daily window for scheduled batch exchanges, in UTC minutes of the day: `[start, end)`,
 /// wrapping midnight when `end <= start` (`22:00-06:00`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -371,23 +402,18 @@ impl StoreLink {
             if opened {
                 backoff_ms = RECONNECT_BACKOFF_MS_MIN;
             }
-            refuse_waiting(&mut lookups);
             let wait_ms = if refused {
                 jittered(REFUSED_BACKOFF_MS)
             } else {
                 jittered(backoff_ms)
             };
-            let wake = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-            let stop = loop {
+            let waited = async {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(wake) => break false,
-                    Some(req) = lookups.recv() => {
-                        let _ = req.reply.send(Err("not connected to HQ".into()));
-                    }
-                    _ = super::stopped(&mut shutdown) => break true,
+                    _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => false,
+                    _ = super::stopped(&mut shutdown) => true,
                 }
             };
-            if stop {
+            if refusing_lookups(waited, &mut lookups).await {
                 break;
             }
             backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
@@ -423,17 +449,16 @@ impl StoreLink {
     ) -> Result<(u64, u64), TransportError> {
         // Shutdown does not wait out a connect attempt to an HQ that does not answer, and the
         // POS's lookups are answered "not connected" at once meanwhile (it reads its cache).
-        let connecting = connect(&self.hq);
-        tokio::pin!(connecting);
-        let (endpoint, conn) = loop {
+        let connecting = async {
             tokio::select! {
-                connected = &mut connecting => break connected?,
-                Some(req) = lookups.recv() => {
-                    let _ = req.reply.send(Err("not connected to HQ".into()));
-                }
-                _ = super::stopped(shutdown) => return Err(TransportError::Closed),
+                connected = connect(&self.hq) => Some(connected),
+                _ = super::stopped(shutdown) => None,
             }
         };
+        let Some(connected) = refusing_lookups(connecting, lookups).await else {
+            return Err(TransportError::Closed);
+        };
+        let (endpoint, conn) = connected?;
         let (mut send, mut recv) = conn.open_bi().await?;
         let binding = tls::tls_binding(&conn)?;
         // The writer task: this loop hands it frames and goes back to reading at once.
@@ -445,18 +470,6 @@ impl StoreLink {
             let _ = send.finish();
             Ok::<(), TransportError>(())
         });
-        let write = |frames: Vec<Frame>| {
-            let outgoing = outgoing.clone();
-            async move {
-                if frames.is_empty() {
-                    return Ok(());
-                }
-                outgoing
-                    .send(frames)
-                    .await
-                    .map_err(|_| TransportError::Closed)
-            }
-        };
         let session = LeafSession::new(
             self.node.clone(),
             self.key.clone(),
@@ -475,7 +488,7 @@ impl StoreLink {
                 (session, frames)
             })
             .await?;
-        write(frames?).await?;
+        queue(&outgoing, frames?).await?;
         let mut decoder = FrameDecoder::default();
         let node = self.node.clone();
         // Lookups sent and not answered: id -> (sent at, asker).
@@ -532,7 +545,7 @@ impl StoreLink {
                     match session.lookup(next_lookup_id, &req.query) {
                         Ok(frame) => {
                             pending.insert(next_lookup_id, (now_ms(), req.reply));
-                            if let Err(e) = write(vec![frame]).await {
+                            if let Err(e) = queue(&outgoing, vec![frame]).await {
                                 break Err(e);
                             }
                         }
@@ -573,12 +586,12 @@ impl StoreLink {
             }
             match frames {
                 Ok(frames) => {
-                    if let Err(e) = write(frames).await {
+                    if let Err(e) = queue(&outgoing, frames).await {
                         break Err(e);
                     }
                 }
                 Err(e) => {
-                    let _ = write(vec![e.to_frame()]).await;
+                    let _ = queue(&outgoing, vec![e.to_frame()]).await;
                     break Err(e.into());
                 }
             }
