@@ -288,6 +288,12 @@ pub fn set_price(dir: &HqDir, req: PriceRequest) -> Result<()> {
         bail!("a price cannot be negative");
     }
     let id = crate::csvio::price_entry_id(&req.sku, req.kind, from)?;
+    if !replica.scope_known(&req.scope)? {
+        bail!(
+            "scope {}: no such store or region (add it first)",
+            req.scope
+        );
+    }
     if let Scope::Region(region) = &req.scope
         && !replica.store_ids()?.iter().any(|s| {
             replica
@@ -339,22 +345,84 @@ pub fn add_product(dir: &HqDir, product: chainsync::model::Product) -> Result<()
     Ok(())
 }
 
-/// `hq-server token add`: a new HQ API token for `role` (`admin`, `readonly`, or `regional:<region>`).
-pub fn add_token(dir: &HqDir, name: &str, role: &str) -> Result<String> {
-    let state = dir.load()?;
-    let mut replica = dir.open_replica(&state.key)?;
+/// Longest life a token can be given, in days (about ten years).
+pub const TOKEN_DAYS_MAX: u64 = 3_660;
+
+/// A new HQ API token for `role` (`admin`, `readonly`, or `regional:<region>`, the region
+/// known to HQ), refused after `expires_days` if given: `(token, id)`. The token is shown once.
+pub fn add_token(
+    replica: &mut Replica,
+    name: &str,
+    role: &str,
+    expires_days: Option<u64>,
+    now_ms: u64,
+) -> Result<(String, String)> {
+    if name.trim().is_empty() {
+        bail!("a token needs the name of who holds it");
+    }
     let (role, region) = match role {
         "admin" | "readonly" => (role, None),
         other => match other.strip_prefix("regional:") {
-            Some(region) => ("regional", Some(RegionId::new(region)?)),
+            Some(region) => {
+                let region = RegionId::new(region)?;
+                if !replica.region_exists(&region)? {
+                    bail!("no region {region} (`hq-server region list` shows them)");
+                }
+                ("regional", Some(region))
+            }
             None => bail!("role `{other}` is not admin, readonly or regional:<region>"),
         },
+    };
+    let expires_ms = match expires_days {
+        None => None,
+        Some(days @ 1..=TOKEN_DAYS_MAX) => Some(now_ms.saturating_add(days * 86_400_000)),
+        Some(days) => bail!("a token lives 1 to {TOKEN_DAYS_MAX} days, not {days}"),
     };
     let mut bytes = [0u8; 24];
     rand::fill(&mut bytes);
     let token = hex::encode(bytes);
-    replica.add_api_token(&token, name, role, region.as_ref(), now_ms())?;
-    Ok(token)
+    let id = replica.add_api_token(&token, name, role, region.as_ref(), expires_ms, now_ms)?;
+    Ok((token, id))
+}
+
+/// `hq-server token list`: every token, revoked and expired ones too.
+pub fn list_tokens(dir: &HqDir) -> Result<()> {
+    let state = dir.load()?;
+    let replica = dir.open_replica(&state.key)?;
+    let now = now_ms();
+    println!(
+        "{:<12}  {:<20}  {:<16}  {:<13}  {:<13}  status",
+        "id", "name", "role", "created", "expires"
+    );
+    for t in replica.api_tokens()? {
+        let role = match &t.region {
+            Some(region) => format!("{}:{region}", t.role),
+            None => t.role.clone(),
+        };
+        let status = t.refusal(now).unwrap_or_else(|| "valid".into());
+        let expires = t.expires_ms.map_or("never".into(), |ms| ms.to_string());
+        println!(
+            "{:<12}  {:<20}  {role:<16}  {:<13}  {expires:<13}  {status}",
+            t.id, t.name, t.created_ms
+        );
+    }
+    Ok(())
+}
+
+/// `hq-server token revoke`: the token is refused from now on (a running server too, at its
+/// next request).
+pub fn revoke_token(dir: &HqDir, id: &str) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let token = replica.revoke_api_token(id, now_ms())?;
+    println!(
+        "token {} ({}, {}) revoked at {}",
+        token.id,
+        token.name,
+        token.role,
+        token.revoked_ms.unwrap_or_default()
+    );
+    Ok(())
 }
 
 /// `hq-server promo add`: a promotion in its scope's stream (replacing one of the same id).

@@ -105,7 +105,12 @@ pub fn router(hub: Hub) -> Router {
             "/v1/loyalty/policy",
             get(loyalty_policy).put(set_loyalty_policy),
         )
+        .route("/v1/tokens", get(tokens).post(add_token))
+        .route("/v1/tokens/{id}/revoke", axum::routing::post(revoke_token))
         .layer(middleware::from_fn_with_state(hub.clone(), authenticate))
+        // Health and metrics take no token (the API listens on loopback by default).
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(hub)
 }
@@ -176,27 +181,31 @@ async fn authenticate(State(hub): State<Hub>, mut request: Request, next: Next) 
         return ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token").into_response();
     };
     let found = hub.reader().call(move |r| r.api_token(&token)).await;
-    let role = match found {
-        Ok(Ok(Some((_, role, region)))) => match (role.as_str(), region) {
-            ("admin", _) => Role::Admin,
-            ("readonly", _) => Role::ReadOnly,
-            ("regional", Some(region)) => match RegionId::new(region) {
-                Ok(region) => Role::Regional(region),
-                Err(_) => {
-                    return ApiError::new(StatusCode::UNAUTHORIZED, "token region is damaged")
-                        .into_response();
-                }
-            },
-            _ => {
-                return ApiError::new(StatusCode::UNAUTHORIZED, "token role is damaged")
-                    .into_response();
-            }
-        },
+    let token = match found {
+        Ok(Ok(Some(token))) => token,
         Ok(Ok(None)) => {
             return ApiError::new(StatusCode::UNAUTHORIZED, "unknown token").into_response();
         }
         Ok(Err(e)) => return ApiError::from(e).into_response(),
         Err(e) => return ApiError::from(e).into_response(),
+    };
+    if let Some(refusal) = token.refusal(now_ms()) {
+        return ApiError::new(StatusCode::UNAUTHORIZED, refusal).into_response();
+    }
+    let role = match (token.role.as_str(), token.region) {
+        ("admin", _) => Role::Admin,
+        ("readonly", _) => Role::ReadOnly,
+        ("regional", Some(region)) => match RegionId::new(region) {
+            Ok(region) => Role::Regional(region),
+            Err(_) => {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "token region is damaged")
+                    .into_response();
+            }
+        },
+        _ => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "token role is damaged")
+                .into_response();
+        }
     };
     request.extensions_mut().insert(role);
     next.run(request).await
@@ -240,14 +249,31 @@ fn read_region(
     }
 }
 
-/// Whether `store` is in `region` or a region under it.
-fn store_in_region(r: &Replica, store: &NodeId, region: &RegionId) -> Result<bool, ApiError> {
-    Ok(r.place_of(store)?
-        .is_some_and(|p| p.regions.contains(region)))
+/// The regions `store` is in, innermost first: from the directory, or for a store added but
+/// not yet enrolled from its enrollment (prices and promotions can be set for it before its
+/// first connection). `None`: HQ knows no such store.
+fn regions_of_store(r: &Replica, store: &NodeId) -> Result<Option<Vec<RegionId>>, ApiError> {
+    if let Some(place) = r.place_of(store)? {
+        return Ok(Some(place.regions));
+    }
+    match r.pending_stores()?.into_iter().find(|p| p.id == *store) {
+        Some(pending) => Ok(Some(r.region_path(&pending.region)?)),
+        None => Ok(None),
+    }
 }
 
-/// Checks that `role` may write in `scope`.
+/// Whether `store` is in `region` or a region under it.
+fn store_in_region(r: &Replica, store: &NodeId, region: &RegionId) -> Result<bool, ApiError> {
+    Ok(regions_of_store(r, store)?.is_some_and(|regions| regions.contains(region)))
+}
+
+/// Checks that `role` may write in `scope`, and that the scope's store or region exists.
 fn may_write_scope(r: &Replica, role: &Role, scope: &Scope) -> Result<(), ApiError> {
+    if !r.scope_known(scope)? {
+        return Err(ApiError::invalid(format!(
+            "scope {scope}: no such store or region"
+        )));
+    }
     match (role, scope) {
         (Role::Admin, _) => Ok(()),
         (Role::ReadOnly, _) => Err(ApiError::forbidden(
@@ -258,8 +284,8 @@ fn may_write_scope(r: &Replica, role: &Role, scope: &Scope) -> Result<(), ApiErr
         {
             Ok(())
         }
-        (Role::Regional(own), Scope::Store(s)) => match r.place_of(s)? {
-            Some(place) if place.regions.contains(own) => Ok(()),
+        (Role::Regional(own), Scope::Store(s)) => match regions_of_store(r, s)? {
+            Some(regions) if regions.contains(own) => Ok(()),
             Some(_) => Err(ApiError::forbidden(format!(
                 "store {s} is not in region {own}"
             ))),
@@ -871,6 +897,7 @@ async fn edit_member(
         hlc: Hlc::default(),
         fields,
     };
+    edit.check_bounds().map_err(ApiError::invalid)?;
     let committed = hub
         .commit_local(Topic::Members, vec![Op::MemberEdit(edit)])
         .await?;
@@ -1146,4 +1173,139 @@ async fn set_card_status(
         Json(json!({ "card": card.as_ref().map(chainsync::replica::CardInfo::to_json) }))
             .into_response(),
     )
+}
+
+// ------------------------------------------------------------------------- API tokens
+
+fn token_json(t: &chainsync::replica::ApiToken, now_ms: u64) -> Value {
+    json!({ "id": t.id, "name": t.name, "role": t.role, "region": t.region,
+            "created_ms": t.created_ms, "expires_ms": t.expires_ms, "revoked_ms": t.revoked_ms,
+            "valid": t.refusal(now_ms).is_none() })
+}
+
+/// `GET /v1/tokens` (admin): every token, revoked and expired ones too; never the token itself.
+async fn tokens(State(hub): State<Hub>, Extension(role): Extension<Role>) -> ApiResult {
+    admin_only(&role)?;
+    let tokens = read(&hub, |r| Ok(r.api_tokens()?)).await?;
+    let now = now_ms();
+    let rows: Vec<Value> = tokens.iter().map(|t| token_json(t, now)).collect();
+    Ok(Json(json!({ "tokens": rows })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    /// Who holds it.
+    name: String,
+    /// `admin`, `readonly` or `regional:<region>`.
+    role: String,
+    /// Refused this many days from now; without it, never.
+    expires_days: Option<u64>,
+}
+
+/// `POST /v1/tokens` (admin): a new token, shown in this answer only.
+async fn add_token(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let Json(req) = body?;
+    let made = hub
+        .replica()
+        .call(move |r| {
+            crate::admin::add_token(r, &req.name, &req.role, req.expires_days, now_ms())
+                .map_err(anyhow_invalid)
+        })
+        .await??;
+    let (token, id) = made;
+    let listed = read(&hub, move |r| {
+        r.api_tokens()?
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| ApiError::invalid("the new token was not found"))
+    })
+    .await?;
+    let mut answer = token_json(&listed, now_ms());
+    answer["token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// `POST /v1/tokens/{id}/revoke` (admin): refused from now on. Revoking twice keeps the first
+/// time.
+async fn revoke_token(
+    State(hub): State<Hub>,
+    Extension(role): Extension<Role>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin_only(&role)?;
+    let revoked = hub
+        .replica()
+        .call(move |r| match r.revoke_api_token(&id, now_ms()) {
+            Ok(t) => Ok(t),
+            Err(ReplicaError::Invalid(msg)) => Err(ApiError::new(StatusCode::NOT_FOUND, msg)),
+            Err(e) => Err(e.into()),
+        })
+        .await??;
+    Ok(Json(token_json(&revoked, now_ms())).into_response())
+}
+
+// ------------------------------------------------------------------------- health and metrics
+
+/// `GET /healthz`: 200 when HQ's database takes a write, 503 otherwise; sessions open, stores
+/// never seen or silent, halted streams either way.
+async fn healthz(State(hub): State<Hub>) -> ApiResult {
+    let writable = hub.replica().check_writable().await;
+    let figures = read(&hub, |r| {
+        let figures = chainsync::transport::metrics::Figures::read(
+            r,
+            chainsync::transport::metrics::NodeRole::Hq,
+            None,
+        )?;
+        Ok((figures, r.pending_stores()?.len()))
+    })
+    .await
+    .ok();
+    let (figures, pending) = match figures {
+        Some((figures, pending)) => (Some(figures), Some(pending)),
+        None => (None, None),
+    };
+    let status = if writable.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if writable.is_ok() { "ok" } else { "failing" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "database_writable": writable.is_ok(),
+        "database_error": writable.err(),
+        "sessions_open": hub.metrics().sessions_open(),
+        "stores": figures.as_ref().map(|f| f.stores.len()),
+        "stores_pending": pending,
+        "stores_never_seen": figures.as_ref().map(|f| f.stores.iter().filter(|s| s.last_seen_ms.is_none()).count()),
+        "halted_streams": figures.as_ref().map(|f| f.halted_streams),
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(State(hub): State<Hub>) -> ApiResult {
+    let figures = read(&hub, |r| {
+        Ok(chainsync::transport::metrics::Figures::read(
+            r,
+            chainsync::transport::metrics::NodeRole::Hq,
+            None,
+        )?)
+    })
+    .await?;
+    let text = hub.metrics().encode(&figures);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            chainsync::transport::metrics::METRICS_CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response())
 }

@@ -164,6 +164,13 @@ pub fn import_prices(dir: &HqDir, path: &Path) -> Result<usize> {
                     entry.sku
                 );
             }
+            if !replica.scope_known(&entry.scope)? {
+                bail!(
+                    "{} line {line}: scope {}: no such store or region (add it first)",
+                    path.display(),
+                    entry.scope
+                );
+            }
             tagged.push((Topic::Prices(entry.scope.clone()), op));
         }
     }

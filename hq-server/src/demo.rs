@@ -237,7 +237,7 @@ fn seed_hq(hq_dir: &HqDir) -> Result<(String, String)> {
         let mut bytes = [0u8; 16];
         rand::fill(&mut bytes);
         let token = hex::encode(bytes);
-        hq.add_api_token(&token, "demo", role, region, now)?;
+        hq.add_api_token(&token, "demo", role, region, None, now)?;
         Ok(token)
     };
     let admin = token("admin", None)?;
@@ -335,6 +335,18 @@ pub fn http_request(
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> std::io::Result<(u16, Value)> {
+    let (status, text) = http_text(addr, method, path, token, body)?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// Like [`http_request`], the body as text (e.g. `/metrics`).
+pub fn http_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or_default();
@@ -359,6 +371,6 @@ pub fn http_request(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, serde_json::from_str(json).unwrap_or(Value::Null)))
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, body.to_owned()))
 }

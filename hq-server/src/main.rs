@@ -550,6 +550,21 @@ enum TokenCommand {
         /// admin, readonly, or regional:<region>.
         #[arg(long)]
         role: String,
+        /// Refuse the token this many days from now (1 to 3660); without it, it never expires.
+        #[arg(long)]
+        expires_days: Option<u64>,
+    },
+    /// List the tokens: id, holder, role, created, expires (Unix ms) and whether still valid.
+    List {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+    /// Revoke a token by its id (from `token list`): refused from now on, the server too.
+    Revoke {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -940,9 +955,30 @@ fn main() -> Result<()> {
         Command::Bundle(BundleCommand::Import { data, file }) => {
             admin::import_bundle(&HqDir::new(&data), &file)
         }
-        Command::Token(TokenCommand::Add { data, name, role }) => {
-            println!("{}", admin::add_token(&HqDir::new(&data), &name, &role)?);
+        Command::Token(TokenCommand::Add {
+            data,
+            name,
+            role,
+            expires_days,
+        }) => {
+            let dir = HqDir::new(&data);
+            let state = dir.load()?;
+            let mut replica = dir.open_replica(&state.key)?;
+            let (token, id) = admin::add_token(
+                &mut replica,
+                &name,
+                &role,
+                expires_days,
+                chainsync::transport::now_ms(),
+            )?;
+            // Only the token on stdout, so scripts can take it; its id for the record.
+            println!("{token}");
+            eprintln!("token id {id} (for `hq-server token list` and `token revoke`)");
             Ok(())
+        }
+        Command::Token(TokenCommand::List { data }) => admin::list_tokens(&HqDir::new(&data)),
+        Command::Token(TokenCommand::Revoke { data, id }) => {
+            admin::revoke_token(&HqDir::new(&data), &id)
         }
         Command::Demo { data, api_listen } => {
             let now_ms = chainsync::transport::now_ms();

@@ -94,6 +94,9 @@ pub fn build(r: &Replica, spec: PromotionSpec, now_ms: i64) -> Result<Promotion>
         .scope
         .parse()
         .map_err(|e| anyhow::anyhow!("scope: {e}"))?;
+    if !r.scope_known(&scope)? {
+        bail!("scope {scope}: no such store or region (add it first)");
+    }
     let id = RecordId::new(format!("hq-{}", spec.id)).context("promotion id")?;
     let skus: Vec<Sku> = spec
         .skus
@@ -117,8 +120,8 @@ pub fn build(r: &Replica, spec: PromotionSpec, now_ms: i64) -> Result<Promotion>
     for a in &spec.allocations {
         let store =
             NodeId::new(a.store.as_str()).with_context(|| format!("store `{}`", a.store))?;
-        if r.store_info(&store)?.is_none() {
-            bail!("store {store} is not in the directory");
+        if !r.scope_known(&Scope::Store(store.clone()))? {
+            bail!("no store {store} (neither enrolled nor added)");
         }
         allocations.push(StoreAllocation {
             store,
@@ -174,8 +177,8 @@ pub fn allocated(
     store: &NodeId,
     units: u32,
 ) -> Result<Promotion> {
-    if r.store_info(store)?.is_none() {
-        bail!("store {store} is not in the directory");
+    if !r.scope_known(&Scope::Store(store.clone()))? {
+        bail!("no store {store} (neither enrolled nor added)");
     }
     promo.allocations.retain(|a| &a.store != store);
     if units > 0 {

@@ -145,6 +145,19 @@ pub struct SignedChangeSet {
     pub sig: [u8; 64],
 }
 
+/// The stream a change set body names, read from its first fields without decoding the ops
+/// (for counting; nothing is trusted from it). `None` if the body does not start like one.
+pub fn peek_stream(body: &[u8]) -> Option<StreamId> {
+    #[derive(Deserialize)]
+    struct Head {
+        _format: u16,
+        stream: StreamId,
+    }
+    postcard::take_from_bytes::<Head>(body)
+        .ok()
+        .map(|(head, _)| head.stream)
+}
+
 impl SignedChangeSet {
     /// Encodes and signs a change set with the origin's key.
     pub fn sign(change_set: &ChangeSet, key: &SigningKey) -> Result<Self, EncodeError> {

@@ -276,6 +276,19 @@ pub enum Topic {
 }
 
 impl Topic {
+    /// The topic without its scope (`prices`, not `prices@region:north`): a metric's label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Topic::Directory => "directory",
+            Topic::Catalog => "catalog",
+            Topic::Prices(_) => "prices",
+            Topic::Promotions(_) => "promotions",
+            Topic::Members => "members",
+            Topic::Inventory => "inventory",
+            Topic::Sales => "sales",
+        }
+    }
+
     /// Delivery priority, lowest first: a store needs the directory (keys) before anything signed by
     /// other stores, and prices before history.
     pub fn priority(&self) -> u8 {

@@ -385,6 +385,44 @@ pub struct MemberEdit {
     pub fields: Vec<(ProfileField, String)>,
 }
 
+/// Longest value of a member profile field, in bytes.
+pub const PROFILE_VALUE_BYTES_MAX: usize = 200;
+
+impl MemberEdit {
+    /// Each value at most [`PROFILE_VALUE_BYTES_MAX`] bytes; a birthday `MM-DD` (or empty, to
+    /// clear it), so birthday promotions read the month every node reads.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        for (field, value) in &self.fields {
+            if value.len() > PROFILE_VALUE_BYTES_MAX {
+                return Err(format!(
+                    "{field:?} of member {} is longer than {PROFILE_VALUE_BYTES_MAX} bytes",
+                    self.member
+                ));
+            }
+            if *field == ProfileField::Birthday && !value.is_empty() && !is_month_day(value) {
+                return Err(format!(
+                    "birthday `{value}` of member {} is not MM-DD",
+                    self.member
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `MM-DD` with a month 01..=12 and a day 01..=31.
+fn is_month_day(b: &str) -> bool {
+    let bytes = b.as_bytes();
+    bytes.len() == 5
+        && bytes[2] == b'-'
+        && b.get(..2)
+            .and_then(|m| m.parse::<u8>().ok())
+            .is_some_and(|m| (1..=12).contains(&m))
+        && b.get(3..)
+            .and_then(|d| d.parse::<u8>().ok())
+            .is_some_and(|d| (1..=31).contains(&d))
+}
+
 /// Which balance a ledger entry moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum LedgerAccount {

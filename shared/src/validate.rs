@@ -127,6 +127,23 @@ pub enum ChangeSetError {
 }
 
 impl ChangeSetError {
+    /// A short fixed name of the kind of failure (a metric's label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChangeSetError::TooLarge { .. } => "too_large",
+            ChangeSetError::Malformed(_) => "malformed",
+            ChangeSetError::NotPeersStream { .. } => "not_peers_stream",
+            ChangeSetError::UnknownOrigin(_) => "unknown_origin",
+            ChangeSetError::Revoked(_) => "revoked",
+            ChangeSetError::BadSignature { .. } => "bad_signature",
+            ChangeSetError::TopicNotAllowed { .. } => "topic_not_allowed",
+            ChangeSetError::OpNotAllowed { .. } => "op_not_allowed",
+            ChangeSetError::SeqGap { .. } => "seq_gap",
+            ChangeSetError::PrevHashMismatch { .. } => "prev_hash_mismatch",
+            ChangeSetError::Fork { .. } => "fork",
+        }
+    }
+
     /// The stream the failure belongs to, when the body could be read that far.
     pub fn stream(&self) -> Option<&StreamId> {
         match self {
@@ -548,6 +565,7 @@ fn check_bounds(op: &Op) -> Result<(), String> {
         Op::Receipt(r) => r.check_bounds(),
         Op::Return(r) => r.check_bounds(),
         Op::Void(v) => crate::model::check_text("void reason", &v.reason),
+        Op::MemberEdit(e) => e.check_bounds(),
         Op::ProductUpsert(p) if !(0..=UNIT_PRICE_CENTS_MAX).contains(&p.unit_cost_cents) => {
             Err(format!(
                 "unit cost {} of {} is out of range",

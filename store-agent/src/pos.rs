@@ -71,6 +71,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 
 mod cards;
+mod health;
 mod wallet;
 
 /// Largest request body accepted.
@@ -95,6 +96,8 @@ pub struct PosState {
     pub readers: Arc<[ReplicaHandle]>,
     /// Which reader the next read goes to (round robin).
     pub next_reader: Arc<std::sync::atomic::AtomicUsize>,
+    /// The link's sync metrics, for `/metrics`.
+    pub metrics: Arc<chainsync::transport::metrics::SyncMetrics>,
 }
 
 /// The router of the POS API.
@@ -121,6 +124,9 @@ pub fn router(state: PosState) -> Router {
         .route("/v1/sync", get(sync_status))
         .route("/v1/sync/now", post(sync_now))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Health and metrics take no token: a monitoring agent on the till PC reads them.
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
         .layer(axum::extract::DefaultBodyLimit::max(REQUEST_BYTES_MAX))
         .with_state(state)
 }
@@ -1429,26 +1435,19 @@ async fn edit_member(
         (ProfileField::Level, req.level),
     ] {
         if let Some(value) = value {
-            if value.len() > 200 {
-                return Err(PosError::invalid(format!(
-                    "{field:?} is longer than 200 characters"
-                )));
-            }
             fields.push((field, value));
-        }
-    }
-    if let Some((_, b)) = fields.iter().find(|(f, _)| *f == ProfileField::Birthday) {
-        let ok = b.len() == 5
-            && b.as_bytes()[2] == b'-'
-            && b[..2].parse::<u8>().is_ok_and(|m| (1..=12).contains(&m))
-            && b[3..].parse::<u8>().is_ok_and(|d| (1..=31).contains(&d));
-        if !ok {
-            return Err(PosError::invalid(format!("birthday `{b}` is not MM-DD")));
         }
     }
     if fields.is_empty() {
         return Err(PosError::invalid("no field to set"));
     }
+    MemberEdit {
+        member: member.clone(),
+        hlc: Hlc::default(),
+        fields: fields.clone(),
+    }
+    .check_bounds()
+    .map_err(PosError::invalid)?;
     // A hosted store answers with what HQ (or its cache) knew, with this edit laid over it.
     let before = if state.hosted().await? {
         Some(state.facts(Vec::new(), Some(member.clone())).await?)

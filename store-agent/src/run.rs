@@ -8,6 +8,7 @@ use crate::pos::{PosState, router};
 use anyhow::{Context, Result};
 use chainsync::transport::actor::ReplicaHandle;
 use chainsync::transport::leaf::{LinkStatus, StoreLink};
+use chainsync::transport::metrics::{NodeRole, SyncMetrics};
 use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 
@@ -43,6 +44,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
     let local_commits = Arc::new(Notify::new());
     let (sync_tx, sync_rx) = tokio::sync::mpsc::channel(SYNC_REQUESTS_MAX);
     let (lookup_tx, lookup_rx) = tokio::sync::mpsc::channel(LOOKUPS_WAITING_MAX);
+    let metrics = Arc::new(SyncMetrics::new(NodeRole::Store));
     let link = StoreLink {
         hq: state.hq.clone(),
         node: state.config.store.clone(),
@@ -53,6 +55,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
         replica: handle.clone(),
         local_commits: local_commits.clone(),
         status,
+        metrics: metrics.clone(),
     };
     let pos = router(PosState {
         replica: handle.clone(),
@@ -65,6 +68,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
         lookups: lookup_tx,
         readers: readers.into(),
         next_reader: Default::default(),
+        metrics,
     });
     let listener = tokio::net::TcpListener::bind(state.config.pos_listen)
         .await

@@ -91,8 +91,15 @@ fn main() {
             hq.add_store(&store, &token, 1).expect("add store");
             tokens.push((store, token));
         }
-        hq.add_api_token("bench-admin-token-0123456789", "bench", "admin", None, 1)
-            .expect("api token");
+        hq.add_api_token(
+            "bench-admin-token-0123456789",
+            "bench",
+            "admin",
+            None,
+            None,
+            1,
+        )
+        .expect("api token");
     }
     let serve = {
         let hq_dir = hq_dir.clone();

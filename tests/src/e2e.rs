@@ -391,6 +391,15 @@ impl Agent {
 }
 
 pub use hq_server::demo::http_request as http;
+pub use hq_server::demo::http_text;
+
+/// The value of the Prometheus sample `series` (name and labels exactly as printed, e.g.
+/// `chainsync_change_sets_total{direction="in",topic="sales"}`) in `text`, if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+}
 
 /// Enrolls `store` at the HQ of `hq` (running in this process, listening on `quic`) through the
 /// real enrollment path and creates its agent folder under `root`, with a free POS port. For

@@ -812,6 +812,37 @@ fn absurd_quantities_and_amounts_from_any_node_are_refused_at_the_gate() {
         "{:?}",
         report.rejected
     );
+    // A profile from a store: a birthday pricing cannot read, a 1 kB name.
+    for (fields, what) in [
+        (
+            vec![(ProfileField::Birthday, "1990-04-15".to_owned())],
+            "is not MM-DD",
+        ),
+        (
+            vec![(ProfileField::Name, "x".repeat(1000))],
+            "longer than 200 bytes",
+        ),
+    ] {
+        let edit = Op::MemberEdit(MemberEdit {
+            member: member("M0"),
+            hlc: Hlc::default(),
+            fields,
+        });
+        let before = fingerprint(&w.hq);
+        let report =
+            w.hq.apply_batch(
+                &[forge_next(&w.hq, &members, vec![edit], &key)],
+                Some(&s1),
+                T1,
+            )
+            .unwrap();
+        assert!(
+            matches!(&report.rejected[..], [ChangeSetError::OpNotAllowed { reason, .. }] if reason.contains(what)),
+            "{what}: {:?}",
+            report.rejected
+        );
+        assert_eq!(fingerprint(&w.hq), before);
+    }
     let inventory = stream("S001", Topic::Inventory);
     let report =
         w.hq.apply_batch(

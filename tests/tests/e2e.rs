@@ -466,6 +466,19 @@ fn csv_import_export_and_regional_promotions() {
         "a refused import writes nothing"
     );
     let prices = dir.path().join("prices.csv");
+    let north_first = dir.path().join("north-prices.csv");
+    std::fs::write(
+        &north_first,
+        "sku,scope,kind,price,effective_from_ms,effective_to_ms\ncola,region:north,member,0.99,0,\n",
+    )
+    .unwrap();
+    let out = hq.cli(&["import", "prices", "--file", &north_first.to_string_lossy()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("line 2: scope region:north: no such store or region"),
+        "a price for a region HQ does not know yet: {said}"
+    );
+    hq.cli_ok(&["region", "add", "--id", "north", "--name", "North"]);
     std::fs::write(
         &prices,
         "sku,scope,kind,price,effective_from_ms,effective_to_ms\ncola,chain,retail,1.29,0,\ntea,chain,retail,0.89,0,\ncola,region:north,member,0.99,0,\n",
@@ -759,4 +772,467 @@ fn stock_received_counted_and_transferred_once_each_reach_hq() {
     assert_eq!(status, 200, "{products}");
     assert_eq!(products["products"][0]["sku"], "cola", "{products}");
     assert_eq!(products["products"][0]["name"], "Cola 330 ml", "{products}");
+}
+
+fn error_of(answer: &serde_json::Value) -> &str {
+    answer["error"].as_str().unwrap_or_default()
+}
+
+// API tokens (issue "Sync on real lines", item 10): an admin lists them (never the token
+// itself), makes one with an expiry, and revokes one through the API or the CLI while HQ runs;
+// a revoked or expired token is refused at its next request, naming why. Only an admin may.
+#[test]
+fn api_tokens_are_listed_revoked_and_expire_while_hq_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    hq.add_store("S001", "north");
+    let _hq_proc = hq.start();
+    let admin = hq.token("admin");
+    let north = hq.token("regional:north");
+    let readonly = hq.token("readonly");
+
+    let (status, listed) = hq.api(&admin, "GET", "/v1/tokens", None);
+    assert_eq!(status, 200, "{listed}");
+    let tokens = listed["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 3, "{listed}");
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t["valid"] == true && t.get("token").is_none()),
+        "{listed}"
+    );
+    assert!(
+        !listed.to_string().contains(&admin),
+        "a list never shows a token: {listed}"
+    );
+    for token in [&north, &readonly] {
+        assert_eq!(hq.api(token, "GET", "/v1/tokens", None).0, 403);
+        let body = json!({ "name": "x", "role": "admin" });
+        assert_eq!(hq.api(token, "POST", "/v1/tokens", Some(&body)).0, 403);
+    }
+
+    // Made through the API, with an expiry; bad requests name the problem.
+    let (status, made) = hq.api(
+        &admin,
+        "POST",
+        "/v1/tokens",
+        Some(&json!({ "name": "Auditor", "role": "regional:north", "expires_days": 30 })),
+    );
+    assert_eq!(status, 201, "{made}");
+    let auditor = made["token"].as_str().unwrap().to_owned();
+    let days =
+        (made["expires_ms"].as_u64().unwrap() - made["created_ms"].as_u64().unwrap()) / 86_400_000;
+    assert_eq!(days, 30, "{made}");
+    assert_eq!(hq.api(&auditor, "GET", "/v1/stores", None).0, 200);
+    for (body, status, error) in [
+        (
+            json!({ "name": "x", "role": "regional:nowhere" }),
+            422,
+            "no region nowhere",
+        ),
+        (
+            json!({ "name": "x", "role": "owner" }),
+            422,
+            "is not admin, readonly",
+        ),
+        (
+            json!({ "name": "x", "role": "admin", "expires_days": 0 }),
+            422,
+            "1 to 3660 days",
+        ),
+        (json!({ "name": " ", "role": "admin" }), 422, "name"),
+        (
+            json!({ "name": "x", "role": "admin", "scope": "all" }),
+            400,
+            "unknown field",
+        ),
+    ] {
+        let (got, answer) = hq.api(&admin, "POST", "/v1/tokens", Some(&body));
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(error_of(&answer).contains(error), "{body}: {answer}");
+    }
+
+    // Revoked through the API: refused at the next request, revoking again keeps the time.
+    let id = made["id"].as_str().unwrap();
+    let (status, revoked) = hq.api(&admin, "POST", &format!("/v1/tokens/{id}/revoke"), None);
+    assert_eq!(status, 200, "{revoked}");
+    let (status, answer) = hq.api(&auditor, "GET", "/v1/stores", None);
+    assert_eq!(status, 401, "{answer}");
+    assert!(error_of(&answer).contains("revoked"), "{answer}");
+    let (_, again) = hq.api(&admin, "POST", &format!("/v1/tokens/{id}/revoke"), None);
+    assert_eq!(again["revoked_ms"], revoked["revoked_ms"], "{again}");
+    let (status, answer) = hq.api(&admin, "POST", "/v1/tokens/0123456789ab/revoke", None);
+    assert_eq!(status, 404, "{answer}");
+
+    // Revoked with the CLI while HQ runs.
+    let readonly_id = hq.api(&admin, "GET", "/v1/tokens", None).1["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "readonly")
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    assert_eq!(hq.api(&readonly, "GET", "/v1/stock", None).0, 200);
+    let said = hq.cli_ok(&["token", "revoke", "--id", &readonly_id]);
+    assert!(said.contains("revoked"), "{said}");
+    let (status, answer) = hq.api(&readonly, "GET", "/v1/stock", None);
+    assert_eq!(status, 401, "{answer}");
+    let listing = hq.cli_ok(&["token", "list"]);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with(&readonly_id) && l.contains("revoked")),
+        "{listing}"
+    );
+
+    // Expired: a token whose expiry passes while HQ runs.
+    let now = chainsync::transport::now_ms();
+    hq.replica()
+        .add_api_token(
+            "soon-gone-token",
+            "temp",
+            "admin",
+            None,
+            Some(now + 1_500),
+            now,
+        )
+        .unwrap();
+    assert_eq!(hq.api("soon-gone-token", "GET", "/v1/stores", None).0, 200);
+    let (_, answer) = wait_until(WAIT, "the token to expire", || {
+        let (status, answer) = hq.api("soon-gone-token", "GET", "/v1/stores", None);
+        (status == 401).then_some((status, answer))
+    });
+    assert!(error_of(&answer).contains("expired"), "{answer}");
+    assert_eq!(
+        hq.api(&admin, "GET", "/v1/stores", None).0,
+        200,
+        "others still work"
+    );
+    assert_eq!(hq.api(&north, "GET", "/v1/stores", None).0, 200);
+}
+
+// HQ's write routes per role (issue "Sync on real lines", item 15): products, promotions (made,
+// ended early, allocated), prices and members; what each role may read of prices and
+// promotions; bad bodies refused naming the problem, and nothing written by a refused request.
+#[test]
+fn hq_api_products_promotions_prices_and_members_per_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let hq = setup(dir.path());
+    hq.add_store("S001", "north");
+    hq.add_store("S003", "south");
+    let _hq_proc = hq.start();
+    let admin = hq.token("admin");
+    let north = hq.token("regional:north");
+    let readonly = hq.token("readonly");
+
+    // Products: admin only.
+    let tea =
+        json!({ "sku": "tea", "name": "Green tea", "category": "drinks", "unit_cost_cents": 40 });
+    for token in [&north, &readonly] {
+        assert_eq!(hq.api(token, "POST", "/v1/products", Some(&tea)).0, 403);
+    }
+    for (body, status, error) in [
+        (json!({ "sku": "tea", "name": "" }), 422, "needs a name"),
+        (
+            json!({ "sku": "tea", "name": "Tea", "unit_cost_cents": -1 }),
+            422,
+            "non-negative cost",
+        ),
+        (json!({ "sku": "bad sku!", "name": "Tea" }), 422, "sku"),
+        (
+            json!({ "sku": "tea", "name": "Tea", "colour": "green" }),
+            400,
+            "unknown field",
+        ),
+    ] {
+        let (got, answer) = hq.api(&admin, "POST", "/v1/products", Some(&body));
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(error_of(&answer).contains(error), "{body}: {answer}");
+    }
+    let (_, products) = hq.api(&admin, "GET", "/v1/products", None);
+    assert_eq!(
+        products["products"].as_array().unwrap().len(),
+        1,
+        "refused, so nothing written: {products}"
+    );
+    let (status, answer) = hq.api(&admin, "POST", "/v1/products", Some(&tea));
+    assert_eq!(status, 201, "{answer}");
+    let (_, products) = hq.api(&readonly, "GET", "/v1/products", None);
+    assert!(
+        products["products"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["sku"] == "tea" && p["name"] == "Green tea"),
+        "{products}"
+    );
+
+    // Prices: each role reads what covers its stores.
+    for (scope, cents) in [
+        ("chain", 150),
+        ("region:south", 140),
+        ("store:S003", 130),
+        ("region:north", 145),
+        ("store:S001", 135),
+    ] {
+        let body = json!({ "sku": "tea", "scope": scope, "price_cents": cents });
+        let (status, answer) = hq.api(&admin, "POST", "/v1/prices", Some(&body));
+        assert_eq!(status, 201, "{scope}: {answer}");
+    }
+    for scope in ["store:S999", "region:mars"] {
+        let body = json!({ "sku": "tea", "scope": scope, "price_cents": 1 });
+        let (status, answer) = hq.api(&admin, "POST", "/v1/prices", Some(&body));
+        assert_eq!(status, 422, "{scope}: {answer}");
+        assert!(
+            error_of(&answer).contains("no such store or region"),
+            "{answer}"
+        );
+        let out = hq.cli(&[
+            "price", "set", "--sku", "tea", "--price", "0.01", "--scope", scope,
+        ]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains("no such store or region"),
+            "{said}"
+        );
+    }
+    let scopes = |token: &str| -> Vec<String> {
+        let (status, prices) = hq.api(token, "GET", "/v1/prices?sku=tea", None);
+        assert_eq!(status, 200, "{prices}");
+        let mut scopes: Vec<String> = prices["prices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["scope"].as_str().unwrap().to_owned())
+            .collect();
+        scopes.sort();
+        scopes
+    };
+    let all = [
+        "chain",
+        "region:north",
+        "region:south",
+        "store:S001",
+        "store:S003",
+    ];
+    assert_eq!(scopes(&admin), all);
+    assert_eq!(scopes(&readonly), all);
+    assert_eq!(scopes(&north), ["chain", "region:north", "store:S001"]);
+    assert_eq!(
+        hq.api(&north, "GET", "/v1/prices?region=south", None).0,
+        400,
+        "no such filter"
+    );
+
+    // Promotions: a regional manager makes them for its region only and sees the chain's and
+    // its own; ending and allocating follow the same rule.
+    let promo = |id: &str, scope: &str| {
+        json!({ "id": id, "name": format!("Tea {id}"), "scope": scope,
+                "rule": { "percent_off": { "basis_points": 1000 } }, "skus": ["tea"] })
+    };
+    assert_eq!(
+        hq.api(
+            &north,
+            "POST",
+            "/v1/promotions",
+            Some(&promo("s1", "region:south"))
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        hq.api(
+            &north,
+            "POST",
+            "/v1/promotions",
+            Some(&promo("c1", "chain"))
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        hq.api(
+            &readonly,
+            "POST",
+            "/v1/promotions",
+            Some(&promo("n0", "region:north"))
+        )
+        .0,
+        403
+    );
+    let (status, answer) = hq.api(
+        &north,
+        "POST",
+        "/v1/promotions",
+        Some(&promo("n1", "region:north")),
+    );
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        answer["promotion"]["rule"],
+        json!({ "percent_off": { "basis_points": 1000 } }),
+        "the rule as data: {answer}"
+    );
+    for (id, scope) in [("c1", "chain"), ("s1", "region:south")] {
+        let (status, answer) = hq.api(&admin, "POST", "/v1/promotions", Some(&promo(id, scope)));
+        assert_eq!(status, 201, "{answer}");
+    }
+    let mut unknown_sku = promo("x1", "chain");
+    unknown_sku["skus"] = json!(["biscuit"]);
+    let mut bad_rule = promo("x2", "chain");
+    bad_rule["rule"] = json!({ "percent_off": { "basis_points": 0 } });
+    let mut bad_store = promo("x3", "chain");
+    bad_store["allocations"] = json!([{ "store": "S999", "units": 5 }]);
+    for (body, status) in [
+        (unknown_sku, 422),
+        (bad_rule, 422),
+        (bad_store, 422),
+        (json!({ "id": "x4" }), 400),
+    ] {
+        let (got, answer) = hq.api(&admin, "POST", "/v1/promotions", Some(&body));
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(!error_of(&answer).is_empty(), "{answer}");
+    }
+    let ids = |token: &str| -> Vec<String> {
+        let (status, listed) = hq.api(token, "GET", "/v1/promotions", None);
+        assert_eq!(status, 200, "{listed}");
+        let mut ids: Vec<String> = listed["promotions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(&admin),
+        ["c1", "n1", "s1"],
+        "refused promotions are not written"
+    );
+    assert_eq!(ids(&readonly), ["c1", "n1", "s1"]);
+    assert_eq!(ids(&north), ["c1", "n1"]);
+
+    let (status, _) = hq.api(
+        &north,
+        "POST",
+        "/v1/promotions/s1/end?scope=region:south",
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, answer) = hq.api(
+        &north,
+        "POST",
+        "/v1/promotions/n1/end?scope=region:north",
+        None,
+    );
+    assert_eq!(status, 201, "{answer}");
+    assert!(
+        answer["promotion"]["ends_at_ms"].as_i64().is_some(),
+        "{answer}"
+    );
+    let (status, answer) = hq.api(
+        &north,
+        "POST",
+        "/v1/promotions/n1/end?scope=region:north",
+        None,
+    );
+    assert_eq!(status, 409, "ended already: {answer}");
+    let (status, answer) = hq.api(&admin, "POST", "/v1/promotions/zz/end", None);
+    assert_eq!(status, 404, "{answer}");
+    let allocate = |token: &str, store: &str, units: u32| {
+        hq.api(
+            token,
+            "PUT",
+            "/v1/promotions/c1/allocations?scope=chain",
+            Some(&json!({ "store": store, "units": units })),
+        )
+    };
+    assert_eq!(
+        allocate(&north, "S001", 5).0,
+        403,
+        "the chain's promotion is not north's"
+    );
+    let (status, answer) = allocate(&admin, "S001", 50);
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        answer["promotion"]["allocations"],
+        json!([{ "store": "S001", "units": 50 }]),
+        "{answer}"
+    );
+    let (status, answer) = allocate(&admin, "S999", 5);
+    assert_eq!(status, 422, "{answer}");
+
+    // Members at HQ: admin writes, every role reads; a birthday pricing cannot read is refused.
+    let profile =
+        json!({ "name": "Ann", "phone": "555-0101", "birthday": "04-15", "level": "gold" });
+    for token in [&north, &readonly] {
+        assert_eq!(
+            hq.api(token, "PUT", "/v1/members/M9", Some(&profile)).0,
+            403
+        );
+    }
+    for (body, error) in [
+        (json!({ "birthday": "1990-04-15" }), "is not MM-DD"),
+        (json!({ "birthday": "13-01" }), "is not MM-DD"),
+        (json!({ "name": "x".repeat(300) }), "longer than 200 bytes"),
+        (json!({}), "no field to set"),
+    ] {
+        let (status, answer) = hq.api(&admin, "PUT", "/v1/members/M9", Some(&body));
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert!(error_of(&answer).contains(error), "{body}: {answer}");
+    }
+    let (_, m9) = hq.api(&admin, "GET", "/v1/members/M9", None);
+    assert_eq!(m9["profile"], json!({}), "nothing written: {m9}");
+    let (status, answer) = hq.api(&admin, "PUT", "/v1/members/M9", Some(&profile));
+    assert_eq!(status, 200, "{answer}");
+    for token in [&admin, &north, &readonly] {
+        let (status, m9) = hq.api(token, "GET", "/v1/members/M9", None);
+        assert_eq!(status, 200, "{m9}");
+        assert_eq!(m9["profile"]["level"], "gold", "{m9}");
+        assert_eq!(m9["profile"]["birthday"], "04-15", "{m9}");
+    }
+    let (_, found) = hq.api(&readonly, "GET", "/v1/members?phone=5550101", None);
+    assert_eq!(found["members"][0]["member"], "M9", "{found}");
+
+    // The loyalty policy and one card's allowance: admin only, bounds named.
+    let (status, policy) = hq.api(&readonly, "GET", "/v1/loyalty/policy", None);
+    assert_eq!(status, 200, "{policy}");
+    let mut policy = policy;
+    policy["points_per_unit"] = json!(3);
+    assert_eq!(
+        hq.api(&north, "PUT", "/v1/loyalty/policy", Some(&policy)).0,
+        403
+    );
+    let (status, answer) = hq.api(&admin, "PUT", "/v1/loyalty/policy", Some(&policy));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        hq.api(&north, "GET", "/v1/loyalty/policy", None).1["points_per_unit"],
+        3
+    );
+    let allowance = json!({ "stored_value_cents": 2500, "points": 100 });
+    assert_eq!(
+        hq.api(
+            &readonly,
+            "PUT",
+            "/v1/members/M9/allowance",
+            Some(&allowance)
+        )
+        .0,
+        403
+    );
+    let absurd = json!({ "stored_value_cents": -1, "points": 0 });
+    let (status, answer) = hq.api(&admin, "PUT", "/v1/members/M9/allowance", Some(&absurd));
+    assert_eq!(status, 422, "{answer}");
+    let (status, answer) = hq.api(&admin, "PUT", "/v1/members/M9/allowance", Some(&allowance));
+    assert_eq!(status, 200, "{answer}");
+    let m9 = chainsync::ids::MemberId::new("M9").unwrap();
+    let held = hq
+        .replica()
+        .member_allowance(&m9)
+        .unwrap()
+        .expect("an allowance");
+    assert_eq!((held.stored_value_cents, held.points), (2500, 100));
+    let (status, _) = hq.api(&admin, "DELETE", "/v1/members/M9/allowance", None);
+    assert_eq!(status, 200);
+    assert_eq!(hq.replica().member_allowance(&m9).unwrap(), None);
 }

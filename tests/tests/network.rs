@@ -300,6 +300,14 @@ fn garbage_from_an_authenticated_store_is_refused_and_changes_nothing() {
         other => panic!("expected an error, got {other:?}"),
     }
     assert_eq!(replica.heads().unwrap(), heads_before, "nothing written");
+    // HQ's metrics count the refusal by its kind.
+    let (_, text) = chainsync_tests::e2e::http_text(hq.api, "GET", "/metrics", None, None).unwrap();
+    let series = r#"chainsync_rejected_change_sets_total{reason="malformed"}"#;
+    assert_eq!(
+        chainsync_tests::e2e::sample(&text, series),
+        Some(1.0),
+        "{text}"
+    );
     let (status, body) = agent.send(
         "POST",
         "/v1/sales",

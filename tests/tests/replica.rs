@@ -1003,3 +1003,108 @@ fn pricing_time_follows_hqs_clock_and_no_other_stores() {
         (HQ_NOW + 13_000) as i64
     );
 }
+
+// API tokens (issue "Sync on real lines", item 10): a token is refused once revoked or expired,
+// revoking twice keeps the first time, an unknown id is named, and a database made before
+// tokens could expire gains the columns on open and keeps its tokens.
+#[test]
+fn api_tokens_expire_and_are_revoked_and_old_databases_gain_the_columns() {
+    let (_dir, chain) = chain(0);
+    {
+        let hq = chain.open_hq();
+        hq.connection()
+            .execute_batch(
+                "ALTER TABLE api_tokens DROP COLUMN revoked_ms;
+                 ALTER TABLE api_tokens DROP COLUMN expires_ms;
+                 INSERT INTO api_tokens (token_hash, name, role, region, created_ms)
+                 VALUES (x'00', 'old', 'admin', NULL, 5);",
+            )
+            .unwrap();
+        let columns: i64 = hq
+            .connection()
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('api_tokens')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(columns, 5, "the old layout");
+    }
+    let mut hq = chain.open_hq();
+    let old = hq.api_tokens().unwrap();
+    assert_eq!(old.len(), 1, "the old token is kept: {old:?}");
+    assert_eq!((old[0].expires_ms, old[0].revoked_ms), (None, None));
+
+    let north = region("north");
+    let id = hq
+        .add_api_token(
+            "secret-1",
+            "Ann",
+            "regional",
+            Some(&north),
+            Some(T0 + 100),
+            T0,
+        )
+        .unwrap();
+    let ann = hq
+        .api_token("secret-1")
+        .unwrap()
+        .expect("found by the token");
+    assert_eq!(ann.id, id);
+    assert_eq!(id.len(), chainsync::replica::TOKEN_ID_HEX_CHARS);
+    assert_eq!(
+        (ann.role.as_str(), ann.region.as_deref()),
+        ("regional", Some("north"))
+    );
+    assert_eq!(ann.refusal(T0 + 99), None, "valid until it expires");
+    let expired = ann.refusal(T0 + 100).expect("refused when it expires");
+    assert!(expired.contains("expired"), "{expired}");
+    assert!(
+        hq.api_token("secret-2").unwrap().is_none(),
+        "an unknown token"
+    );
+
+    hq.add_api_token("secret-2", "Bob", "admin", None, None, T0)
+        .unwrap();
+    let bob = hq.api_token("secret-2").unwrap().unwrap();
+    assert_eq!(bob.refusal(u64::MAX), None, "no expiry: never expires");
+    let revoked = hq
+        .revoke_api_token(&bob.id.to_uppercase(), T0 + 10)
+        .unwrap();
+    assert_eq!(revoked.revoked_ms, Some(T0 + 10));
+    let again = hq.revoke_api_token(&bob.id, T0 + 20).unwrap();
+    assert_eq!(
+        again.revoked_ms,
+        Some(T0 + 10),
+        "the first revocation stays"
+    );
+    let bob = hq.api_token("secret-2").unwrap().unwrap();
+    assert_eq!(bob.refusal(T0 + 9), None);
+    let why = bob.refusal(T0 + 10).expect("refused once revoked");
+    assert!(why.contains("revoked") && why.contains(&bob.id), "{why}");
+    assert_eq!(
+        hq.api_token("secret-1").unwrap().unwrap().revoked_ms,
+        None,
+        "revoking one token leaves the others"
+    );
+    let err = hq.revoke_api_token("0123456789ab", T0).unwrap_err();
+    assert!(
+        err.to_string().contains("no API token 0123456789ab"),
+        "{err}"
+    );
+    assert_eq!(hq.api_tokens().unwrap().len(), 3);
+}
+
+// `/healthz`'s database check writes: it fails on a database that cannot take a write (here a
+// read-only connection) and passes on the writer.
+#[test]
+fn the_health_check_writes_and_fails_on_a_read_only_database() {
+    let (_dir, chain) = chain(0);
+    let mut hq = chain.open_hq();
+    hq.check_writable(T0).unwrap();
+    hq.connection()
+        .pragma_update(None, "query_only", true)
+        .unwrap();
+    let err = hq.check_writable(T0).unwrap_err();
+    assert!(err.to_string().contains("readonly"), "{err}");
+}

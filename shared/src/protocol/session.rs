@@ -287,6 +287,8 @@ pub struct HubOutput {
     pub moved: Vec<(StreamId, u64)>,
     /// What was refused from this store's push, for the log.
     pub rejected: Vec<String>,
+    /// The kind of each refusal ([`crate::validate::ChangeSetError::kind`]), for metrics.
+    pub rejected_kinds: Vec<&'static str>,
 }
 
 enum HubState {
@@ -411,6 +413,7 @@ impl HubSession {
                 let heads = store.own_heads(&peer.node).map_err(storage)?;
                 out.moved = report.applied.clone();
                 out.rejected = report.rejected.iter().map(ToString::to_string).collect();
+                out.rejected_kinds = report.rejected.iter().map(|e| e.kind()).collect();
                 out.frames.push(Frame::PushAck {
                     heads: to_wire_cursors(&heads),
                     rejected: out.rejected.clone(),
@@ -606,6 +609,9 @@ pub struct LeafSession {
     counters: LeafCounters,
     /// Lookup answers received and not yet taken by the driver.
     answers: Vec<(u64, Result<LookupAnswer, String>)>,
+    /// The kind of each change set (or `snapshot_part`) from HQ refused here, not yet taken
+    /// by the driver.
+    refused_kinds: Vec<&'static str>,
 }
 
 impl LeafSession {
@@ -632,6 +638,7 @@ impl LeafSession {
             hq_clock_offset_ms: None,
             counters: LeafCounters::default(),
             answers: Vec::new(),
+            refused_kinds: Vec::new(),
         }
     }
 
@@ -760,6 +767,10 @@ impl LeafSession {
                 self.counters.seeded_parts += seeded.loaded as u64;
                 self.counters.rejected_change_sets +=
                     (report.rejected.len() + seeded.rejected.len()) as u64;
+                self.refused_kinds
+                    .extend(report.rejected.iter().map(|e| e.kind()));
+                self.refused_kinds
+                    .extend(seeded.rejected.iter().map(|_| "snapshot_part"));
                 self.pull_sent_ms = None;
                 let progressed = !report.applied.is_empty() || seeded.loaded > 0;
                 let refused = !report.rejected.is_empty() || !seeded.rejected.is_empty();
@@ -858,6 +869,11 @@ impl LeafSession {
         }
         let query = query.encode().map_err(storage)?;
         Ok(Frame::Lookup { id, query })
+    }
+
+    /// The kinds of what HQ sent that was refused here since the last call (for metrics).
+    pub fn take_refused(&mut self) -> Vec<&'static str> {
+        std::mem::take(&mut self.refused_kinds)
     }
 
     /// Lookup answers received since the last call, by the driver's id.

@@ -71,12 +71,7 @@ impl Replica {
                 store.id
             )));
         }
-        let known_region: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM regions WHERE id = ?1)",
-            params![store.region.as_str()],
-            |r| r.get(0),
-        )?;
-        if !known_region {
+        if !self.region_exists(&store.region)? {
             let region = Region {
                 id: store.region.clone(),
                 name: store.region.to_string(),

@@ -34,6 +34,8 @@ mod report;
 mod retail;
 pub use retail::{OriginalReceipt, OverrideRow, PromotionReportRow, UnverifiedReturn};
 mod snapshot;
+mod tokens;
+pub use tokens::{ApiToken, TOKEN_ID_HEX_CHARS};
 
 pub use hq::{EnrollError, PendingStore};
 pub use pricecheck::{PRICE_CHECK_BATCH_RECEIPTS, PriceCheckPass, PriceDifference};
@@ -242,6 +244,7 @@ impl Replica {
                 updated_ms INTEGER NOT NULL
             );",
         )?;
+        tokens::add_missing_columns(&tx)?;
         if let Some(bytes) = get_meta(&tx, "hlc")? {
             let hlc: Hlc = postcard::from_bytes(&bytes)
                 .map_err(|e| ReplicaError::Corrupt(format!("stored clock: {e}")))?;
@@ -264,6 +267,13 @@ impl Replica {
     /// The node's clock (last timestamp issued or seen).
     pub fn clock(&self) -> Hlc {
         self.clock.last()
+    }
+
+    /// Writes and commits one row (the time of this check in `meta`): fails if the database
+    /// cannot take a write (a read-only file, a full disk, a lock held past the busy timeout).
+    pub fn check_writable(&mut self, now_ms: u64) -> Result<(), ReplicaError> {
+        put_meta(&self.conn, "health_checked_ms", &now_ms.to_be_bytes())?;
+        Ok(())
     }
 
     /// Reads one row of the database: fails if the file cannot be read.

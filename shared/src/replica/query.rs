@@ -6,7 +6,7 @@
 use super::apply::{account_code, price_kind_code};
 use super::{Replica, ReplicaError, parse_stream};
 use crate::hlc::Hlc;
-use crate::ids::{MemberId, NodeId, Place, REGION_DEPTH_MAX, RegionId, Sku, StreamId};
+use crate::ids::{MemberId, NodeId, Place, REGION_DEPTH_MAX, RegionId, Scope, Sku, StreamId};
 use crate::merge::{self, FieldValue};
 use crate::model::{
     LedgerAccount, PriceEntry, PriceKind, Product, ProfileField, Promotion, StoreInfo, StoreMode,
@@ -334,6 +334,32 @@ impl Replica {
             store: store.clone(),
             regions: self.region_path(&info.region)?,
         }))
+    }
+
+    /// Whether the directory has `region`.
+    pub fn region_exists(&self, region: &RegionId) -> Result<bool, ReplicaError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM regions WHERE id = ?1)")?
+            .query_row(params![region.as_str()], |r| r.get(0))?)
+    }
+
+    /// Whether HQ knows the store or region a price or promotion is set for: the chain, a
+    /// region of the directory, or a store in it or added and not yet enrolled.
+    pub fn scope_known(&self, scope: &Scope) -> Result<bool, ReplicaError> {
+        Ok(match scope {
+            Scope::Chain => true,
+            Scope::Region(region) => self.region_exists(region)?,
+            Scope::Store(store) => {
+                self.store_info(store)?.is_some()
+                    || self
+                        .conn
+                        .prepare_cached(
+                            "SELECT EXISTS (SELECT 1 FROM enrollments WHERE store = ?1)",
+                        )?
+                        .query_row(params![store.as_str()], |r| r.get(0))?
+            }
+        })
     }
 
     /// `region` and each region above it, innermost first.

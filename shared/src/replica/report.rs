@@ -129,8 +129,10 @@ impl Replica {
         let heads = self.heads()?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT st.id, st.name, st.region, st.mode, st.revoked,
-                    max((SELECT max(last_applied_ms) FROM streams WHERE origin = st.id),
-                        (SELECT max(seen_ms) FROM peer_cursors WHERE node = st.id)),
+                    -- SQLite's max(a, b) is NULL if either is: a store that pushed but whose
+                    -- pulls are not recorded yet (or the other way round) was never seen.
+                    NULLIF(max(coalesce((SELECT max(last_applied_ms) FROM streams WHERE origin = st.id), 0),
+                               coalesce((SELECT max(seen_ms) FROM peer_cursors WHERE node = st.id), 0)), 0),
                     (SELECT COUNT(*) FROM streams WHERE origin = st.id AND halted_reason IS NOT NULL)
              FROM stores st WHERE ?1 IS NULL OR st.region IN (WITH RECURSIVE under(id) AS (SELECT ?1 UNION SELECT g.id FROM regions g JOIN under u ON g.parent = u.id) SELECT id FROM under) ORDER BY st.id",
         )?;
@@ -204,37 +206,5 @@ impl Replica {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Adds an HQ API token for `role` (`admin`, `readonly`, `regional` with `region`).
-    pub fn add_api_token(
-        &mut self,
-        token: &str,
-        name: &str,
-        role: &str,
-        region: Option<&RegionId>,
-        now_ms: u64,
-    ) -> Result<(), ReplicaError> {
-        self.conn.execute(
-            "INSERT INTO api_tokens (token_hash, name, role, region, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![&blake3::hash(token.as_bytes()).as_bytes()[..], name, role, region.map(|r| r.as_str()), now_ms as i64],
-        )?;
-        Ok(())
-    }
-
-    /// The `(name, role, region)` a presented API token grants, if any.
-    pub fn api_token(
-        &self,
-        token: &str,
-    ) -> Result<Option<(String, String, Option<String>)>, ReplicaError> {
-        use rusqlite::OptionalExtension;
-        Ok(self
-            .conn
-            .prepare_cached("SELECT name, role, region FROM api_tokens WHERE token_hash = ?1")?
-            .query_row(
-                params![&blake3::hash(token.as_bytes()).as_bytes()[..]],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?)
     }
 }

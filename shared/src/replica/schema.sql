@@ -282,5 +282,7 @@ CREATE TABLE api_tokens (
     name       TEXT    NOT NULL,
     role       TEXT    NOT NULL,   -- admin, readonly, regional
     region     TEXT,               -- regional managers only
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER,            -- refused from then on; NULL: never expires
+    revoked_ms INTEGER             -- refused from then on; NULL: not revoked
 ) WITHOUT ROWID;

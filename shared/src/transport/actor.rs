@@ -11,6 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 /// Jobs waiting for the replica thread at most; callers wait for room beyond that.
 pub const REPLICA_QUEUE_MAX: usize = 1024;
 
+/// How long a health check waits for the replica thread.
+pub const HEALTH_CHECK_TIMEOUT_MS: u64 = 5_000;
+
 type Job = Box<dyn FnOnce(&mut Replica) + Send>;
 
 /// A cloneable handle to the replica thread.
@@ -42,6 +45,25 @@ impl ReplicaHandle {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
+    }
+
+    /// Whether the replica thread answers within [`HEALTH_CHECK_TIMEOUT_MS`] and its database
+    /// takes a write (`/healthz`).
+    pub async fn check_writable(&self) -> Result<(), String> {
+        let check = self.call(|r| r.check_writable(super::now_ms()));
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(HEALTH_CHECK_TIMEOUT_MS),
+            check,
+        )
+        .await
+        {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the replica thread did not answer within {HEALTH_CHECK_TIMEOUT_MS} ms"
+            )),
+        }
     }
 
     /// Runs `f` on the replica thread and returns its result.

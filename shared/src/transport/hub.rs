@@ -7,6 +7,7 @@
 //! finish its current frame (so in-flight transactions commit), then closes the endpoint.
 
 use super::actor::ReplicaHandle;
+use super::metrics::{Direction, NodeRole, OpenSession, SyncMetrics};
 use super::{CONNECTIONS_MAX, TransportError, now_ms, read_frame, tls, write_frames};
 use crate::changeset::Op;
 use crate::ids::{StreamId, Topic};
@@ -46,6 +47,7 @@ pub struct Hub {
     readers: Arc<[ReplicaHandle]>,
     next_reader: Arc<std::sync::atomic::AtomicUsize>,
     moved: broadcast::Sender<Moved>,
+    metrics: Arc<SyncMetrics>,
 }
 
 impl Hub {
@@ -57,7 +59,13 @@ impl Hub {
             readers: Arc::from(Vec::new()),
             next_reader: Default::default(),
             moved,
+            metrics: Arc::new(SyncMetrics::new(NodeRole::Hq)),
         }
+    }
+
+    /// HQ's sync metrics (`/metrics`).
+    pub fn metrics(&self) -> &Arc<SyncMetrics> {
+        &self.metrics
     }
 
     /// The same hub with read-only connections to HQ's database for [`Hub::reader`].
@@ -223,6 +231,8 @@ impl Hub {
         let mut moved = self.moved.subscribe();
         let mut decoder = FrameDecoder::default();
         decoder.set_frame_bytes_max(UNAUTHENTICATED_FRAME_BYTES_MAX);
+        // Counts the session as open from authentication until this function returns.
+        let mut counted: Option<OpenSession<'_>> = None;
         let result = loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline), if stranger.is_some() => {
@@ -244,14 +254,21 @@ impl Hub {
                         }
                     };
                     let Some(mut s) = session.take() else { break Err(TransportError::Closed) };
+                    self.metrics.frame(Direction::In, &frame);
+                    let is_push = matches!(frame, crate::protocol::frame::Frame::Push { .. });
+                    let started = std::time::Instant::now();
                     let (s, result) = self.replica.call(move |r| {
                         let result = s.handle(now_ms(), frame, r);
                         (s, result)
                     }).await?;
+                    if is_push {
+                        self.metrics.applied_in(started.elapsed());
+                    }
                     if stranger.is_some() && s.peer().is_some() {
                         // Authenticated: a store's connection from now on.
                         stranger = None;
                         decoder.set_frame_bytes_max(crate::protocol::frame::FRAME_BYTES_MAX);
+                        counted = Some(self.metrics.open_session());
                     }
                     session = Some(s);
                     match result {
@@ -261,6 +278,10 @@ impl Hub {
                                     tracing::warn!(store = %peer.node, "refused change set: {reason}");
                                 }
                             }
+                            for kind in &out.rejected_kinds {
+                                self.metrics.rejected(kind);
+                            }
+                            self.metrics.frames(Direction::Out, &out.frames);
                             write_frames(&mut send, &out.frames).await?;
                             if !out.moved.is_empty() {
                                 self.publish(out.moved);
@@ -290,6 +311,7 @@ impl Hub {
         // Give the peer a moment to read the last frames before the connection goes.
         let _ = tokio::time::timeout(std::time::Duration::from_millis(500), send.stopped()).await;
         conn.close(0u32.into(), b"session over");
+        drop(counted);
         result
     }
 }

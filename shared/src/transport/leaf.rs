@@ -14,6 +14,7 @@
 //! so the store always reads what HQ sends (HQ may be blocked writing a batch to it).
 
 use super::actor::ReplicaHandle;
+use super::metrics::{Direction, OpenSession, SyncMetrics};
 use super::{SERVER_NAME, TransportError, now_ms, read_frame, tls, write_frames};
 use crate::ids::{NodeId, RegionId};
 use crate::lookup::{LookupAnswer, LookupQuery};
@@ -307,6 +308,8 @@ pub struct StoreLink {
     /// Signalled after every local commit, to push at once.
     pub local_commits: Arc<Notify>,
     pub status: watch::Sender<LinkStatus>,
+    /// The store's sync metrics (`/metrics`).
+    pub metrics: Arc<SyncMetrics>,
 }
 
 impl StoreLink {
@@ -488,8 +491,12 @@ impl StoreLink {
                 (session, frames)
             })
             .await?;
-        queue(&outgoing, frames?).await?;
+        let frames = frames?;
+        self.metrics.frames(Direction::Out, &frames);
+        queue(&outgoing, frames).await?;
         let mut decoder = FrameDecoder::default();
+        // Counts the session as open from HQ's welcome until this function returns.
+        let mut counted: Option<OpenSession<'_>> = None;
         let node = self.node.clone();
         // Lookups sent and not answered: id -> (sent at, asker).
         let mut pending: std::collections::HashMap<u64, (u64, oneshot::Sender<_>)> =
@@ -515,6 +522,7 @@ impl StoreLink {
                 frame = read_frame(&mut recv, &mut decoder) => match frame {
                     Ok(Some(frame)) => {
                         self.status.send_modify(|s| s.last_exchange_ms = Some(now_ms()));
+                        self.metrics.frame(Direction::In, &frame);
                         Step::Frame(frame)
                     }
                     Ok(None) => break Err(TransportError::Closed),
@@ -558,6 +566,8 @@ impl StoreLink {
                 _ = super::stopped(shutdown) => break Ok(()),
             };
             let node = node.clone();
+            let is_batch = matches!(step, Step::Frame(Frame::Batch { .. }));
+            let started = std::time::Instant::now();
             let (s, frames, mode) = self
                 .replica
                 .call(move |r| {
@@ -576,6 +586,15 @@ impl StoreLink {
                 })
                 .await?;
             session = s;
+            if is_batch {
+                self.metrics.applied_in(started.elapsed());
+            }
+            for kind in session.take_refused() {
+                self.metrics.rejected(kind);
+            }
+            if session.is_open() && counted.is_none() {
+                counted = Some(self.metrics.open_session());
+            }
             if session.is_open() && !self.status.borrow().connected {
                 self.status.send_modify(|s| s.connected = true);
             }
@@ -586,6 +605,7 @@ impl StoreLink {
             }
             match frames {
                 Ok(frames) => {
+                    self.metrics.frames(Direction::Out, &frames);
                     if let Err(e) = queue(&outgoing, frames).await {
                         break Err(e);
                     }
@@ -609,6 +629,7 @@ impl StoreLink {
         let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
         conn.close(0u32.into(), b"store disconnects");
         let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+        drop(counted);
         let c = session.counters();
         result.map(|()| (c.pushed_change_sets, c.pulled_change_sets))
     }

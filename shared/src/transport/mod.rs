@@ -19,6 +19,7 @@ pub mod folders;
 pub mod hub;
 pub mod keyfile;
 pub mod leaf;
+pub mod metrics;
 pub mod process;
 pub mod provision;
 pub mod tls;
