@@ -215,50 +215,36 @@ pub fn list_regions(dir: &HqDir) -> Result<()> {
 pub fn list_stores(dir: &HqDir) -> Result<()> {
     let state = dir.load()?;
     let replica = dir.open_replica(&state.key)?;
-    let status = replica.stream_status()?;
     println!(
-        "{:<10} {:<24} {:<10} {:<9} {:<8} last change set applied",
-        "store", "name", "region", "mode", "state"
+        "{:<10} {:<24} {:<10} {:<9} {:<8} {:>8}  last seen",
+        "store", "name", "region", "mode", "state", "backlog"
     );
-    for id in replica.store_ids()? {
-        let Some(info) = replica.store_info(&id)? else {
-            continue;
-        };
-        let last = status
-            .iter()
-            .filter(|s| s.stream.origin == id)
-            .filter_map(|s| s.last_applied_ms)
-            .max();
-        let last = last.map_or("never".to_owned(), |t| {
-            format!("{} s ago", now_ms().saturating_sub(t) / 1000)
+    // The same figures as HQ's /metrics and /v1/stores: last heard from, and the change sets
+    // HQ holds that the store has not confirmed holding.
+    for row in replica.store_report(None)? {
+        let last = row.last_seen_ms.map_or("never".to_owned(), |t| {
+            format!("{} s ago", now_ms().saturating_sub(t.max(0) as u64) / 1000)
         });
-        let halted = status
-            .iter()
-            .filter(|s| s.stream.origin == id && s.halted_reason.is_some())
-            .count();
-        let state = match (info.revoked, halted) {
+        let state = match (row.revoked, row.halted_streams) {
             (true, _) => "revoked",
             (false, 0) => "enrolled",
             // `hq-server report halts` says which streams, why, and what to do.
             (false, _) => "HALTED",
         };
         println!(
-            "{:<10} {:<24} {:<10} {:<9} {:<8} {last}",
-            id,
-            info.name,
-            info.region,
-            info.mode.as_str(),
-            state
+            "{:<10} {:<24} {:<10} {:<9} {:<8} {:>8}  {last}",
+            row.store, row.name, row.region, row.mode, state, row.backlog_change_sets
         );
     }
     for pending in replica.pending_stores()? {
         println!(
-            "{:<10} {:<24} {:<10} {:<9} {:<8} -",
+            "{:<10} {:<24} {:<10} {:<9} {:<8} {:>8}  -",
             pending.id,
             pending.name,
             pending.region,
             pending.mode.as_str(),
-            "pending"
+            "pending",
+            "-"
         );
     }
     Ok(())

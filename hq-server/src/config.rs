@@ -33,6 +33,21 @@ pub struct HqConfig {
     /// imported, HQ's answer is written to `outbox/<store>/`. Off if absent.
     #[serde(default)]
     pub bundle_folder: Option<PathBuf>,
+    /// Scheduled online backups into `backups/` in the data folder: every this many ms
+    /// (default six hours; 0: none). `backup now` takes one at any time.
+    #[serde(default = "default_backup_interval")]
+    pub backup_interval_ms: u64,
+    /// Scheduled backups kept, the newest (default 8).
+    #[serde(default = "default_backups_kept")]
+    pub backups_kept: usize,
+}
+
+fn default_backup_interval() -> u64 {
+    chainsync::transport::backups::BACKUP_INTERVAL_MS_DEFAULT
+}
+
+fn default_backups_kept() -> usize {
+    chainsync::transport::backups::BACKUPS_KEPT_DEFAULT
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -46,6 +61,8 @@ impl Default for HqConfig {
             public_addr: ([127, 0, 0, 1], 7443).into(),
             api_listen: default_api_listen(),
             bundle_folder: None,
+            backup_interval_ms: default_backup_interval(),
+            backups_kept: default_backups_kept(),
         }
     }
 }
@@ -142,6 +159,9 @@ pub fn config_text(config: &HqConfig) -> Result<String> {
             Some(dir) => format!("bundle_folder = {:?}", dir.display().to_string()),
             None => "# bundle_folder = \"bundles\"".to_owned(),
         },
+        "# Scheduled online backups into backups/ (ms between them, 0: none; how many kept).".to_owned(),
+        format!("backup_interval_ms = {}", config.backup_interval_ms),
+        format!("backups_kept = {}", config.backups_kept),
         String::new(),
     ]
     .join("\n"))

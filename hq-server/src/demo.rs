@@ -60,6 +60,7 @@ pub fn run(dir: &Path, api_listen: SocketAddr, shutdown: watch::Receiver<bool>) 
         public_addr: quic,
         api_listen,
         bundle_folder: None,
+        ..Default::default()
     })?;
     let state = hq_dir.load()?;
     let (admin, north) = seed_hq(&hq_dir)?;

@@ -96,6 +96,11 @@ enum Command {
     /// Manage HQ API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Online backups of HQ's database into DATA/backups (HQ keeps running): now, or list.
+    /// (Restoring HQ from a backup is not offered yet: stores hold HQ change sets later than
+    /// any backup, and HQ must take those back before it writes again.)
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Manage promotions.
     #[command(subcommand)]
     Promo(PromoCommand),
@@ -539,6 +544,20 @@ enum BundleCommand {
 }
 
 #[derive(Subcommand)]
+enum BackupCommand {
+    /// Take an online backup now.
+    Now {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+    /// List the backups, newest first.
+    List {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Create an API token and print it (it is stored hashed; it cannot be shown again).
     Add {
@@ -645,6 +664,7 @@ fn main() -> Result<()> {
                 public_addr,
                 api_listen,
                 bundle_folder,
+                ..Default::default()
             })?;
             println!(
                 "HQ created in {}; start it with: hq-server serve --data {}",
@@ -974,6 +994,31 @@ fn main() -> Result<()> {
             // Only the token on stdout, so scripts can take it; its id for the record.
             println!("{token}");
             eprintln!("token id {id} (for `hq-server token list` and `token revoke`)");
+            Ok(())
+        }
+        Command::Backup(BackupCommand::Now { data }) => {
+            use chainsync::transport::backups;
+            let dir = HqDir::new(&data);
+            dir.load()?;
+            let taken = backups::backup_now(
+                &dir.root.join("hq.db"),
+                &dir.root.join(backups::BACKUP_FOLDER),
+                "hq",
+                chainsync::transport::now_ms(),
+            )?;
+            println!("backup {} ({} bytes)", taken.path.display(), taken.bytes);
+            Ok(())
+        }
+        Command::Backup(BackupCommand::List { data }) => {
+            use chainsync::transport::backups;
+            let folder = HqDir::new(&data).root.join(backups::BACKUP_FOLDER);
+            let listed = backups::list(&folder, "hq")?;
+            if listed.is_empty() {
+                println!("no backups in {}", folder.display());
+            }
+            for b in listed {
+                println!("{b}");
+            }
             Ok(())
         }
         Command::Token(TokenCommand::List { data }) => admin::list_tokens(&HqDir::new(&data)),

@@ -31,7 +31,7 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
         reader_threads.push(thread);
     }
     let hub = Hub::new(handle).with_readers(readers);
-    let endpoint = quinn::Endpoint::server(tls::server_config(&state.cert)?, state.config.listen)
+    let endpoint = tls::server_endpoint(&state.cert, state.config.listen, &state.key.to_bytes())
         .with_context(|| format!("listening on {}", state.config.listen))?;
     tracing::info!(listen = %endpoint.local_addr()?, "HQ sync endpoint listening");
     let watcher = {
@@ -98,7 +98,16 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
         ));
         (watcher, answers)
     });
+    let backups = tokio::spawn(chainsync::transport::backups::run_schedule(
+        dir.root.join("hq.db"),
+        dir.root.join(chainsync::transport::backups::BACKUP_FOLDER),
+        "hq",
+        state.config.backup_interval_ms,
+        state.config.backups_kept,
+        shutdown.clone(),
+    ));
     hub.serve(endpoint, shutdown).await;
+    backups.await.context("backup task")?;
     if let Some((watcher, answers)) = bundles {
         watcher.await.context("bundle inbox task")??;
         answers.await.context("bundle answers task")?;

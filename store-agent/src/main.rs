@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use chainsync::ids::Sku;
 use chainsync::model::PriceKind;
+use chainsync::transport::backups;
 use chainsync::transport::leaf::{HqAddress, enroll};
 use chainsync::transport::provision::Provisioning;
 use chainsync_service::Program;
@@ -77,6 +78,21 @@ enum Command {
         #[arg(long, default_value = "store-data")]
         data: PathBuf,
     },
+    /// Online backups of the store's database into DATA/backups: take one now, or list them.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Replace the store's database by a backup (stop the agent first). The database as it was
+    /// is backed up first. Sales then wait until HQ has said how far it holds this store's
+    /// streams, and what the store signed after the backup comes back from HQ.
+    Restore {
+        #[arg(long, default_value = "store-data")]
+        data: PathBuf,
+        /// The backup file (from `backup list`).
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Exchange everything pending with HQ now (batch mode), through the running agent.
     Sync {
         #[command(subcommand)]
@@ -125,6 +141,20 @@ enum Command {
         /// retail, member or wholesale.
         #[arg(long, default_value = "retail")]
         kind: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Take an online backup now (the agent may keep running and selling).
+    Now {
+        #[arg(long, default_value = "store-data")]
+        data: PathBuf,
+    },
+    /// List the backups, newest first.
+    List {
+        #[arg(long, default_value = "store-data")]
+        data: PathBuf,
     },
 }
 
@@ -217,6 +247,14 @@ fn main() -> Result<()> {
         Command::Status { data } => {
             let dir = AgentDir::new(&data);
             let state = dir.load()?;
+            // The running agent's own view first (link, outbox), as `/healthz` gives it.
+            match pos_request(state.config.pos_listen, "", "GET", "/healthz", "", 10) {
+                Ok((status, body)) => print_health(status, &body),
+                Err(e) => println!(
+                    "agent: not answering on {} ({e}); what its database holds:",
+                    state.config.pos_listen
+                ),
+            }
             let replica = dir.open_replica(&state)?;
             println!("{:<34} {:>8} {:>8}  halted", "stream", "head", "acked");
             for s in replica.stream_status()? {
@@ -244,6 +282,62 @@ fn main() -> Result<()> {
                     p.stream, p.seq, p.parts_done, p.parts
                 );
             }
+            Ok(())
+        }
+        Command::Backup {
+            command: BackupCommand::Now { data },
+        } => {
+            let dir = AgentDir::new(&data);
+            dir.load()?;
+            let taken = backups::backup_now(
+                &dir.root.join("store.db"),
+                &dir.root.join(backups::BACKUP_FOLDER),
+                "store",
+                chainsync::transport::now_ms(),
+            )?;
+            println!("backup {} ({} bytes)", taken.path.display(), taken.bytes);
+            Ok(())
+        }
+        Command::Backup {
+            command: BackupCommand::List { data },
+        } => {
+            let dir = AgentDir::new(&data);
+            print_backups(&dir.root.join(backups::BACKUP_FOLDER), "store")
+        }
+        Command::Restore { data, from } => {
+            let dir = AgentDir::new(&data);
+            let state = dir.load()?;
+            if pos_request(state.config.pos_listen, "", "GET", "/healthz", "", 5).is_ok() {
+                anyhow::bail!(
+                    "the agent is running (it answers on {}): stop it first (`store-agent service stop`)",
+                    state.config.pos_listen
+                );
+            }
+            let node = backups::node_of(&from)?;
+            if node != state.config.store.as_str() {
+                anyhow::bail!(
+                    "{} is a backup of {node}, not of store {}",
+                    from.display(),
+                    state.config.store
+                );
+            }
+            let db = dir.root.join("store.db");
+            let folder = dir.root.join(backups::BACKUP_FOLDER);
+            let now = chainsync::transport::now_ms();
+            if db.exists() {
+                let before = backups::backup_now(&db, &folder, "before-restore", now)?;
+                println!("the database as it was: {}", before.path.display());
+            }
+            backups::restore(&from, &db)?;
+            // What the store signed after the backup is at HQ (or in bundles it sent): writing
+            // before HQ has said how far it holds the store's streams would fork them.
+            dir.open_replica(&state)?.await_hub_heads()?;
+            println!(
+                "restored {} from {}; sales wait until HQ has said how far it holds this store's \
+                 streams (start the agent: its history after the backup comes back from HQ)",
+                db.display(),
+                from.display()
+            );
             Ok(())
         }
         Command::Sync {
@@ -360,6 +454,62 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Lists the backups of `prefix` in `folder`, newest first.
+fn print_backups(folder: &Path, prefix: &str) -> Result<()> {
+    let listed = backups::list(folder, prefix)?;
+    if listed.is_empty() {
+        println!("no backups in {}", folder.display());
+    }
+    for b in listed {
+        println!("{b}");
+    }
+    Ok(())
+}
+
+/// The running agent's `/healthz` answer, one line each.
+fn print_health(status: u16, body: &str) {
+    let Ok(h) = serde_json::from_str::<serde_json::Value>(body) else {
+        println!("agent: HTTP {status}, {body}");
+        return;
+    };
+    let ago = |ms: &serde_json::Value| {
+        ms.as_u64().map_or("never".to_owned(), |t| {
+            let now = chainsync::transport::now_ms();
+            format!("{} s ago", now.saturating_sub(t) / 1000)
+        })
+    };
+    println!(
+        "agent: {} (HTTP {status}), database {}",
+        h["status"].as_str().unwrap_or("?"),
+        if h["database_writable"] == true {
+            "writable"
+        } else {
+            "NOT WRITABLE"
+        }
+    );
+    if let Some(e) = h["database_error"].as_str() {
+        println!("database error: {e}");
+    }
+    let link = &h["link"];
+    println!(
+        "link to HQ: {}, last exchange {}{}",
+        if link["connected"] == true {
+            "connected"
+        } else {
+            "not connected"
+        },
+        ago(&link["last_exchange_ms"]),
+        link["last_error"]
+            .as_str()
+            .map(|e| format!(", last error: {e}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "outbox: {} change sets not yet acknowledged by HQ; halted streams: {}",
+        h["outbox_change_sets"], h["halted_streams"]
+    );
 }
 
 /// `POST /v1/sync/now` to the running agent; returns the status and the body.

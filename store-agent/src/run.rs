@@ -115,7 +115,16 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
         let writer = tokio::spawn(write_outbox_bundles(folders, handle, key, interval, outbox));
         (watcher, writer)
     });
+    let backups = tokio::spawn(chainsync::transport::backups::run_schedule(
+        dir.root.join("store.db"),
+        dir.root.join(chainsync::transport::backups::BACKUP_FOLDER),
+        "store",
+        state.config.backup_interval_ms,
+        state.config.backups_kept,
+        shutdown.clone(),
+    ));
     link.run(shutdown, sync_rx, lookup_rx).await;
+    backups.await.context("backup task")?;
     if let Some((watcher, writer)) = bundles {
         watcher.await.context("bundle inbox task")??;
         writer.await.context("bundle outbox task")?;

@@ -313,6 +313,14 @@ impl Agent {
         self.start_with_env(&[])
     }
 
+    /// Runs a `store-agent` subcommand with `--data` (the words first) and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(Command::new(bin("store-agent"))
+            .args(args)
+            .arg("--data")
+            .arg(&self.data))
+    }
+
     /// [`Agent::start`] with extra environment variables (e.g. a preloaded fake clock).
     pub fn start_with_env(&self, env: &[(&str, &str)]) -> Proc {
         let log = self.data.join(format!("run-{}.log", rand_suffix()));
@@ -461,6 +469,7 @@ pub fn hq_in_process(
             public_addr: quic,
             api_listen: api,
             bundle_folder: None,
+            ..Default::default()
         })
         .expect("hq init");
     let state = hq_dir.load().expect("hq load");

@@ -349,8 +349,8 @@ impl Replica {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if get_meta(&tx, "awaiting_hub_heads")?.is_some() {
             return Err(ReplicaError::Restoring(
-                "this store's database was created afresh: writes wait until HQ has said how far \
-                 it holds the store's own history"
+                "this store's database was created afresh or restored from a backup: writes \
+                 wait until HQ has said how far it holds the store's own history"
                     .into(),
             ));
         }
@@ -651,7 +651,8 @@ impl Replica {
         Ok(())
     }
 
-    /// Marks a replica created afresh under an existing store: local writes wait until the hub
+    /// Marks a replica created afresh under an existing store, or restored from a backup: local
+    /// writes wait until the hub
     /// has said how far it holds this node's own streams ([`Replica::set_hub_acked`]).
     pub fn await_hub_heads(&mut self) -> Result<(), ReplicaError> {
         put_meta(&self.conn, "awaiting_hub_heads", b"1")?;

@@ -15,6 +15,7 @@
 //! own connection, with an `Error` frame and a log line.
 
 pub mod actor;
+pub mod backups;
 pub mod folders;
 pub mod hub;
 pub mod keyfile;
