@@ -26,7 +26,7 @@ pub async fn serve(dir: &HqDir, shutdown: watch::Receiver<bool>) -> Result<()> {
             .connection()
             .pragma_update(None, "query_only", true)
             .context("making an API reader read-only")?;
-        let (reader, thread) = ReplicaHandle::spawn(reader)?;
+        let (reader, thread) = ReplicaHandle::spawn_reader(reader)?;
         readers.push(reader);
         reader_threads.push(thread);
     }

@@ -530,6 +530,10 @@ fn local_facts(
     skus: &[Sku],
     member: Option<&MemberId>,
 ) -> Result<Facts, PosError> {
+    if !r.connection().is_autocommit() {
+        // On the writer, inside its group commit: one transaction already.
+        return read_local_facts(r, store, region, skus, member);
+    }
     let read = r
         .connection()
         .unchecked_transaction()

@@ -36,7 +36,7 @@ pub async fn run(dir: &AgentDir, shutdown: watch::Receiver<bool>) -> Result<()> 
     let mut readers = Vec::with_capacity(POS_READERS);
     let mut reader_threads = Vec::with_capacity(POS_READERS);
     for _ in 0..POS_READERS {
-        let (reader, thread) = ReplicaHandle::spawn(dir.open_reader(&state)?)?;
+        let (reader, thread) = ReplicaHandle::spawn_reader(dir.open_reader(&state)?)?;
         readers.push(reader);
         reader_threads.push(thread);
     }

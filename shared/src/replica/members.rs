@@ -233,9 +233,7 @@ impl Replica {
             member,
             ..req.clone()
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = super::WriteTx::begin(&mut self.conn)?;
         let existing: Option<(String, i64, i64, i64, u8)> = tx
             .prepare_cached(
                 "SELECT member, account, amount, expires_ms, state FROM holds WHERE id = ?1",

@@ -276,6 +276,13 @@ impl Replica {
         Ok(())
     }
 
+    /// Forgets what this replica keeps in memory from its database (built snapshots), after a
+    /// transaction it was built in was rolled back: a snapshot of writes that never committed
+    /// must not be served.
+    pub fn forget_cached(&mut self) {
+        self.snapshot_cache.clear();
+    }
+
     /// Reads one row of the database: fails if the file cannot be read.
     pub fn check_readable(&self) -> Result<(), ReplicaError> {
         self.conn
@@ -342,11 +349,7 @@ impl Replica {
         now_ms: u64,
         also: impl FnOnce(&Connection) -> rusqlite::Result<()>,
     ) -> Result<Vec<Committed>, ReplicaError> {
-        // IMMEDIATE: take the write lock before reading the head, so another process writing the
-        // same database (a CLI beside the server) waits instead of racing for the same seq.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = WriteTx::begin(&mut self.conn)?;
         if get_meta(&tx, "awaiting_hub_heads")?.is_some() {
             return Err(ReplicaError::Restoring(
                 "this store's database was created afresh or restored from a backup: writes \
@@ -456,7 +459,7 @@ impl Replica {
         all_or_nothing: bool,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Result<BatchReport, BatchReport>, ReplicaError> {
-        let tx = self.conn.transaction()?;
+        let tx = WriteTx::begin(&mut self.conn)?;
         let mut report = BatchReport::default();
         let mut newest = self.clock.last();
         let mut stock = StockDeltas::default();
@@ -621,7 +624,7 @@ impl Replica {
     /// Records what the hub holds of this node's own streams. The hub's word is taken as it is,
     /// even when it is lower than before (a hub restored from backup): the outbox then resends.
     pub fn set_hub_acked(&mut self, acked: &[(StreamId, u64)]) -> Result<(), ReplicaError> {
-        let tx = self.conn.transaction()?;
+        let tx = WriteTx::begin(&mut self.conn)?;
         tx.execute("DELETE FROM meta WHERE key = 'awaiting_hub_heads'", [])?;
         {
             // HQ holding more of an own stream than this replica means its history was lost
@@ -684,7 +687,7 @@ impl Replica {
         cursors: &[(StreamId, u64)],
         now_ms: u64,
     ) -> Result<(), ReplicaError> {
-        let tx = self.conn.transaction()?;
+        let tx = WriteTx::begin(&mut self.conn)?;
         // The cursors are the whole of what the node holds: a stream it no longer lists (its
         // database was lost or restored from an older copy) is one it holds nothing of.
         tx.prepare_cached("DELETE FROM peer_cursors WHERE node = ?1")?
@@ -712,6 +715,10 @@ impl Replica {
     /// snapshot of the database (a read transaction), so a process writing beside it (the
     /// server, while a CLI or a test audits) cannot make a head and its log disagree.
     pub fn audit(&self) -> Result<(), ReplicaError> {
+        if !self.conn.is_autocommit() {
+            // Inside a transaction (a group commit) already: one snapshot.
+            return self.audit_in_snapshot();
+        }
         let snapshot = self.conn.unchecked_transaction()?;
         self.audit_in_snapshot()?;
         snapshot.finish()?;
@@ -1027,6 +1034,47 @@ fn record_halt(
 
 /// The `meta` key of HQ's clock offset (i64, little-endian).
 const HQ_CLOCK_META: &str = "hq_clock_offset_ms";
+
+/// A write transaction of the replica: its own `BEGIN IMMEDIATE` transaction when none is
+/// open, or a savepoint inside the group commit the replica thread opened around several jobs
+/// ([`crate::transport::actor`]). Either way it commits or rolls back alone (a job that fails
+/// its own checks leaves its neighbours' writes in place); inside a group, durability comes at
+/// the group's commit, before any job's caller is answered.
+pub(crate) enum WriteTx<'a> {
+    Own(rusqlite::Transaction<'a>),
+    InGroup(rusqlite::Savepoint<'a>),
+}
+
+impl WriteTx<'_> {
+    pub(crate) fn begin(conn: &mut Connection) -> rusqlite::Result<WriteTx<'_>> {
+        if conn.is_autocommit() {
+            // IMMEDIATE: take the write lock before reading a head, so another process writing
+            // the same database (a CLI beside the server) waits instead of racing for a seq.
+            Ok(WriteTx::Own(conn.transaction_with_behavior(
+                rusqlite::TransactionBehavior::Immediate,
+            )?))
+        } else {
+            Ok(WriteTx::InGroup(conn.savepoint()?))
+        }
+    }
+
+    pub(crate) fn commit(self) -> rusqlite::Result<()> {
+        match self {
+            WriteTx::Own(tx) => tx.commit(),
+            WriteTx::InGroup(sp) => sp.commit(),
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            WriteTx::Own(tx) => tx,
+            WriteTx::InGroup(sp) => sp,
+        }
+    }
+}
 
 fn put_meta(tx: &Connection, key: &str, value: &[u8]) -> rusqlite::Result<()> {
     tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?

@@ -108,7 +108,7 @@ impl Replica {
             checked: results.len(),
             differing: results.iter().filter(|(_, d)| d.is_some()).count(),
         };
-        let tx = self.conn.transaction()?;
+        let tx = super::WriteTx::begin(&mut self.conn)?;
         {
             let mut mark =
                 tx.prepare_cached("UPDATE receipts SET price_check = ?2 WHERE id = ?1")?;

@@ -194,7 +194,7 @@ impl Replica {
         now_ms: u64,
     ) -> Result<SnapshotLoad, ReplicaError> {
         let snapshot = validate::validate_snapshot(signed, &self.hq_key)?;
-        let tx = self.conn.transaction()?;
+        let tx = super::WriteTx::begin(&mut self.conn)?;
         let head = super::stream_head(&tx, &snapshot.stream)?;
         let id = ensure_stream(&tx, &snapshot.stream)?;
         if head.seq >= snapshot.seq {

@@ -403,7 +403,7 @@ mod tests {
             .unwrap();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (writer, writer_thread) = ReplicaHandle::spawn(writer).unwrap();
-        let (reader, reader_thread) = ReplicaHandle::spawn(reader).unwrap();
+        let (reader, reader_thread) = ReplicaHandle::spawn_reader(reader).unwrap();
         let hub = Hub::new(writer).with_readers(vec![reader]);
         let (release, held) = std::sync::mpsc::channel::<()>();
         let (started_tx, started) = std::sync::mpsc::channel::<()>();
