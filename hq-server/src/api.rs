@@ -1270,13 +1270,10 @@ async fn healthz(State(hub): State<Hub>) -> ApiResult {
         Some((figures, pending)) => (Some(figures), Some(pending)),
         None => (None, None),
     };
-    let status = if writable.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let (code, verdict) = chainsync::transport::metrics::health_verdict(&writable);
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let body = json!({
-        "status": if writable.is_ok() { "ok" } else { "failing" },
+        "status": verdict,
         "version": env!("CARGO_PKG_VERSION"),
         "database_writable": writable.is_ok(),
         "database_error": writable.err(),

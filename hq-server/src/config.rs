@@ -35,19 +35,11 @@ pub struct HqConfig {
     pub bundle_folder: Option<PathBuf>,
     /// Scheduled online backups into `backups/` in the data folder: every this many ms
     /// (default six hours; 0: none). `backup now` takes one at any time.
-    #[serde(default = "default_backup_interval")]
+    #[serde(default = "chainsync::transport::backups::default_interval_ms")]
     pub backup_interval_ms: u64,
     /// Scheduled backups kept, the newest (default 8).
-    #[serde(default = "default_backups_kept")]
+    #[serde(default = "chainsync::transport::backups::default_kept")]
     pub backups_kept: usize,
-}
-
-fn default_backup_interval() -> u64 {
-    chainsync::transport::backups::BACKUP_INTERVAL_MS_DEFAULT
-}
-
-fn default_backups_kept() -> usize {
-    chainsync::transport::backups::BACKUPS_KEPT_DEFAULT
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -61,8 +53,8 @@ impl Default for HqConfig {
             public_addr: ([127, 0, 0, 1], 7443).into(),
             api_listen: default_api_listen(),
             bundle_folder: None,
-            backup_interval_ms: default_backup_interval(),
-            backups_kept: default_backups_kept(),
+            backup_interval_ms: chainsync::transport::backups::default_interval_ms(),
+            backups_kept: chainsync::transport::backups::default_kept(),
         }
     }
 }

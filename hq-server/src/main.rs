@@ -1012,12 +1012,8 @@ fn main() -> Result<()> {
         Command::Backup(BackupCommand::List { data }) => {
             use chainsync::transport::backups;
             let folder = HqDir::new(&data).root.join(backups::BACKUP_FOLDER);
-            let listed = backups::list(&folder, "hq")?;
-            if listed.is_empty() {
-                println!("no backups in {}", folder.display());
-            }
-            for b in listed {
-                println!("{b}");
+            for line in backups::list_lines(&folder, "hq")? {
+                println!("{line}");
             }
             Ok(())
         }

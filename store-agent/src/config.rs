@@ -56,19 +56,11 @@ pub struct AgentConfig {
     pub bundle_folder: Option<PathBuf>,
     /// Scheduled online backups into `backups/` in the data folder: every this many ms
     /// (default six hours; 0: none). `backup now` takes one at any time.
-    #[serde(default = "default_backup_interval")]
+    #[serde(default = "chainsync::transport::backups::default_interval_ms")]
     pub backup_interval_ms: u64,
     /// Scheduled backups kept, the newest (default 8).
-    #[serde(default = "default_backups_kept")]
+    #[serde(default = "chainsync::transport::backups::default_kept")]
     pub backups_kept: usize,
-}
-
-fn default_backup_interval() -> u64 {
-    chainsync::transport::backups::BACKUP_INTERVAL_MS_DEFAULT
-}
-
-fn default_backups_kept() -> usize {
-    chainsync::transport::backups::BACKUPS_KEPT_DEFAULT
 }
 
 /// Default batch interval: a quarter of an hour.
@@ -144,8 +136,8 @@ impl AgentDir {
             batch_window_utc: None,
             pos_listen,
             bundle_folder: None,
-            backup_interval_ms: default_backup_interval(),
-            backups_kept: default_backups_kept(),
+            backup_interval_ms: chainsync::transport::backups::default_interval_ms(),
+            backups_kept: chainsync::transport::backups::default_kept(),
             pos_token: {
                 let mut bytes = [0u8; 24];
                 rand::fill(&mut bytes);

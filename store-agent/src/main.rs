@@ -302,7 +302,10 @@ fn main() -> Result<()> {
             command: BackupCommand::List { data },
         } => {
             let dir = AgentDir::new(&data);
-            print_backups(&dir.root.join(backups::BACKUP_FOLDER), "store")
+            for line in backups::list_lines(&dir.root.join(backups::BACKUP_FOLDER), "store")? {
+                println!("{line}");
+            }
+            Ok(())
         }
         Command::Restore { data, from } => {
             let dir = AgentDir::new(&data);
@@ -454,18 +457,6 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Lists the backups of `prefix` in `folder`, newest first.
-fn print_backups(folder: &Path, prefix: &str) -> Result<()> {
-    let listed = backups::list(folder, prefix)?;
-    if listed.is_empty() {
-        println!("no backups in {}", folder.display());
-    }
-    for b in listed {
-        println!("{b}");
-    }
-    Ok(())
 }
 
 /// The running agent's `/healthz` answer, one line each.

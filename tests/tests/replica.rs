@@ -1108,3 +1108,43 @@ fn the_health_check_writes_and_fails_on_a_read_only_database() {
     let err = hq.check_writable(T0).unwrap_err();
     assert!(err.to_string().contains("readonly"), "{err}");
 }
+
+// A local write is not verified again when the node signed it with the key the directory holds
+// for it (issue "Performance at chain scale"); with any other key the gate still checks the
+// signature and refuses it, and nothing is written.
+#[test]
+fn a_local_write_under_a_key_the_directory_does_not_hold_is_refused() {
+    let (_dir, chain) = chain(1);
+    let (_hq, mut stores) = chain.bootstrap(T0);
+    let s1 = node("S001");
+    let sale = |n| Op::Receipt(receipt(&s1, n, T0 as i64, None, &[("cola", 1, 100)]));
+    stores[0]
+        .commit_local(Topic::Sales, vec![sale(1)], T0)
+        .expect("signed with the directory's key");
+    drop(stores);
+    let wrong = chainsync::replica::Identity {
+        node: s1.clone(),
+        key: chainsync_tests::key_for("someone else"),
+    };
+    let mut store = Replica::open(
+        &chain.db_path(&s1),
+        wrong,
+        chain.hq_key.verifying_key(),
+        Durability::Relaxed,
+    )
+    .unwrap();
+    let err = store
+        .commit_local(Topic::Sales, vec![sale(2)], T0)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            chainsync::replica::ReplicaError::Refused(
+                chainsync::validate::ChangeSetError::BadSignature { .. }
+            )
+        ),
+        "{err}"
+    );
+    let sales = StreamId::new(s1, Topic::Sales);
+    assert_eq!(store.head(&sales).unwrap().seq, 1, "nothing written");
+}

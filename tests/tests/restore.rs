@@ -17,6 +17,17 @@ fn sale(agent: &Agent, receipt_no: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// No stream is halted at HQ (none forked).
+fn assert_no_stream_halted(replica: &chainsync::replica::Replica) {
+    let halted: Vec<_> = replica
+        .stream_status()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.halted_reason.is_some())
+        .collect();
+    assert!(halted.is_empty(), "no stream forked: {halted:?}");
+}
+
 /// HQ and S001 running, S001 with three sales and 25 cents of stored value for M1, all of it at HQ.
 fn store_with_history(root: &std::path::Path) -> (Hq, Proc, Agent, Proc) {
     let hq = Hq::init(root);
@@ -88,13 +99,7 @@ fn a_store_that_lost_its_database_restores_its_history_from_hq_before_selling() 
     wait_until(WAIT, "the fourth sale at HQ", || {
         (replica.receipt_ids(&s1).unwrap().len() == 4).then_some(())
     });
-    let halted: Vec<_> = replica
-        .stream_status()
-        .unwrap()
-        .into_iter()
-        .filter(|s| s.halted_reason.is_some())
-        .collect();
-    assert!(halted.is_empty(), "no stream forked: {halted:?}");
+    assert_no_stream_halted(&replica);
     assert_eq!(replica.stock_of(&s1, &"cola".parse().unwrap()).unwrap(), -4);
     let (_, stock) = agent.get("/v1/stock/cola");
     assert_eq!(stock["qty"], -4, "the store's stock is whole again");
@@ -261,13 +266,7 @@ fn a_store_restored_from_an_older_backup_catches_up_with_nothing_lost_or_doubled
     wait_until(WAIT, "the new sale at HQ", || {
         (replica.receipt_ids(&s1).unwrap().len() == 27).then_some(())
     });
-    let halted: Vec<_> = replica
-        .stream_status()
-        .unwrap()
-        .into_iter()
-        .filter(|s| s.halted_reason.is_some())
-        .collect();
-    assert!(halted.is_empty(), "no stream forked: {halted:?}");
+    assert_no_stream_halted(&replica);
     let (_, stock) = agent.get("/v1/stock/cola");
     assert_eq!(stock["qty"], -27, "each sale counted once: {stock}");
     assert_eq!(

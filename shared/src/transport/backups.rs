@@ -19,6 +19,16 @@ pub const BACKUP_FOLDER: &str = "backups";
 pub const BACKUP_INTERVAL_MS_DEFAULT: u64 = 6 * 60 * 60 * 1000;
 /// Default number of scheduled backups kept (two days at the default interval).
 pub const BACKUPS_KEPT_DEFAULT: usize = 8;
+/// [`BACKUP_INTERVAL_MS_DEFAULT`], for configuration defaults.
+pub fn default_interval_ms() -> u64 {
+    BACKUP_INTERVAL_MS_DEFAULT
+}
+
+/// [`BACKUPS_KEPT_DEFAULT`], for configuration defaults.
+pub fn default_kept() -> usize {
+    BACKUPS_KEPT_DEFAULT
+}
+
 /// How long a backup waits for a lock held by a writer checkpointing, in all.
 const BACKUP_BUSY_WAIT_MS: u64 = 30_000;
 
@@ -178,6 +188,15 @@ pub fn list(folder: &Path, prefix: &str) -> Result<Vec<BackupFile>, BackupError>
     }
     out.sort_by_key(|b| std::cmp::Reverse(b.taken_ms));
     Ok(out)
+}
+
+/// `backup list` as lines: each backup, newest first, or that there is none.
+pub fn list_lines(folder: &Path, prefix: &str) -> Result<Vec<String>, BackupError> {
+    let listed = list(folder, prefix)?;
+    if listed.is_empty() {
+        return Ok(vec![format!("no backups in {}", folder.display())]);
+    }
+    Ok(listed.iter().map(ToString::to_string).collect())
 }
 
 /// Removes all but the newest `keep` backups of `prefix`; returns what it removed.

@@ -24,6 +24,15 @@ use std::sync::Mutex;
 /// The content type of [`SyncMetrics::encode`]'s text.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// `/healthz`'s verdict from the database check: HTTP status and word. Healthy means the
+/// database takes a write; a store without HQ is healthy (it sells offline).
+pub fn health_verdict(database_writable: &Result<(), String>) -> (u16, &'static str) {
+    match database_writable {
+        Ok(()) => (200, "ok"),
+        Err(_) => (503, "failing"),
+    }
+}
+
 /// Which node the metrics are of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeRole {

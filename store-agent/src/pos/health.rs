@@ -21,13 +21,10 @@ pub(super) async fn healthz(State(state): State<PosState>) -> PosResult {
         .read(|r| Ok(Figures::read(r, NodeRole::Store, None)?))
         .await
         .ok();
-    let status = if writable.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let (code, verdict) = chainsync::transport::metrics::health_verdict(&writable);
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let body = json!({
-        "status": if writable.is_ok() { "ok" } else { "failing" },
+        "status": verdict,
         "store": state.store.as_str(),
         "version": env!("CARGO_PKG_VERSION"),
         "database_writable": writable.is_ok(),
