@@ -49,7 +49,7 @@ fn transport_config() -> Result<Arc<quinn::TransportConfig>, TransportError> {
     transport.max_concurrent_bidi_streams(2u8.into());
     // BBR rather than quinn's default (CUBIC): CUBIC takes random loss for congestion and a
     // store line with 15 % loss carried about 10 kB/s (5,000 receipts in 81 s); with BBR the
-    // same backlog drains in under 5 s (`cargo bench --bench lines`; see ARCHITECTURE.md).
+    // same backlog drains in under 5 s (`cargo bench --bench lines`; see docs/decisions.md).
     transport.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Ok(Arc::new(transport))
 }
