@@ -335,14 +335,15 @@ pub fn add_product(dir: &HqDir, product: chainsync::model::Product) -> Result<()
 pub const TOKEN_DAYS_MAX: u64 = 3_660;
 
 /// A new HQ API token for `role` (`admin`, `readonly`, or `regional:<region>`, the region
-/// known to HQ), refused after `expires_days` if given: `(token, id)`. The token is shown once.
+/// known to HQ), refused after `expires_days` if given: the token (shown once) and how HQ keeps
+/// it.
 pub fn add_token(
     replica: &mut Replica,
     name: &str,
     role: &str,
     expires_days: Option<u64>,
     now_ms: u64,
-) -> Result<(String, String)> {
+) -> Result<(String, chainsync::replica::ApiToken)> {
     if name.trim().is_empty() {
         bail!("a token needs the name of who holds it");
     }
@@ -367,8 +368,8 @@ pub fn add_token(
     let mut bytes = [0u8; 24];
     rand::fill(&mut bytes);
     let token = hex::encode(bytes);
-    let id = replica.add_api_token(&token, name, role, region.as_ref(), expires_ms, now_ms)?;
-    Ok((token, id))
+    let kept = replica.add_api_token(&token, name, role, region.as_ref(), expires_ms, now_ms)?;
+    Ok((token, kept))
 }
 
 /// `hq-server token list`: every token, revoked and expired ones too.

@@ -1211,22 +1211,14 @@ async fn add_token(
 ) -> ApiResult {
     admin_only(&role)?;
     let Json(req) = body?;
-    let made = hub
+    let (token, kept) = hub
         .replica()
         .call(move |r| {
             crate::admin::add_token(r, &req.name, &req.role, req.expires_days, now_ms())
                 .map_err(anyhow_invalid)
         })
         .await??;
-    let (token, id) = made;
-    let listed = read(&hub, move |r| {
-        r.api_tokens()?
-            .into_iter()
-            .find(|t| t.id == id)
-            .ok_or_else(|| ApiError::invalid("the new token was not found"))
-    })
-    .await?;
-    let mut answer = token_json(&listed, now_ms());
+    let mut answer = token_json(&kept, now_ms());
     answer["token"] = json!(token);
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }

@@ -984,7 +984,7 @@ fn main() -> Result<()> {
             let dir = HqDir::new(&data);
             let state = dir.load()?;
             let mut replica = dir.open_replica(&state.key)?;
-            let (token, id) = admin::add_token(
+            let (token, kept) = admin::add_token(
                 &mut replica,
                 &name,
                 &role,
@@ -993,7 +993,10 @@ fn main() -> Result<()> {
             )?;
             // Only the token on stdout, so scripts can take it; its id for the record.
             println!("{token}");
-            eprintln!("token id {id} (for `hq-server token list` and `token revoke`)");
+            eprintln!(
+                "token id {} (for `hq-server token list` and `token revoke`)",
+                kept.id
+            );
             Ok(())
         }
         Command::Backup(BackupCommand::Now { data }) => {

@@ -4,7 +4,7 @@
 
 use chainsync::protocol::frame::{ErrorCode, FRAME_BYTES_MAX, Frame, FrameDecoder, encode_frame};
 use chainsync::transport::tls::client_config;
-use chainsync_tests::e2e::{Agent, Hq, wait_until};
+use chainsync_tests::e2e::{Agent, Hq, Proc, wait_until};
 use serde_json::json;
 use std::time::Duration;
 
@@ -21,6 +21,24 @@ async fn connect_raw(hq: &Hq) -> (quinn::Endpoint, quinn::Connection) {
         .await
         .unwrap();
     (endpoint, conn)
+}
+
+/// HQ with the catalog of [`setup`] and store S001 running and holding it. `quiet`: the store
+/// pulls only on notices (its poll every 10 minutes), so a test sees what a notice or a
+/// reconnect does.
+fn store_in_session(root: &std::path::Path, quiet: bool) -> (Hq, Proc, Agent, Proc) {
+    let hq = setup(root);
+    let provision = hq.add_store("S001", "north");
+    let hq_proc = hq.start();
+    let agent = Agent::init(root, "S001", &provision).unwrap();
+    if quiet {
+        agent.set_poll_interval_ms(600_000);
+    }
+    let agent_proc = agent.start();
+    wait_until(WAIT, "the catalog at the store", || {
+        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
+    });
+    (hq, hq_proc, agent, agent_proc)
 }
 
 /// The next frame HQ sends on `recv`.
@@ -61,14 +79,7 @@ fn setup(root: &std::path::Path) -> Hq {
 #[test]
 fn unenrolled_clients_and_oversized_frames_are_refused_while_hq_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let hq = setup(dir.path());
-    let provision = hq.add_store("S001", "north");
-    let _hq = hq.start();
-    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
-    let _agent = agent.start();
-    wait_until(WAIT, "the catalog at the store", || {
-        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
-    });
+    let (hq, _hq_proc, agent, _agent_proc) = store_in_session(dir.path(), false);
 
     let hello = encode_frame(&Frame::Hello {
         node: "S999".into(),
@@ -110,15 +121,7 @@ fn unenrolled_clients_and_oversized_frames_are_refused_while_hq_keeps_serving() 
 #[test]
 fn an_agent_reconnects_after_hq_restarts_and_delivers_what_it_sold() {
     let dir = tempfile::tempdir().unwrap();
-    let hq = setup(dir.path());
-    let provision = hq.add_store("S001", "north");
-    let hq_proc = hq.start();
-    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
-    agent.set_poll_interval_ms(600_000);
-    let _agent = agent.start();
-    wait_until(WAIT, "the price at the store", || {
-        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
-    });
+    let (hq, hq_proc, agent, _agent_proc) = store_in_session(dir.path(), true);
 
     assert!(hq_proc.terminate());
     wait_until(WAIT, "the agent to notice", || {
@@ -151,15 +154,7 @@ fn an_agent_reconnects_after_hq_restarts_and_delivers_what_it_sold() {
 #[test]
 fn a_store_reconnects_at_once_after_hq_is_killed_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
-    let hq = setup(dir.path());
-    let provision = hq.add_store("S001", "north");
-    let hq_proc = hq.start();
-    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
-    agent.set_poll_interval_ms(600_000);
-    let _agent = agent.start();
-    wait_until(WAIT, "the price at the store", || {
-        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
-    });
+    let (hq, hq_proc, agent, _agent_proc) = store_in_session(dir.path(), true);
     hq_proc.kill9();
     let sale = json!({ "lines": [{ "sku": "cola", "qty": 1 }] });
     let (status, body) = agent.send("POST", "/v1/sales", &sale);
@@ -228,14 +223,7 @@ fn hq_stops_at_once_on_sigterm_even_with_a_connection_that_never_opened_a_sessio
 #[test]
 fn an_agent_stops_at_once_on_sigterm_while_it_tries_to_reach_hq() {
     let dir = tempfile::tempdir().unwrap();
-    let hq = setup(dir.path());
-    let provision = hq.add_store("S001", "north");
-    let hq_proc = hq.start();
-    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
-    let agent_proc = agent.start();
-    wait_until(WAIT, "the price at the store", || {
-        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
-    });
+    let (_hq, hq_proc, agent, agent_proc) = store_in_session(dir.path(), false);
     assert!(hq_proc.terminate());
     wait_until(WAIT, "the agent to notice", || {
         (agent.get("/v1/sync").1["connected"] == false).then_some(())
@@ -268,14 +256,7 @@ fn garbage_from_an_authenticated_store_is_refused_and_changes_nothing() {
     use ed25519_dalek::Signer;
 
     let dir = tempfile::tempdir().unwrap();
-    let hq = setup(dir.path());
-    let provision = hq.add_store("S001", "north");
-    let _hq = hq.start();
-    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
-    let _agent = agent.start();
-    wait_until(WAIT, "the catalog at the store", || {
-        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
-    });
+    let (hq, _hq_proc, agent, _agent_proc) = store_in_session(dir.path(), false);
     let key = chainsync::transport::keyfile::read_key(&agent.data.join("store.key")).unwrap();
     let replica = hq.replica();
     let heads_before = replica.heads().unwrap();
@@ -407,14 +388,7 @@ fn a_connection_that_does_not_authenticate_is_bounded_in_time_and_bytes() {
 fn at_most_256_connections_authenticate_at_once_and_sessions_carry_on() {
     use chainsync::transport::hub::UNAUTHENTICATED_MAX;
     let dir = tempfile::tempdir().unwrap();
-    let hq = setup(dir.path());
-    let provision = hq.add_store("S001", "north");
-    let _hq = hq.start();
-    let agent = Agent::init(dir.path(), "S001", &provision).unwrap();
-    let _agent = agent.start();
-    wait_until(WAIT, "the catalog at the store", || {
-        (agent.get("/v1/prices/cola").1["price_cents"] == 129).then_some(())
-    });
+    let (hq, _hq_proc, agent, _agent_proc) = store_in_session(dir.path(), false);
     let replica = hq.replica();
     let cert = std::fs::read(hq.data.join("hq-cert.der")).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

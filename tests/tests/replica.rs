@@ -1036,7 +1036,7 @@ fn api_tokens_expire_and_are_revoked_and_old_databases_gain_the_columns() {
     assert_eq!((old[0].expires_ms, old[0].revoked_ms), (None, None));
 
     let north = region("north");
-    let id = hq
+    let made = hq
         .add_api_token(
             "secret-1",
             "Ann",
@@ -1046,10 +1046,12 @@ fn api_tokens_expire_and_are_revoked_and_old_databases_gain_the_columns() {
             T0,
         )
         .unwrap();
+    let id = made.id.clone();
     let ann = hq
         .api_token("secret-1")
         .unwrap()
         .expect("found by the token");
+    assert_eq!(ann, made, "what add_api_token returns is what HQ keeps");
     assert_eq!(ann.id, id);
     assert_eq!(id.len(), chainsync::replica::TOKEN_ID_HEX_CHARS);
     assert_eq!(

@@ -285,10 +285,8 @@ pub struct HubOutput {
     /// Streams that moved because of this store's push: the driver tells the other sessions
     /// ([`HubSession::notify`]).
     pub moved: Vec<(StreamId, u64)>,
-    /// What was refused from this store's push, for the log.
-    pub rejected: Vec<String>,
-    /// The kind of each refusal ([`crate::validate::ChangeSetError::kind`]), for metrics.
-    pub rejected_kinds: Vec<&'static str>,
+    /// What was refused from this store's push, for the log and the metrics.
+    pub rejected: Vec<crate::validate::ChangeSetError>,
 }
 
 enum HubState {
@@ -411,13 +409,12 @@ impl HubSession {
                     .apply_push(&peer.node, &batch, now_ms)
                     .map_err(storage)?;
                 let heads = store.own_heads(&peer.node).map_err(storage)?;
-                out.moved = report.applied.clone();
-                out.rejected = report.rejected.iter().map(ToString::to_string).collect();
-                out.rejected_kinds = report.rejected.iter().map(|e| e.kind()).collect();
+                out.moved = report.applied;
                 out.frames.push(Frame::PushAck {
                     heads: to_wire_cursors(&heads),
-                    rejected: out.rejected.clone(),
+                    rejected: report.rejected.iter().map(ToString::to_string).collect(),
                 });
+                out.rejected = report.rejected;
             }
             (HubState::Open { peer }, Frame::Pull { cursors, seeding }) => {
                 let peer = still_enrolled(store, &peer.node)?;

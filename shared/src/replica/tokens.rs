@@ -92,7 +92,7 @@ pub(super) fn add_missing_columns(tx: &Transaction<'_>) -> Result<(), ReplicaErr
 
 impl Replica {
     /// Adds an HQ API token for `role` (`admin`, `readonly`, `regional` with `region`),
-    /// refused from `expires_ms` on if given. Returns its id.
+    /// refused from `expires_ms` on if given. Returns it as kept.
     pub fn add_api_token(
         &mut self,
         token: &str,
@@ -101,7 +101,7 @@ impl Replica {
         region: Option<&RegionId>,
         expires_ms: Option<u64>,
         now_ms: u64,
-    ) -> Result<String, ReplicaError> {
+    ) -> Result<ApiToken, ReplicaError> {
         let hash = token_hash(token);
         let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.conn.execute(
@@ -116,7 +116,15 @@ impl Replica {
                 expires_ms.map(ms)
             ],
         )?;
-        Ok(token_id(&hash))
+        Ok(ApiToken {
+            id: token_id(&hash),
+            name: name.to_owned(),
+            role: role.to_owned(),
+            region: region.map(|r| r.to_string()),
+            created_ms: now_ms,
+            expires_ms,
+            revoked_ms: None,
+        })
     }
 
     /// The token a presented bearer token is, if HQ made it (revoked and expired ones too:

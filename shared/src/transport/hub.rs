@@ -278,8 +278,8 @@ impl Hub {
                                     tracing::warn!(store = %peer.node, "refused change set: {reason}");
                                 }
                             }
-                            for kind in &out.rejected_kinds {
-                                self.metrics.rejected(kind);
+                            for refusal in &out.rejected {
+                                self.metrics.rejected(refusal.kind());
                             }
                             self.metrics.frames(Direction::Out, &out.frames);
                             write_frames(&mut send, &out.frames).await?;
