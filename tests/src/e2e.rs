@@ -515,3 +515,77 @@ pub fn write_catalog(
             .expect("prices");
     }
 }
+
+/// An HTTP/1.1 client that keeps its loopback connection open between requests, as a till's
+/// POS client does (the one-shot [`http`] opens a connection per request). Answers must carry a
+/// `Content-Length` (every JSON answer of the APIs does). For benchmarks.
+pub struct KeptConnection {
+    addr: SocketAddr,
+    stream: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl KeptConnection {
+    pub fn open(addr: SocketAddr) -> std::io::Result<KeptConnection> {
+        let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        Ok(KeptConnection {
+            addr,
+            stream: std::io::BufReader::new(stream),
+        })
+    }
+
+    /// One request on the open connection: the status and the JSON body (`Null` if not JSON).
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> std::io::Result<(u16, Value)> {
+        use std::io::{BufRead, Read, Write};
+        let body = body.unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.stream.get_mut().write_all(&request)?;
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let mut line = String::new();
+        self.stream.read_line(&mut line)?;
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no status line"))?;
+        let mut length = None;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line)? == 0 {
+                return Err(bad("connection closed in the headers"));
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+        let mut answer = vec![0; length.ok_or_else(|| bad("no Content-Length"))?];
+        self.stream.read_exact(&mut answer)?;
+        Ok((
+            status,
+            serde_json::from_slice(&answer).unwrap_or(Value::Null),
+        ))
+    }
+}
