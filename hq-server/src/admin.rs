@@ -734,3 +734,96 @@ pub fn set_card_status(dir: &HqDir, number: &str, status: &str, by: Option<&str>
     );
     Ok(())
 }
+
+/// `hq-server restore --from FILE`: the backup over HQ's database (HQ stopped; the database as
+/// it was backed up first), then the reclaim begins: HQ writes nothing until the stores have
+/// returned what they hold of its history after the backup (`chainsync::replica` reclaim).
+pub fn restore(dir: &HqDir, from: &Path) -> Result<()> {
+    use chainsync::transport::backups;
+    let state = dir.load()?;
+    if crate::demo::http_text(state.config.api_listen, "GET", "/healthz", None, None).is_ok() {
+        bail!(
+            "HQ is running (it answers on {}): stop it first (`hq-server service stop`)",
+            state.config.api_listen
+        );
+    }
+    let node = backups::node_of(from)?;
+    if node != NodeId::hq().as_str() {
+        bail!("{} is a backup of {node}, not of HQ", from.display());
+    }
+    let db = dir.root.join("hq.db");
+    let now = now_ms();
+    if db.exists() {
+        let before = backups::backup_now(
+            &db,
+            &dir.root.join(backups::BACKUP_FOLDER),
+            "before-restore",
+            now,
+        )?;
+        println!("the database as it was: {}", before.path.display());
+    }
+    backups::restore(from, &db)?;
+    dir.open_replica(&state.key)?.begin_reclaim(now)?;
+    println!(
+        "restored {} from {}. HQ writes nothing until every store has returned what it holds \
+         of HQ's history after the backup: start HQ, let the stores connect, and watch \
+         `hq-server reclaim status`",
+        db.display(),
+        from.display()
+    );
+    Ok(())
+}
+
+/// `hq-server reclaim status`.
+pub fn reclaim_status(dir: &HqDir) -> Result<()> {
+    let state = dir.load()?;
+    let status = dir.open_replica(&state.key)?.reclaim_status()?;
+    match status.since_ms {
+        Some(since) => println!("reclaiming since {since} (Unix ms): HQ writes nothing yet"),
+        None => match status.ended_ms {
+            Some(ended) => println!("not reclaiming; the last reclaim ended at {ended} (Unix ms)"),
+            None => println!("not reclaiming"),
+        },
+    }
+    let names = |ids: &[NodeId]| {
+        ids.iter()
+            .map(NodeId::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "stores returned ({}): {}",
+        status.stores_returned.len(),
+        names(&status.stores_returned)
+    );
+    println!(
+        "stores waited for ({}): {}",
+        status.stores_waiting.len(),
+        names(&status.stores_waiting)
+    );
+    for (stream, held, claimed) in &status.streams_behind {
+        println!("behind: {stream} HQ holds {held}, a store held {claimed}");
+    }
+    Ok(())
+}
+
+/// `hq-server reclaim finish`: HQ writes again, whatever the stores returned.
+pub fn reclaim_finish(dir: &HqDir) -> Result<()> {
+    let state = dir.load()?;
+    let mut replica = dir.open_replica(&state.key)?;
+    let status = replica.reclaim_status()?;
+    if status.since_ms.is_none() {
+        bail!("HQ is not reclaiming: nothing to finish");
+    }
+    replica.end_reclaim(now_ms())?;
+    if !status.stores_waiting.is_empty() || !status.streams_behind.is_empty() {
+        eprintln!(
+            "warning: {} store(s) not heard from and {} stream(s) behind; a store holding later \
+             HQ change sets will halt those streams (`hq-server report halts`)",
+            status.stores_waiting.len(),
+            status.streams_behind.len()
+        );
+    }
+    println!("reclaim finished: HQ writes again");
+    Ok(())
+}

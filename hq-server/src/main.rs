@@ -97,10 +97,22 @@ enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Online backups of HQ's database into DATA/backups (HQ keeps running): now, or list.
-    /// (Restoring HQ from a backup is not offered yet: stores hold HQ change sets later than
-    /// any backup, and HQ must take those back before it writes again.)
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Replace HQ's database by a backup (stop HQ first; the database as it was is backed up
+    /// first). HQ then writes nothing until the stores have returned what they hold of its
+    /// history after the backup (`reclaim status`).
+    Restore {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+        /// The backup file (from `backup list`).
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// After a restore: which stores have returned HQ's later history (status), or end the
+    /// wait before all have (finish).
+    #[command(subcommand)]
+    Reclaim(ReclaimCommand),
     /// Manage promotions.
     #[command(subcommand)]
     Promo(PromoCommand),
@@ -540,6 +552,21 @@ enum BundleCommand {
         data: PathBuf,
         #[arg(long)]
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReclaimCommand {
+    /// Stores that have returned what they held, stores waited for, streams still behind.
+    Status {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
+    },
+    /// Let HQ write again before every store has returned its history. A store that still
+    /// holds later HQ change sets will halt those streams as forks (`report halts`).
+    Finish {
+        #[arg(long, default_value = "hq-data")]
+        data: PathBuf,
     },
 }
 
@@ -1019,6 +1046,13 @@ fn main() -> Result<()> {
                 println!("{line}");
             }
             Ok(())
+        }
+        Command::Restore { data, from } => admin::restore(&HqDir::new(&data), &from),
+        Command::Reclaim(ReclaimCommand::Status { data }) => {
+            admin::reclaim_status(&HqDir::new(&data))
+        }
+        Command::Reclaim(ReclaimCommand::Finish { data }) => {
+            admin::reclaim_finish(&HqDir::new(&data))
         }
         Command::Token(TokenCommand::List { data }) => admin::list_tokens(&HqDir::new(&data)),
         Command::Token(TokenCommand::Revoke { data, id }) => {

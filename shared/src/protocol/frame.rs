@@ -23,7 +23,13 @@ use crate::ids::StreamId;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The oldest version this build still accepts from a peer, so that HQ and agents one version
+/// apart keep syncing during a roll-out. A version may only add frame variants at the end of
+/// [`Frame`]: a frame of the older version then decodes as the same frame here, and a frame
+/// written for an older peer ([`encode_frame_as`]) is refused if that peer lacks its variant
+/// ([`Frame::since_version`]).
+pub const PROTOCOL_VERSION_OLDEST: u16 = 2;
 /// Largest frame payload. Holds a full batch ([`BATCH_BYTES_MAX`]) plus the largest single
 /// change set with room for framing, and bounds what a peer can make us buffer.
 pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -136,6 +142,15 @@ pub enum Frame {
     /// HQ -> store: the answer to lookup `id`, postcard of
     /// `Result<`[`crate::lookup::LookupAnswer`]`, String>`.
     LookupAnswer { id: u64, answer: Vec<u8> },
+    /// HQ -> store (version 3): HQ was restored from a backup and holds these streams only this
+    /// far, less than the store's Hello said it holds: send me what you hold beyond.
+    Reclaim { cursors: Vec<WireCursor> },
+    /// Store -> HQ (version 3): change sets of the streams HQ reclaimed, beyond its cursors, in
+    /// order; `more` if the store holds more than fitted.
+    Returned {
+        change_sets: Vec<WireChangeSet>,
+        more: bool,
+    },
 }
 
 impl Frame {
@@ -156,6 +171,16 @@ impl Frame {
             Frame::Error { .. } => "Error",
             Frame::Lookup { .. } => "Lookup",
             Frame::LookupAnswer { .. } => "LookupAnswer",
+            Frame::Reclaim { .. } => "Reclaim",
+            Frame::Returned { .. } => "Returned",
+        }
+    }
+
+    /// The first protocol version that has this frame.
+    pub fn since_version(&self) -> u16 {
+        match self {
+            Frame::Reclaim { .. } | Frame::Returned { .. } => 3,
+            _ => 2,
         }
     }
 }
@@ -173,14 +198,29 @@ pub enum FrameError {
     #[error("malformed frame: {0}")]
     Malformed(String),
     /// The peer speaks another protocol version.
-    #[error("protocol version {got} (this build speaks {supported})")]
+    #[error("protocol version {got} (this build speaks {PROTOCOL_VERSION_OLDEST} to {supported})")]
     Version { got: u16, supported: u16 },
+    /// A frame written for a peer of an older version that lacks it.
+    #[error("a {frame} frame cannot be sent to a peer speaking protocol version {version}")]
+    NotInVersion { frame: &'static str, version: u16 },
 }
 
-/// Encodes a frame with its length prefix.
+/// Encodes a frame with its length prefix, in this build's version.
 pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    encode_frame_as(frame, PROTOCOL_VERSION)
+}
+
+/// Encodes a frame for a peer speaking `version` (HQ answers each store in the version of its
+/// frames); a frame that version lacks is an error.
+pub fn encode_frame_as(frame: &Frame, version: u16) -> Result<Vec<u8>, FrameError> {
+    if frame.since_version() > version {
+        return Err(FrameError::NotInVersion {
+            frame: frame.name(),
+            version,
+        });
+    }
     let envelope = Envelope {
-        version: PROTOCOL_VERSION,
+        version,
         frame: frame.clone(),
     };
     let payload =
@@ -199,6 +239,12 @@ pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, FrameError> {
 
 /// Decodes one payload (without its length prefix).
 pub fn decode_payload(payload: &[u8]) -> Result<Frame, FrameError> {
+    decode_versioned(payload).map(|e| e.frame)
+}
+
+/// Decodes one payload with the version it was written in (from
+/// [`PROTOCOL_VERSION_OLDEST`] to [`PROTOCOL_VERSION`]).
+pub fn decode_versioned(payload: &[u8]) -> Result<Envelope, FrameError> {
     if payload.len() > FRAME_BYTES_MAX {
         return Err(FrameError::TooLarge {
             len: payload.len(),
@@ -209,7 +255,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<Frame, FrameError> {
     // than a confusing decode error.
     let (version, _) = postcard::take_from_bytes::<u16>(payload)
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
-    if version != PROTOCOL_VERSION {
+    if !(PROTOCOL_VERSION_OLDEST..=PROTOCOL_VERSION).contains(&version) {
         return Err(FrameError::Version {
             got: version,
             supported: PROTOCOL_VERSION,
@@ -223,13 +269,21 @@ pub fn decode_payload(payload: &[u8]) -> Result<Frame, FrameError> {
             rest.len()
         )));
     }
-    Ok(envelope.frame)
+    if envelope.frame.since_version() > version {
+        return Err(FrameError::NotInVersion {
+            frame: envelope.frame.name(),
+            version,
+        });
+    }
+    Ok(envelope)
 }
 
 /// Reassembles frames from a byte stream.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// The version of the last frame decoded (the peer's).
+    version: u16,
     /// Largest frame payload accepted now ([`FRAME_BYTES_MAX`] unless lowered).
     frame_bytes_max: usize,
 }
@@ -238,6 +292,7 @@ impl Default for FrameDecoder {
     fn default() -> Self {
         Self {
             buf: Vec::new(),
+            version: PROTOCOL_VERSION,
             frame_bytes_max: FRAME_BYTES_MAX,
         }
     }
@@ -281,9 +336,16 @@ impl FrameDecoder {
         if self.buf.len() < end {
             return Ok(None);
         }
-        let frame = decode_payload(&self.buf[LENGTH_PREFIX_BYTES..end]);
+        let envelope = decode_versioned(&self.buf[LENGTH_PREFIX_BYTES..end]);
         self.buf.drain(..end);
-        frame.map(Some)
+        let envelope = envelope?;
+        self.version = envelope.version;
+        Ok(Some(envelope.frame))
+    }
+
+    /// The protocol version of the last frame decoded: the version the peer speaks.
+    pub fn peer_version(&self) -> u16 {
+        self.version
     }
 
     /// Call at end of input: an unfinished frame is an error.
@@ -503,10 +565,10 @@ mod tests {
     #[test]
     fn garbage_and_other_versions_are_named() {
         let mut decoder = FrameDecoder::default();
-        decoder.push(&[0, 0, 0, 3, 1, 0xff, 0xff]).unwrap();
+        decoder.push(&[0, 0, 0, 3, 9, 0xff, 0xff]).unwrap();
         assert!(matches!(
             decoder.next_frame(),
-            Err(FrameError::Version { got: 1 | 2.., .. }) | Err(FrameError::Malformed(_))
+            Err(FrameError::Version { got: 9, .. }) | Err(FrameError::Malformed(_))
         ));
         let mut payload = postcard::to_allocvec(&Envelope {
             version: 9,

@@ -12,7 +12,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::frame::{Frame, FrameDecoder, encode_frame};
+use super::frame::{Frame, FrameDecoder, FrameError, PROTOCOL_VERSION, encode_frame_as};
 use super::session::{HubSession, LeafSession, SessionError};
 use crate::replica::Replica;
 use ed25519_dalek::SigningKey;
@@ -51,6 +51,26 @@ pub fn sync_pair_clocks(
     hub_now_ms: u64,
     leaf_now_ms: u64,
 ) -> Result<LocalSyncStats, SessionError> {
+    sync_pair_speaking(
+        hub,
+        leaf,
+        leaf_key,
+        hub_now_ms,
+        leaf_now_ms,
+        PROTOCOL_VERSION,
+    )
+}
+
+/// [`sync_pair_clocks`] with the store speaking protocol `leaf_version` (an agent one version
+/// behind HQ): its frames are written in that version, and it takes no frame of a later one.
+pub fn sync_pair_speaking(
+    hub: &mut Replica,
+    leaf: &mut Replica,
+    leaf_key: SigningKey,
+    hub_now_ms: u64,
+    leaf_now_ms: u64,
+    leaf_version: u16,
+) -> Result<LocalSyncStats, SessionError> {
     let binding = b"in-process".to_vec();
     // The nonce only has to be unique per session; in-process, the clock reading serves.
     let mut nonce = [0u8; 32];
@@ -65,11 +85,22 @@ pub fn sync_pair_clocks(
             return Err(SessionError::Timeout(0));
         }
         let mut to_leaf = Vec::new();
-        for frame in through_codec(to_hub)? {
+        let (frames, version) = through_codec(to_hub, leaf_version)?;
+        hub_session.set_peer_version(version);
+        for frame in frames {
             to_leaf.extend(hub_session.handle(hub_now_ms, frame, hub)?.frames);
         }
         to_hub = Vec::new();
-        for frame in through_codec(to_leaf)? {
+        // HQ answers in the store's version; an older store could not read a later one.
+        let (frames, version) = through_codec(to_leaf, version)?;
+        if version > leaf_version {
+            return Err(FrameError::Version {
+                got: version,
+                supported: leaf_version,
+            }
+            .into());
+        }
+        for frame in frames {
             to_hub.extend(leaf_session.handle(leaf_now_ms, frame, leaf)?);
         }
     }
@@ -82,16 +113,22 @@ pub fn sync_pair_clocks(
     })
 }
 
-/// Encodes and decodes frames, so the in-process path exercises the same codec as the network.
-fn through_codec(frames: Vec<Frame>) -> Result<Vec<Frame>, SessionError> {
+/// Encodes frames in `version` and decodes them, so the in-process path exercises the same
+/// codec as the network; returns the frames and the version the decoder saw.
+fn through_codec(frames: Vec<Frame>, version: u16) -> Result<(Vec<Frame>, u16), SessionError> {
     let mut decoder = FrameDecoder::default();
     for frame in &frames {
-        decoder.push(&encode_frame(frame)?)?;
+        decoder.push(&encode_frame_as(frame, version)?)?;
     }
     let mut out = Vec::with_capacity(frames.len());
     while let Some(frame) = decoder.next_frame()? {
         out.push(frame);
     }
     decoder.finish()?;
-    Ok(out)
+    let seen = if out.is_empty() {
+        version
+    } else {
+        decoder.peer_version()
+    };
+    Ok((out, seen))
 }

@@ -193,6 +193,30 @@ impl HubStore for Replica {
         Ok(answer)
     }
 
+    fn head_seq(&self, stream: &StreamId) -> Result<u64, ReplicaError> {
+        Replica::head_seq(self, stream)
+    }
+
+    fn apply_returned(
+        &mut self,
+        _peer: &NodeId,
+        batch: &[SignedChangeSet],
+        now_ms: u64,
+    ) -> Result<BatchReport, ReplicaError> {
+        // Like change sets from a file: each verifies under its own origin's key.
+        self.apply_batch(batch, None, now_ms)
+    }
+
+    fn note_reclaim(
+        &mut self,
+        peer: &NodeId,
+        claimed: &[(StreamId, u64)],
+        returned_all: bool,
+        now_ms: u64,
+    ) -> Result<(), ReplicaError> {
+        Replica::note_reclaim(self, peer, claimed, returned_all, now_ms).map(|_| ())
+    }
+
     fn record_cursors(
         &mut self,
         peer: &NodeId,

@@ -13,7 +13,14 @@
 //!                              <-         Batch {change sets, more}   (store applies, commits,
 //! Pull {cursors} ...           ->                                       pulls again if more)
 //!                              <-         Notify {heads}              (realtime: new data)
+//!                              <-         Reclaim {cursors}           (HQ holds less than the
+//! Returned {change sets, more} ->                                       store's Hello said)
 //! ```
+//!
+//! `Reclaim` is how an HQ restored from a backup takes back what the stores hold beyond it
+//! ([`crate::replica`]'s `reclaim` module): right after `Welcome`, HQ asks for every stream the
+//! store's Hello shows further than HQ holds it, applies what comes back through the gate, and
+//! asks again until it holds all the store had. Only stores speaking version 3 are asked.
 //!
 //! Sessions take frames and time and return frames; storage is reached through [`HubStore`] and
 //! [`LeafStore`], which the SQLite replica implements. No socket, clock or randomness inside:
@@ -223,6 +230,24 @@ pub trait HubStore {
         query: &LookupQuery,
         now_ms: u64,
     ) -> Result<LookupAnswer, Self::Error>;
+    /// How far HQ holds `stream` (0 if not at all).
+    fn head_seq(&self, stream: &StreamId) -> Result<u64, Self::Error>;
+    /// Validates and durably applies change sets a store returned (HQ's own, or relayed ones of
+    /// other origins): each must verify under its origin's key, like one from a file.
+    fn apply_returned(
+        &mut self,
+        peer: &NodeId,
+        batch: &[SignedChangeSet],
+        now_ms: u64,
+    ) -> Result<BatchReport, Self::Error>;
+    /// Notes for a reclaim that `peer` holds `claimed` beyond HQ and whether it returned all.
+    fn note_reclaim(
+        &mut self,
+        peer: &NodeId,
+        claimed: &[(StreamId, u64)],
+        returned_all: bool,
+        now_ms: u64,
+    ) -> Result<(), Self::Error>;
     /// Remembers how far `peer` holds what it follows.
     fn record_cursors(
         &mut self,
@@ -307,6 +332,10 @@ pub struct HubSession {
     state: HubState,
     nonce: [u8; 32],
     tls_binding: Vec<u8>,
+    /// The protocol version the store speaks (of its last frame).
+    peer_version: u16,
+    /// Streams the store holds further than HQ, with the store's seq, while HQ takes them back.
+    reclaiming: BTreeMap<StreamId, u64>,
 }
 
 impl HubSession {
@@ -317,7 +346,59 @@ impl HubSession {
             state: HubState::AwaitHello,
             nonce,
             tls_binding,
+            peer_version: super::frame::PROTOCOL_VERSION,
+            reclaiming: BTreeMap::new(),
         }
+    }
+
+    /// The protocol version of the store's frames, as the codec decoded them: frames it lacks
+    /// are not sent to it.
+    pub fn set_peer_version(&mut self, version: u16) {
+        self.peer_version = version;
+    }
+
+    /// A `Reclaim` for the streams still held further by the store than by HQ, after noting
+    /// where this store stands; `None` once HQ holds all it claimed (or it cannot be asked).
+    fn reclaim_next<S: HubStore>(
+        &mut self,
+        now_ms: u64,
+        progressed: bool,
+        store: &mut S,
+    ) -> Result<Option<Frame>, SessionError> {
+        let Some(node) = self.peer().map(|p| p.node.clone()) else {
+            return Ok(None);
+        };
+        let mut behind = Vec::new();
+        for (stream, seq) in &self.reclaiming {
+            let held = store.head_seq(stream).map_err(storage)?;
+            if held < *seq {
+                behind.push((stream.clone(), held));
+            }
+        }
+        let claimed: Vec<(StreamId, u64)> = self
+            .reclaiming
+            .iter()
+            .map(|(s, q)| (s.clone(), *q))
+            .collect();
+        if behind.is_empty() {
+            self.reclaiming.clear();
+            store
+                .note_reclaim(&node, &claimed, true, now_ms)
+                .map_err(storage)?;
+            return Ok(None);
+        }
+        store
+            .note_reclaim(&node, &claimed, false, now_ms)
+            .map_err(storage)?;
+        // An older agent cannot be asked; one that returned nothing usable is not asked again
+        // in this session (what it could not give shows in `hq-server reclaim status`).
+        if self.peer_version < 3 || !progressed {
+            self.reclaiming.clear();
+            return Ok(None);
+        }
+        Ok(Some(Frame::Reclaim {
+            cursors: to_wire_cursors(&behind),
+        }))
     }
 
     /// The authenticated store, once there is one.
@@ -400,6 +481,14 @@ impl HubSession {
                     hq_time_ms: now_ms,
                 });
                 self.state = HubState::Open { peer };
+                // What the store holds further than HQ: HQ lost it (restored from a backup).
+                self.reclaiming.clear();
+                for (stream, seq) in cursors {
+                    if store.head_seq(&stream).map_err(storage)? < seq {
+                        self.reclaiming.insert(stream, seq);
+                    }
+                }
+                out.frames.extend(self.reclaim_next(now_ms, true, store)?);
             }
             (HubState::Open { peer }, Frame::Push { change_sets }) => {
                 let peer = still_enrolled(store, &peer.node)?;
@@ -456,6 +545,21 @@ impl HubSession {
                     more: more || plan.more,
                     hq_time_ms: now_ms,
                 });
+            }
+            (HubState::Open { peer }, Frame::Returned { change_sets, .. })
+                if !self.reclaiming.is_empty() =>
+            {
+                let peer = still_enrolled(store, &peer.node)?;
+                self.state = HubState::Open { peer: peer.clone() };
+                let batch = from_wire_change_sets(change_sets)?;
+                let report = store
+                    .apply_returned(&peer.node, &batch, now_ms)
+                    .map_err(storage)?;
+                let progressed = !report.applied.is_empty();
+                out.moved = report.applied;
+                out.rejected = report.rejected;
+                out.frames
+                    .extend(self.reclaim_next(now_ms, progressed, store)?);
             }
             (HubState::Open { peer }, Frame::Lookup { id, query }) => {
                 let peer = still_enrolled(store, &peer.node)?;
@@ -551,6 +655,8 @@ pub struct LeafCounters {
     pub rejected_change_sets: u64,
     /// Snapshot parts loaded.
     pub seeded_parts: u64,
+    /// Change sets returned to an HQ restored from a backup.
+    pub returned_change_sets: u64,
 }
 
 /// A push sent and not yet answered.
@@ -723,9 +829,15 @@ impl LeafSession {
                 },
             ) => {
                 self.learn_hq_clock(since_ms, hq_time_ms, now_ms, store)?;
-                store
-                    .set_hub_acked(&from_wire_cursors(own_heads)?)
-                    .map_err(storage)?;
+                // HQ lists every stream of this store it holds: one it does not list it holds
+                // not at all (an HQ restored from an older backup), so it is pushed from the start.
+                let mut acked = from_wire_cursors(own_heads)?;
+                for (stream, _, _) in store.own_streams().map_err(storage)? {
+                    if !acked.iter().any(|(s, _)| *s == stream) {
+                        acked.push((stream, 0));
+                    }
+                }
+                store.set_hub_acked(&acked).map_err(storage)?;
                 self.state = LeafState::Open;
                 if self.exchange_once {
                     let heads = store.own_streams().map_err(storage)?;
@@ -782,6 +894,43 @@ impl LeafSession {
                     self.pull_again_at_ms = Some(now_ms.saturating_add(self.pull_retry_ms));
                     self.pull_retry_ms = (self.pull_retry_ms * 2).min(REFUSED_RETRY_MS_MAX);
                 }
+            }
+            (LeafState::Open, Frame::Reclaim { cursors }) => {
+                // HQ lost these streams beyond `cursors`: return what this store holds of them.
+                let heads: BTreeMap<StreamId, u64> = store
+                    .cursors()
+                    .map_err(storage)?
+                    .into_iter()
+                    .chain(
+                        store
+                            .own_streams()
+                            .map_err(storage)?
+                            .into_iter()
+                            .map(|(s, _, h)| (s, h)),
+                    )
+                    .collect();
+                let pending: Vec<PendingStream> = from_wire_cursors(cursors)?
+                    .into_iter()
+                    .filter_map(|(stream, after)| {
+                        let head = heads.get(&stream).copied().unwrap_or(0);
+                        (head > after).then(|| PendingStream {
+                            stream,
+                            after,
+                            count: head - after,
+                        })
+                    })
+                    .collect();
+                let gathered = gather(&pending, BATCH_CHANGE_SETS_MAX, BATCH_BYTES_MAX, store)
+                    .map_err(storage)?;
+                self.counters.returned_change_sets += gathered.change_sets.len() as u64;
+                out.push(Frame::Returned {
+                    change_sets: gathered
+                        .change_sets
+                        .iter()
+                        .map(WireChangeSet::from_signed)
+                        .collect(),
+                    more: gathered.left_out,
+                });
             }
             (LeafState::Open, Frame::LookupAnswer { id, answer }) => {
                 let answer = LookupAnswer::decode(&answer)

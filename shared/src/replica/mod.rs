@@ -30,6 +30,8 @@ pub use members::{
 };
 mod pricecheck;
 mod query;
+mod reclaim;
+pub use reclaim::ReclaimStatus;
 mod report;
 mod retail;
 pub use retail::{OriginalReceipt, OverrideRow, PromotionReportRow, UnverifiedReturn};
@@ -244,6 +246,7 @@ impl Replica {
                 updated_ms INTEGER NOT NULL
             );",
         )?;
+        tx.execute_batch(reclaim::RECLAIM_TABLES)?;
         tokens::add_missing_columns(&tx)?;
         if let Some(bytes) = get_meta(&tx, "hlc")? {
             let hlc: Hlc = postcard::from_bytes(&bytes)
@@ -357,6 +360,7 @@ impl Replica {
                     .into(),
             ));
         }
+        reclaim::refuse_while_reclaiming(&tx)?;
         let mut committed = Vec::with_capacity(writes.len());
         let mut stock = StockDeltas::default();
         let mut hlc = self.clock.last();

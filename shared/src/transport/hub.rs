@@ -8,7 +8,9 @@
 
 use super::actor::ReplicaHandle;
 use super::metrics::{Direction, NodeRole, OpenSession, SyncMetrics};
-use super::{CONNECTIONS_MAX, TransportError, now_ms, read_frame, tls, write_frames};
+use super::{
+    CONNECTIONS_MAX, TransportError, now_ms, read_frame, tls, write_frames, write_frames_as,
+};
 use crate::changeset::Op;
 use crate::ids::{StreamId, Topic};
 use crate::protocol::frame::FrameDecoder;
@@ -254,6 +256,9 @@ impl Hub {
                         }
                     };
                     let Some(mut s) = session.take() else { break Err(TransportError::Closed) };
+                    // Answered in the store's own version (an agent one version behind
+                    // during a roll-out is sent nothing it lacks).
+                    s.set_peer_version(decoder.peer_version());
                     self.metrics.frame(Direction::In, &frame);
                     let is_push = matches!(frame, crate::protocol::frame::Frame::Push { .. });
                     let started = std::time::Instant::now();
@@ -282,7 +287,7 @@ impl Hub {
                                 self.metrics.rejected(refusal.kind());
                             }
                             self.metrics.frames(Direction::Out, &out.frames);
-                            write_frames(&mut send, &out.frames).await?;
+                            write_frames_as(&mut send, &out.frames, decoder.peer_version()).await?;
                             if !out.moved.is_empty() {
                                 self.publish(out.moved);
                             }
@@ -301,7 +306,7 @@ impl Hub {
                         Err(broadcast::error::RecvError::Closed) => break Ok(()),
                     };
                     if let Some(frame) = frame {
-                        write_frames(&mut send, &[frame]).await?;
+                        write_frames_as(&mut send, &[frame], decoder.peer_version()).await?;
                     }
                 }
                 _ = super::stopped(&mut shutdown) => break Ok(()),

@@ -114,3 +114,16 @@ pub(crate) async fn write_frames(
     }
     Ok(())
 }
+
+/// Writes frames in order, in the protocol version the peer speaks.
+pub(crate) async fn write_frames_as(
+    send: &mut quinn::SendStream,
+    frames: &[Frame],
+    version: u16,
+) -> Result<(), TransportError> {
+    for frame in frames {
+        send.write_all(&crate::protocol::frame::encode_frame_as(frame, version)?)
+            .await?;
+    }
+    Ok(())
+}
