@@ -145,6 +145,10 @@ impl IntoResponse for ApiError {
 
 impl From<ReplicaError> for ApiError {
     fn from(e: ReplicaError) -> Self {
+        // HQ restored from a backup writes nothing until the stores have returned its history.
+        if let ReplicaError::Restoring(why) = e {
+            return Self::new(StatusCode::SERVICE_UNAVAILABLE, why);
+        }
         tracing::error!("replica: {e}");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("storage: {e}"))
     }
@@ -1254,14 +1258,24 @@ async fn healthz(State(hub): State<Hub>) -> ApiResult {
             chainsync::transport::metrics::NodeRole::Hq,
             None,
         )?;
-        Ok((figures, r.pending_stores()?.len()))
+        Ok((figures, r.pending_stores()?.len(), r.reclaim_status()?))
     })
     .await
     .ok();
-    let (figures, pending) = match figures {
-        Some((figures, pending)) => (Some(figures), Some(pending)),
-        None => (None, None),
+    let (figures, pending, reclaim) = match figures {
+        Some((figures, pending, reclaim)) => (Some(figures), Some(pending), Some(reclaim)),
+        None => (None, None, None),
     };
+    // Restored from a backup: HQ syncs and serves reads, but writes nothing until the stores
+    // have returned its later history.
+    let reclaim = reclaim.filter(|r| r.since_ms.is_some()).map(|r| {
+        json!({
+            "since_ms": r.since_ms,
+            "stores_returned": r.stores_returned.len(),
+            "stores_waiting": r.stores_waiting,
+            "streams_behind": r.streams_behind.len(),
+        })
+    });
     let (code, verdict) = chainsync::transport::metrics::health_verdict(&writable);
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     let body = json!({
@@ -1274,6 +1288,7 @@ async fn healthz(State(hub): State<Hub>) -> ApiResult {
         "stores_pending": pending,
         "stores_never_seen": figures.as_ref().map(|f| f.stores.iter().filter(|s| s.last_seen_ms.is_none()).count()),
         "halted_streams": figures.as_ref().map(|f| f.halted_streams),
+        "reclaiming": reclaim,
     });
     Ok((status, Json(body)).into_response())
 }

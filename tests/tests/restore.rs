@@ -270,3 +270,108 @@ fn a_store_restored_from_an_older_backup_catches_up_with_nothing_lost_or_doubled
     );
     replica.audit().unwrap();
 }
+
+/// HQ restored from an older backup with real processes: it refuses writes (CLI and API) until
+/// the stores have returned what they hold of its history after the backup; S001 (running)
+/// returns it at once, S002 (stopped meanwhile) when it starts; then HQ writes on from the
+/// highest seq any store held, both stores take it, and no stream halts anywhere.
+#[test]
+fn hq_restored_from_an_older_backup_takes_its_history_back_from_the_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hq, hq_proc, s1, s1_proc) = store_with_history(dir.path());
+    let provision = hq.add_store("S002", "north");
+    let s2 = Agent::init(dir.path(), "S002", &provision).unwrap();
+    let s2_proc = s2.start();
+    let price_at = |agent: &Agent, cents: i64| {
+        wait_until(WAIT, &format!("{} charging {cents}", agent.store), || {
+            (agent.get("/v1/prices/cola").1["price_cents"] == cents).then_some(())
+        })
+    };
+    price_at(&s2, 129);
+    let backup = {
+        let said = hq.cli_ok(&["backup", "now"]);
+        let path = said
+            .split_whitespace()
+            .nth(1)
+            .expect("backup path")
+            .to_owned();
+        std::path::PathBuf::from(path)
+    };
+    // After the backup: a price both stores hear, a sale at S001, then a price only S001 hears.
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.39"]);
+    price_at(&s1, 139);
+    price_at(&s2, 139);
+    assert!(s2_proc.terminate());
+    assert_eq!(sale(&s1, "50").0, 201);
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.49"]);
+    price_at(&s1, 149);
+    let s1_id = NodeId::new("S001").unwrap();
+    wait_until(WAIT, "the sale at HQ", || {
+        (hq.replica().receipt_ids(&s1_id).unwrap().len() == 4).then_some(())
+    });
+
+    let out = hq.cli(&["restore", "--from", &backup.to_string_lossy()]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("HQ is running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hq_proc.kill9();
+    let said = hq.cli_ok(&["restore", "--from", &backup.to_string_lossy()]);
+    assert!(said.contains("writes nothing until"), "{said}");
+    assert_eq!(hq.replica().receipt_ids(&s1_id).unwrap().len(), 3);
+    let _hq_proc = hq.start();
+    let out = hq.cli(&["price", "set", "--sku", "cola", "--price", "1.59"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("reclaim status"),
+        "refused while reclaiming: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // S001 returns both later prices and pushes its sale again; HQ still waits for S002.
+    wait_until(WAIT, "S001's history back at HQ", || {
+        let status = hq.cli_ok(&["reclaim", "status"]);
+        (status.contains("stores returned (1): S001")).then_some(())
+    });
+    let status = hq.cli_ok(&["reclaim", "status"]);
+    assert!(status.contains("stores waited for (1): S002"), "{status}");
+    assert!(status.contains("reclaiming since"), "{status}");
+    wait_until(WAIT, "the sale at HQ again", || {
+        (hq.replica().receipt_ids(&s1_id).unwrap().len() == 4).then_some(())
+    });
+    let admin = hq.token("admin");
+    let (code, body) = hq.api(
+        &admin,
+        "POST",
+        "/v1/prices",
+        Some(&json!({ "sku": "cola", "scope": "chain", "price_cents": 159 })),
+    );
+    assert_eq!(code, 503, "{body}");
+    let (code, health) = hq.api(&admin, "GET", "/healthz", None);
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(
+        health["reclaiming"]["stores_waiting"],
+        json!(["S002"]),
+        "{health}"
+    );
+
+    // S002 starts: it held nothing HQ lacks now, and the reclaim ends.
+    let _s2_proc = s2.start();
+    wait_until(WAIT, "the reclaim to end", || {
+        let status = hq.cli_ok(&["reclaim", "status"]);
+        status.starts_with("not reclaiming").then_some(())
+    });
+    hq.cli_ok(&["price", "set", "--sku", "cola", "--price", "1.59"]);
+    price_at(&s1, 159);
+    price_at(&s2, 159);
+    let replica = hq.replica();
+    assert_no_stream_halted(&replica);
+    for agent in [&s1, &s2] {
+        let (code, health) = agent.get("/healthz");
+        assert_eq!(
+            (code, &health["halted_streams"]),
+            (200, &json!(0)),
+            "{health}"
+        );
+    }
+    drop(s1_proc);
+}

@@ -17,7 +17,7 @@
 //!
 //! Invariant: while `reclaiming` is in `meta`, HQ signs nothing new.
 
-use super::{Replica, ReplicaError, get_meta, parse_stream, put_meta, stream_head};
+use super::{Replica, ReplicaError, WriteTx, get_meta, parse_stream, put_meta, stream_head};
 use crate::ids::{NodeId, StreamId};
 use rusqlite::{OptionalExtension, params};
 
@@ -55,7 +55,7 @@ impl Replica {
     /// Marks this (HQ) replica as restored from a backup: local writes are refused until the
     /// stores have returned what they hold beyond it (module doc).
     pub fn begin_reclaim(&mut self, now_ms: u64) -> Result<(), ReplicaError> {
-        let tx = self.conn.transaction()?;
+        let tx = WriteTx::begin(&mut self.conn)?;
         tx.execute("DELETE FROM reclaim_stores", [])?;
         tx.execute("DELETE FROM reclaim_claims", [])?;
         put_meta(&tx, RECLAIMING_META, &now_ms.to_le_bytes())?;
@@ -81,7 +81,7 @@ impl Replica {
         if !self.is_reclaiming()? {
             return Ok(false);
         }
-        let tx = self.conn.transaction()?;
+        let tx = WriteTx::begin(&mut self.conn)?;
         for (stream, seq) in claimed {
             tx.execute(
                 "INSERT INTO reclaim_claims (name, seq) VALUES (?1, ?2)
@@ -105,7 +105,7 @@ impl Replica {
 
     /// Ends a reclaim (by itself when complete, or `hq-server reclaim finish`): HQ writes again.
     pub fn end_reclaim(&mut self, now_ms: u64) -> Result<(), ReplicaError> {
-        let tx = self.conn.transaction()?;
+        let tx = WriteTx::begin(&mut self.conn)?;
         tx.execute("DELETE FROM meta WHERE key = ?1", params![RECLAIMING_META])?;
         put_meta(&tx, RECLAIMED_META, &now_ms.to_le_bytes())?;
         tx.commit()?;
