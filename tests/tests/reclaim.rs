@@ -42,6 +42,24 @@ fn sync(chain: &Chain, hq: &mut Replica, store: &mut Replica) {
     sync_pair(hq, store, key, T0 + 1_000).expect("session");
 }
 
+/// An online backup of HQ's database, as `hq-server backup now` takes it.
+fn backup_hq(chain: &Chain) -> std::path::PathBuf {
+    backups::backup_now(
+        &chain.db_path(&NodeId::hq()),
+        &chain.dir.join("backups"),
+        "hq",
+        T0,
+    )
+    .unwrap()
+    .path
+}
+
+/// HQ's database replaced by `backup` (HQ's replica closed before), opened again.
+fn restore_hq(chain: &Chain, backup: &std::path::Path) -> Replica {
+    backups::restore(backup, &chain.db_path(&NodeId::hq())).unwrap();
+    chain.open_hq()
+}
+
 fn assert_healthy(replicas: &[&Replica]) {
     for r in replicas {
         r.audit()
@@ -76,13 +94,7 @@ fn hq_restored_from_an_older_backup_takes_its_history_back_before_it_writes() {
     for store in stores.iter_mut() {
         sync(&chain, &mut hq, store);
     }
-    let backup = backups::backup_now(
-        &chain.db_path(&NodeId::hq()),
-        &dir.path().join("backups"),
-        "hq",
-        T0,
-    )
-    .unwrap();
+    let backup = backup_hq(&chain);
 
     hq.commit_local(Topic::Prices(Scope::Chain), vec![price(4, 104)], T0)
         .unwrap();
@@ -99,8 +111,7 @@ fn hq_restored_from_an_older_backup_takes_its_history_back_before_it_writes() {
     assert_eq!(stores[0].head_seq(&chain_prices()).unwrap(), 5);
     drop(hq);
 
-    backups::restore(&backup.path, &chain.db_path(&NodeId::hq())).unwrap();
-    let mut hq = chain.open_hq();
+    let mut hq = restore_hq(&chain, &backup);
     hq.begin_reclaim(T0 + 2_000).unwrap();
     assert_eq!(hq.head_seq(&chain_prices()).unwrap(), 3);
     assert_eq!(hq.receipt_count().unwrap(), 0);
@@ -157,19 +168,12 @@ fn writing_at_once_after_a_restore_forks_the_stream_at_the_stores() {
     let (mut hq, mut stores) = chain.bootstrap(T0);
     hq.commit_local(Topic::Prices(Scope::Chain), vec![price(1, 101)], T0)
         .unwrap();
-    let backup = backups::backup_now(
-        &chain.db_path(&NodeId::hq()),
-        &dir.path().join("backups"),
-        "hq",
-        T0,
-    )
-    .unwrap();
+    let backup = backup_hq(&chain);
     hq.commit_local(Topic::Prices(Scope::Chain), vec![price(2, 102)], T0)
         .unwrap();
     sync(&chain, &mut hq, &mut stores[0]);
     drop(hq);
-    backups::restore(&backup.path, &chain.db_path(&NodeId::hq())).unwrap();
-    let mut hq = chain.open_hq();
+    let mut hq = restore_hq(&chain, &backup);
     for n in 3..=4 {
         hq.commit_local(
             Topic::Prices(Scope::Chain),
@@ -202,13 +206,7 @@ fn a_store_one_protocol_version_behind_keeps_syncing_and_is_not_asked_to_return(
     stores[0]
         .commit_local(Topic::Sales, vec![sale(&s1, 1)], T0)
         .unwrap();
-    let backup = backups::backup_now(
-        &chain.db_path(&NodeId::hq()),
-        &dir.path().join("backups"),
-        "hq",
-        T0,
-    )
-    .unwrap();
+    let backup = backup_hq(&chain);
     let stats = sync_pair_speaking(&mut hq, &mut stores[0], key.clone(), T0, T0, old).unwrap();
     assert_eq!((stats.pushed, stats.pulled), (1, 1));
     assert_eq!(hq.receipt_count().unwrap(), 1);
@@ -218,8 +216,7 @@ fn a_store_one_protocol_version_behind_keeps_syncing_and_is_not_asked_to_return(
         .unwrap();
     sync_pair_speaking(&mut hq, &mut stores[0], key.clone(), T0, T0, old).unwrap();
     drop(hq);
-    backups::restore(&backup.path, &chain.db_path(&NodeId::hq())).unwrap();
-    let mut hq = chain.open_hq();
+    let mut hq = restore_hq(&chain, &backup);
     hq.begin_reclaim(T0).unwrap();
     // The old store syncs (its receipt comes back by its own push) but cannot return price 2:
     // had HQ sent it a Reclaim, the session would have failed on a frame of version 3.
