@@ -39,7 +39,8 @@ fn exercise(frame: &Frame) {
             own_heads: heads, ..
         }
         | Frame::Notify { heads }
-        | Frame::PushAck { heads, .. } => {
+        | Frame::PushAck { heads, .. }
+        | Frame::Reclaim { cursors: heads } => {
             let _ = frame::from_wire_cursors(heads);
         }
         Frame::Batch { snapshot_parts, .. } if !snapshot_parts.is_empty() => {
@@ -49,7 +50,9 @@ fn exercise(frame: &Frame) {
                 }
             }
         }
-        Frame::Push { change_sets } | Frame::Batch { change_sets, .. } => {
+        Frame::Push { change_sets }
+        | Frame::Batch { change_sets, .. }
+        | Frame::Returned { change_sets, .. } => {
             if let Ok(signed) = frame::from_wire_change_sets(change_sets) {
                 for cs in &signed {
                     let _ = chainsync::validate::open(cs);

@@ -316,7 +316,7 @@ impl SyncMetrics {
     /// Counts the change sets and snapshot parts a frame carries.
     pub fn frame(&self, direction: Direction, frame: &Frame) {
         let (parts, change_sets): (&[WireChangeSet], &[WireChangeSet]) = match frame {
-            Frame::Push { change_sets } => (&[], change_sets),
+            Frame::Push { change_sets } | Frame::Returned { change_sets, .. } => (&[], change_sets),
             Frame::Batch {
                 snapshot_parts,
                 change_sets,
