@@ -108,12 +108,12 @@ fn hq_restored_from_an_older_backup_takes_its_history_back_before_it_writes() {
         .unwrap();
     sync(&chain, &mut hq, &mut stores[0]);
     assert_eq!(hq.receipt_count().unwrap(), 2);
-    assert_eq!(stores[0].head_seq(&chain_prices()).unwrap(), 5);
+    assert_eq!(stores[0].head(&chain_prices()).unwrap().seq, 5);
     drop(hq);
 
     let mut hq = restore_hq(&chain, &backup);
     hq.begin_reclaim(T0 + 2_000).unwrap();
-    assert_eq!(hq.head_seq(&chain_prices()).unwrap(), 3);
+    assert_eq!(hq.head(&chain_prices()).unwrap().seq, 3);
     assert_eq!(hq.receipt_count().unwrap(), 0);
     let refused = hq.commit_local(Topic::Prices(Scope::Chain), vec![price(6, 106)], T0);
     assert!(
@@ -123,7 +123,7 @@ fn hq_restored_from_an_older_backup_takes_its_history_back_before_it_writes() {
 
     // S002 held price 4: returned; HQ still waits for S001.
     sync(&chain, &mut hq, &mut stores[1]);
-    assert_eq!(hq.head_seq(&chain_prices()).unwrap(), 4);
+    assert_eq!(hq.head(&chain_prices()).unwrap().seq, 4);
     let status = hq.reclaim_status().unwrap();
     assert!(status.since_ms.is_some());
     assert_eq!(status.stores_returned, vec![s2.clone()]);
@@ -136,7 +136,7 @@ fn hq_restored_from_an_older_backup_takes_its_history_back_before_it_writes() {
 
     // S001 returns price 5 and pushes its receipts again: the reclaim ends by itself.
     sync(&chain, &mut hq, &mut stores[0]);
-    assert_eq!(hq.head_seq(&chain_prices()).unwrap(), 5);
+    assert_eq!(hq.head(&chain_prices()).unwrap().seq, 5);
     assert_eq!(hq.receipt_count().unwrap(), 2);
     let status = hq.reclaim_status().unwrap();
     assert_eq!(status.since_ms, None, "{status:?}");
@@ -152,7 +152,7 @@ fn hq_restored_from_an_older_backup_takes_its_history_back_before_it_writes() {
         sync(&chain, &mut hq, store);
     }
     for store in &stores {
-        assert_eq!(store.head_seq(&chain_prices()).unwrap(), 6);
+        assert_eq!(store.head(&chain_prices()).unwrap().seq, 6);
     }
     assert_eq!(stores[0].receipt_count().unwrap(), 2);
     assert_healthy(&[&hq, &stores[0], &stores[1]]);
@@ -210,7 +210,7 @@ fn a_store_one_protocol_version_behind_keeps_syncing_and_is_not_asked_to_return(
     let stats = sync_pair_speaking(&mut hq, &mut stores[0], key.clone(), T0, T0, old).unwrap();
     assert_eq!((stats.pushed, stats.pulled), (1, 1));
     assert_eq!(hq.receipt_count().unwrap(), 1);
-    assert_eq!(stores[0].head_seq(&chain_prices()).unwrap(), 1);
+    assert_eq!(stores[0].head(&chain_prices()).unwrap().seq, 1);
 
     hq.commit_local(Topic::Prices(Scope::Chain), vec![price(2, 102)], T0)
         .unwrap();
@@ -222,14 +222,14 @@ fn a_store_one_protocol_version_behind_keeps_syncing_and_is_not_asked_to_return(
     // had HQ sent it a Reclaim, the session would have failed on a frame of version 3.
     sync_pair_speaking(&mut hq, &mut stores[0], key.clone(), T0, T0, old).unwrap();
     assert_eq!(hq.receipt_count().unwrap(), 1);
-    assert_eq!(hq.head_seq(&chain_prices()).unwrap(), 1);
+    assert_eq!(hq.head(&chain_prices()).unwrap().seq, 1);
     let status = hq.reclaim_status().unwrap();
     assert_eq!(status.stores_waiting, vec![s1.clone()]);
     assert_eq!(status.streams_behind.len(), 1, "{status:?}");
     assert!(hq.is_reclaiming().unwrap());
     // Upgraded to this version, it returns price 2 and the reclaim ends.
     sync_pair_speaking(&mut hq, &mut stores[0], key, T0, T0, PROTOCOL_VERSION).unwrap();
-    assert_eq!(hq.head_seq(&chain_prices()).unwrap(), 2);
+    assert_eq!(hq.head(&chain_prices()).unwrap().seq, 2);
     assert!(!hq.is_reclaiming().unwrap());
     assert_healthy(&[&hq, &stores[0]]);
 }

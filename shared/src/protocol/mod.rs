@@ -194,7 +194,7 @@ impl HubStore for Replica {
     }
 
     fn head_seq(&self, stream: &StreamId) -> Result<u64, ReplicaError> {
-        Replica::head_seq(self, stream)
+        Ok(self.head(stream)?.seq)
     }
 
     fn apply_returned(

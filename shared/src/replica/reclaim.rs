@@ -160,11 +160,6 @@ impl Replica {
             streams_behind,
         })
     }
-
-    /// The seq this replica holds of `stream` (0 if none).
-    pub fn head_seq(&self, stream: &StreamId) -> Result<u64, ReplicaError> {
-        Ok(stream_head(&self.conn, stream)?.seq)
-    }
 }
 
 /// The refusal of a local write while reclaiming, if HQ is.
